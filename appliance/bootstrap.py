@@ -1,0 +1,99 @@
+"""First-start set-up of the central role, run by the entrypoint before supervisord.
+
+Creates what must exist before any daemon starts, idempotently:
+- the state directories on the /var/lib/appliance volume;
+- the pool signing key (HTCondor's POOL key) and this install's pool id;
+- the admin password, unless APPLIANCE_ADMIN_PASSWORD is given (printed once);
+- HTCondor settings derived from appliance.yaml (trust domain, addresses).
+
+Nothing secret is ever baked into the image: it is all made here, at first start.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import sys
+
+from .config import ConfigError, load
+
+STATE = os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
+CONDOR_GENERATED = "/etc/condor/config.d/60-appliance-generated.conf"
+SPOOL = "/var/lib/condor/spool"
+
+
+def _ids(user: str, group: str | None = None) -> tuple[int, int]:
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        gid = grp.getgrnam(group or user).gr_gid
+    except KeyError:
+        return -1, -1
+    return uid, gid
+
+
+def _dir(path: str, mode: int, owner: tuple[int, int] = (0, 0)) -> None:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    os.chown(path, *owner)
+
+
+def _secret_file(path: str, content: str, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> bool:
+    """Write a secret once; never overwrite. Returns True if it was created now."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        os.chmod(path, mode)
+        os.chown(path, *owner)
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chown(path, *owner)
+    return True
+
+
+def main() -> int:
+    app_group = _ids("root", "appliance")
+    condor = _ids("condor")
+    _dir(STATE, 0o755)
+    _dir(f"{STATE}/state", 0o2770, app_group)
+    _dir(f"{STATE}/keys", 0o700)
+    _dir(f"{STATE}/worker-keys", 0o700)
+    _dir(f"{STATE}/workers", 0o755)
+    _dir(SPOOL, 0o755, condor)
+    _dir("/var/log/condor", 0o755, condor)
+
+    _secret_file(f"{STATE}/pool-id", secrets.token_hex(6) + "\n", 0o644)
+    if _secret_file(f"{STATE}/keys/POOL", secrets.token_hex(48)):
+        print("appliance: generated the pool signing key", flush=True)
+
+    if os.environ.get("APPLIANCE_ADMIN_PASSWORD"):
+        print("appliance: admin password taken from APPLIANCE_ADMIN_PASSWORD", flush=True)
+    else:
+        password = secrets.token_urlsafe(18)
+        if _secret_file(f"{STATE}/admin-password", password + "\n", 0o640, app_group):
+            # shown this once, at first start; afterwards it is only in the volume
+            print(f"appliance: generated admin password for the web page (user admin): {password}", flush=True)
+
+    try:
+        cfg = load()
+        pool, problem = cfg.pool.name, None
+    except ConfigError as err:
+        pool, problem = "appliance", str(err)
+        print(f"appliance: configuration error (the scheduler will not start): {err}", file=sys.stderr, flush=True)
+
+    lines = [
+        "# Generated at start from appliance.yaml by appliance.bootstrap. Do not edit.",
+        f"UID_DOMAIN = {pool}",
+        f"TRUST_DOMAIN = {pool}",
+        f"COLLECTOR_NAME = {pool}",
+    ]
+    if problem:
+        lines.append(f"# configuration error: {problem}")
+    with open(CONDOR_GENERATED, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""cloud_status: what the appliance's clouds, workers and queue look like now."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .. import ops
+from .common import NOT_RUNNING, OK, BAD_INPUT, Exit, duration, emit_json, open_state, run, table
+
+EXAMPLES = """\
+examples:
+  cloud_status              clouds: enabled, booting/idle/busy/draining, max, health
+  cloud_status -m           workers: id, cloud, state, condor name, age, idle for
+  cloud_status -m -a        workers, including those that ended in the last hour
+  cloud_status -q           demand: idle jobs grouped by request, which clouds can run them
+  cloud_status -c local     one cloud, its workers and its recent events
+  cloud_status -e           the latest events (every worker transition, with its reason)
+  cloud_status --json       any of the above as JSON
+
+exit codes: 0 ok, 1 unknown cloud, 2 usage, 3 scheduler not running, 4 bad config or state
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud_status", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("-m", "--workers", action="store_true", help="list workers")
+    what.add_argument("-q", "--queue", action="store_true", help="show demand (idle jobs by request)")
+    what.add_argument("-c", "--cloud", metavar="NAME", help="show one cloud in detail")
+    what.add_argument("-e", "--events", action="store_true", help="show the latest events")
+    p.add_argument("-a", "--all", action="store_true", help="with -m: include workers that ended in the last hour")
+    p.add_argument("-n", "--limit", type=int, default=30, metavar="N", help="with -e: how many events (default 30)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cfg, store = open_state()
+    sched = ops.scheduler_status(store)
+    try:
+        if args.workers:
+            data = ops.workers_status(store, include_ended=args.all)
+            text = _workers(data)
+        elif args.queue:
+            data = ops.queue_status(store)
+            text = _queue(data)
+        elif args.cloud:
+            data = ops.cloud_status(store, cfg, args.cloud)
+            text = _cloud(data)
+        elif args.events:
+            if args.limit < 1:
+                raise Exit(BAD_INPUT, f"-n must be a whole number >= 1, got {args.limit}")
+            data = ops.events(store, limit=args.limit)
+            text = _events(data)
+        else:
+            data = ops.clouds_status(store, cfg)
+            text = _clouds(data)
+    except ops.OpError as err:
+        raise Exit(BAD_INPUT, str(err)) from None
+    if args.json:
+        emit_json({"scheduler": sched, "data": data})
+    else:
+        print(text)
+        print(f"\nscheduler: {sched['message']}")
+    if not sched["running"]:
+        print(f"cloud_status: the scheduler is {sched['message']}", file=sys.stderr)
+        return NOT_RUNNING
+    return OK
+
+
+def _clouds(rows) -> str:
+    return table([[c["name"], c["type"], "yes" if c["enabled"] else "no", c["booting"], c["idle"], c["busy"],
+                   c["draining"], c["max_workers"], _health(c)] for c in rows],
+                 ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH"])
+
+
+def _health(c) -> str:
+    if c["health"] == "backoff":
+        return f"backoff {c['backoff_seconds']}s: {c['last_error']}"
+    if c["health"] == "stopped":
+        return f"stopped (re-enable to retry): {c['last_error']}"
+    return c["health"]
+
+
+def _workers(rows) -> str:
+    if not rows:
+        return "no workers"
+    return table([[w["id"], w["cloud"], w["state"], w["condor_name"], duration(w["age_seconds"]),
+                   duration(w["idle_seconds"]), w["reason"]] for w in rows],
+                 ["WORKER", "CLOUD", "STATE", "CONDOR NAME", "AGE", "IDLE FOR", "LAST CHANGE"])
+
+
+def _queue(q) -> str:
+    if not q["groups"]:
+        return "no idle jobs"
+    body = table([[g["count"], g["cpus"], g["memory"], g["disk"] // 1024, ",".join(g["clouds"]) or "none",
+                   g["status"], g["reason"]] for g in q["groups"]],
+                 ["JOBS", "CPUS", "MEMORY", "DISK", "CLOUDS", "STATUS", "WHY"])
+    extra = ""
+    if q["unschedulable_jobs"]:
+        extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no enabled cloud can ever run them"
+    return f"{q['idle_jobs']} idle job(s) in {len(q['groups'])} group(s)\n\n{body}{extra}"
+
+
+def _cloud(c) -> str:
+    head = _clouds([c])
+    err = f"\nlast error: {c['last_error']}" if c["last_error"] else ""
+    w = _workers(c["workers"])
+    ev = _events(c["events"]) if c["events"] else "no events"
+    size = c["worker"]
+    return (f"{head}\nworker size: {size['cpus']} cpus, {size['memory']} MB, {size['disk']} MB disk;"
+            f" priority {c['priority']}{err}\n\n{w}\n\n{ev}")
+
+
+def _events(rows) -> str:
+    if not rows:
+        return "no events"
+    return table([[time.strftime("%H:%M:%S", time.localtime(e["time"])), e["worker_id"] or e["cloud"] or "",
+                   f"{e['from_state'] or ''} -> {e['to_state']}" if e["to_state"] else e["kind"], e["reason"]]
+                  for e in rows], ["TIME", "WHO", "WHAT", "WHY"])
+
+
+def entry() -> None:
+    sys.exit(run(main, None))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,75 @@
+"""What cloud_status and cloud_admin share: opening the state, tables, JSON, exit codes.
+
+Exit codes scripts can rely on:
+  0  done
+  1  bad input (unknown cloud or worker, bad number)
+  2  usage error (unknown flag, missing argument)
+  3  the scheduler is not running (the output is still printed; changes are saved)
+  4  the configuration file is invalid, or the state cannot be opened
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from typing import Any, Sequence
+
+from ..config import Config, ConfigError, load
+from ..store import Store
+
+OK, BAD_INPUT, USAGE, NOT_RUNNING, BROKEN = 0, 1, 2, 3, 4
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
+def open_state() -> tuple[Config, Store]:
+    try:
+        cfg = load()
+    except ConfigError as err:
+        raise Exit(BROKEN, f"configuration error: {err}") from None
+    path = os.environ.get("APPLIANCE_DB")
+    try:
+        return cfg, Store(path)
+    except (sqlite3.Error, OSError) as err:
+        raise Exit(BROKEN, f"cannot open the appliance state ({path or 'default path'}): {err}") from None
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None or v == "" else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def run(main, argv) -> int:
+    try:
+        return main(argv)
+    except Exit as e:
+        if e.args and e.args[0]:
+            print(f"{os.path.basename(sys.argv[0])}: {e.args[0]}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:
+        return OK

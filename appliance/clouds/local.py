@@ -1,0 +1,192 @@
+"""The `local` cloud: each worker is its own condor_master + startd, run as a
+process inside the appliance, with its own name, directories, token and key.
+
+It needs nothing outside the container, so a plain `docker run` scales.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from typing import Mapping
+
+from ..model import Resource
+from ..workerconf import WorkerSpec, worker_files
+from .base import CloudError, Driver
+
+log = logging.getLogger(__name__)
+
+WORKERS_DIR = os.environ.get("APPLIANCE_WORKERS_DIR", "/var/lib/appliance/workers")
+CONDOR_OWNED = ("log", "spool", "execute", "lock", "run")
+
+
+class LocalDriver(Driver):
+    def __init__(self, cloud, pool, pool_id, root: str = WORKERS_DIR):
+        super().__init__(cloud, pool, pool_id)
+        self.root = os.path.join(root, cloud.name)
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def condor_host(self) -> str:
+        return "127.0.0.1"
+
+    def home(self, worker_id: str) -> str:
+        return os.path.join(self.root, worker_id)
+
+    def launch(self, spec: WorkerSpec) -> str:
+        home = self.home(spec.worker_id)
+        try:
+            # explicit modes: the daemon's umask keeps its own files private, but
+            # the worker's condor daemons (user condor) must traverse these
+            os.makedirs(self.root, exist_ok=True)
+            os.chmod(self.root, 0o755)
+            os.makedirs(home)
+            os.chmod(home, 0o755)
+            for sub in CONDOR_OWNED:
+                os.makedirs(os.path.join(home, sub))
+                os.chmod(os.path.join(home, sub), 0o755)
+            for sub in ("keys", "tokens.d"):
+                os.makedirs(os.path.join(home, sub), mode=0o700)
+            for rel, (content, mode) in worker_files(spec, home).items():
+                path = os.path.join(home, rel)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+            _chown_to_condor(home, CONDOR_OWNED)
+            err = open(os.path.join(home, "log", "master.stderr"), "ab")
+            proc = subprocess.Popen(
+                ["condor_master", "-f"],
+                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                     "CONDOR_CONFIG": os.path.join(home, "condor_config")},
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                start_new_session=True,   # a restart of the scheduler must not take its workers along
+                cwd=home,
+            )
+            err.close()
+        except FileExistsError:
+            raise CloudError("config", f"worker directory {home} already exists") from None
+        except OSError as e:
+            raise CloudError("other", f"cannot start a local worker: {e}") from None
+        self._children[spec.worker_id] = proc
+        with open(os.path.join(home, "pid"), "w") as f:
+            f.write(f"{proc.pid} {_start_time(proc.pid)}\n")
+        return f"pid:{proc.pid}"
+
+    def list(self) -> Mapping[str, Resource]:
+        for wid, proc in list(self._children.items()):
+            if proc.poll() is not None:      # reap our exited masters
+                del self._children[wid]
+        out: dict[str, Resource] = {}
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return out
+        for wid in names:
+            pid, started = _read_pid(self.home(wid))
+            if pid is None:
+                out[wid] = Resource(wid, "", alive=False, detail="its process was never started")
+            elif _alive(pid, started):
+                out[wid] = Resource(wid, f"pid:{pid}")
+            else:
+                out[wid] = Resource(wid, f"pid:{pid}", alive=False, detail="its condor_master has exited")
+        return out
+
+    def terminate(self, worker_id: str, resource_id: str) -> None:
+        home = self.home(worker_id)
+        pid, started = _read_pid(home)
+        if pid is not None and _alive(pid, started):
+            family = [pid, *_descendants(pid)]
+            _signal(family, signal.SIGQUIT)     # fast shutdown of the master and its daemons
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_alive(p) for p in family):
+                self._reap(worker_id)
+                time.sleep(0.2)
+            _signal([p for p in family if _alive(p)] + _descendants(pid), signal.SIGKILL)
+        self._reap(worker_id)
+        _kill_strays(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+    def _reap(self, worker_id: str) -> None:
+        proc = self._children.get(worker_id)
+        if proc is not None and proc.poll() is not None:
+            del self._children[worker_id]
+
+
+def _chown_to_condor(home: str, subdirs) -> None:
+    try:
+        pw = pwd.getpwnam("condor")
+    except KeyError:
+        return
+    for sub in subdirs:
+        os.chown(os.path.join(home, sub), pw.pw_uid, pw.pw_gid)
+
+
+def _read_pid(home: str) -> tuple[int | None, int | None]:
+    try:
+        with open(os.path.join(home, "pid")) as f:
+            pid, started = f.read().split()
+        return int(pid), int(started)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces
+    return data[data.rfind(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return started is None or int(fields[19]) == started   # guards against pid reuse
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pids, sig) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kill_strays(home: str) -> None:
+    """A worker's condor_procd outlives its master; it names the worker's run dir."""
+    marker = os.path.join(home, "run").encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker in f.read():
+                    os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass

@@ -1,0 +1,390 @@
+"""Load and validate appliance.yaml into frozen dataclasses.
+
+Every problem is reported as one ConfigError naming the file, the key path and
+what is wrong, e.g. ``/etc/appliance/appliance.yaml: clouds[1].worker.cpus:
+expected a whole number >= 1, got 'two'``. Unknown keys are errors too: a typo
+must never silently fall back to a default.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import yaml
+
+DEFAULT_PATH = os.environ.get("APPLIANCE_CONFIG", "/etc/appliance/appliance.yaml")
+
+CLOUD_TYPES = ("local", "docker", "swarm", "ec2")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+POOL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A bad configuration: file, key path and problem, in one line."""
+
+    def __init__(self, file: str, path: str, problem: str):
+        super().__init__(f"{file}: {path}: {problem}")
+        self.file, self.path, self.problem = file, path, problem
+
+
+# ---------------------------------------------------------------- value checks
+# A check takes (value, path) and returns the cleaned value or raises _Bad.
+
+class _Bad(Exception):
+    def __init__(self, path: str, problem: str):
+        super().__init__(problem)
+        self.path, self.problem = path, problem
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable:
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(path, f"expected a whole number{_range(lo, hi)}, got {_shown(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Bad(path, f"must be a whole number{_range(lo, hi)}, got {value}")
+        return value
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None) -> Callable:
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Bad(path, f"expected a number{_range(lo, hi)}, got {_shown(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Bad(path, f"must be a number{_range(lo, hi)}, got {value}")
+        return float(value)
+    return check
+
+
+def _range(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo} to {hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def boolean(value, path):
+    if not isinstance(value, bool):
+        raise _Bad(path, f"expected true or false, got {_shown(value)}")
+    return value
+
+
+def text(pattern: re.Pattern | None = None, what: str = "", choices: tuple = ()) -> Callable:
+    def check(value, path):
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad(path, f"expected a non-empty string, got {_shown(value)}")
+        if choices and value not in choices:
+            raise _Bad(path, f"must be one of {', '.join(choices)}, got {_shown(value)}")
+        if pattern is not None and not pattern.match(value):
+            raise _Bad(path, f"must be {what}, got {_shown(value)}")
+        return value
+    return check
+
+
+def text_list(item: Callable) -> Callable:
+    def check(value, path):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise _Bad(path, f"expected a list, got {_shown(value)}")
+        return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+    return check
+
+
+def text_map(value, path):
+    if not isinstance(value, dict):
+        raise _Bad(path, f"expected a mapping of names to strings, got {_shown(value)}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k:
+            raise _Bad(path, f"keys must be non-empty strings, got {_shown(k)}")
+        if not isinstance(v, (str, int, float, bool)):
+            raise _Bad(f"{path}.{k}", f"expected a string, got {_shown(v)}")
+        out[k] = str(v)
+    return MappingProxyType(out)
+
+
+def classad_attributes(value, path):
+    """Extra attributes workers of a cloud advertise (and its template ad has)."""
+    if not isinstance(value, dict):
+        raise _Bad(path, f"expected a mapping of attribute names to values, got {_shown(value)}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not ATTR_RE.match(k):
+            raise _Bad(path, f"attribute names must be ClassAd identifiers, got {_shown(k)}")
+        if k.lower() in _RESERVED_ATTRS:
+            raise _Bad(f"{path}.{k}", "is set by the appliance and cannot be overridden")
+        if isinstance(v, bool) or isinstance(v, (int, float)) or (isinstance(v, str) and v):
+            out[k] = v
+        else:
+            raise _Bad(f"{path}.{k}", f"expected a string, number or boolean, got {_shown(v)}")
+    return MappingProxyType(out)
+
+
+_RESERVED_ATTRS = {"applianceworker", "workerid", "cloudname", "cloudtype", "cpus", "memory",
+                   "disk", "requirements", "start", "name", "mytype"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a mapping: its check, and its default (or required)."""
+    check: Callable
+    default: Any = None
+    required: bool = False
+
+
+def _section(raw: Any, path: str, keys: Mapping[str, Key]) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Bad(path, f"expected a mapping, got {_shown(raw)}")
+    for k in raw:
+        if k not in keys:
+            known = ", ".join(sorted(keys))
+            raise _Bad(_join(path, k), f"unknown key (known keys here: {known})")
+    out = {}
+    for name, key in keys.items():
+        if name in raw and raw[name] is not None:
+            out[name] = key.check(raw[name], _join(path, name))
+        elif key.required:
+            raise _Bad(_join(path, name), "is required")
+        else:
+            out[name] = key.default
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ---------------------------------------------------------------- the schema
+
+POOL_KEYS = {
+    "name": Key(text(POOL_NAME_RE, "lower-case letters, digits, '.' and '-'"), "appliance"),
+    "condor_host": Key(text(HOST_RE, "'auto' or a host name or IP address"), "auto"),
+}
+
+SCHEDULER_KEYS = {
+    "interval": Key(number(0.2, 3600), 2.0),
+    "idle_timeout": Key(number(0, 7 * 86400), 300.0),
+    "boot_timeout": Key(number(5, 86400), 600.0),
+    # a joined worker missing from the collector this long is lost; long enough
+    # to ride out a collector restart (workers re-advertise every 60 s or less)
+    "lost_timeout": Key(number(30, 86400), 300.0),
+    "max_booting": Key(integer(1, 10000), 10),
+    "max_workers": Key(integer(0, 100000), 100),
+    # what `docker stop` of the appliance does with workers outside it
+    "on_shutdown": Key(text(choices=("keep", "remove")), "keep"),
+}
+
+WORKER_KEYS = {
+    "cpus": Key(integer(1, 1024), 1),
+    "memory": Key(integer(128, 16 * 1024 * 1024), 1024),      # MB
+    "disk": Key(integer(64, 1024 * 1024 * 1024), 4096),      # MB
+    "attributes": Key(classad_attributes, MappingProxyType({})),
+}
+
+COMMON_CLOUD_KEYS = {
+    "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
+    "type": Key(text(choices=CLOUD_TYPES), required=True),
+    "enabled": Key(boolean, True),
+    "priority": Key(integer(-1000, 1000), 0),
+    "max_workers": Key(integer(0, 100000), 10),
+    "worker": Key(lambda v, p: v, None),   # checked with WORKER_KEYS below
+}
+
+_image = Key(text(), "appliance:latest")
+CLOUD_OPTION_KEYS: dict[str, dict[str, Key]] = {
+    "local": {},
+    "docker": {
+        "url": Key(text(), "unix:///var/run/docker.sock"),
+        "image": _image,
+        "network": Key(text(), "auto"),           # auto: the appliance's own network
+        "labels": Key(text_map, MappingProxyType({})),
+    },
+    "swarm": {
+        "url": Key(text(), "unix:///var/run/docker.sock"),
+        "image": _image,
+        "network": Key(text(), "auto"),
+        "labels": Key(text_map, MappingProxyType({})),
+        "constraints": Key(text_list(text()), ()),
+    },
+    "ec2": {
+        "region": Key(text(), required=True),
+        "ami": Key(text(re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id like ami-0123456789abcdef0"), required=True),
+        "instance_type": Key(text(), required=True),
+        "subnet": Key(text(), None),
+        "security_groups": Key(text_list(text()), ()),
+        "key_name": Key(text(), None),
+        "iam_instance_profile": Key(text(), None),
+        "endpoint_url": Key(text(re.compile(r"^https?://"), "an http(s):// URL"), None),
+        "env_file": Key(text(), None),
+        "market": Key(text(choices=("on-demand", "spot")), "on-demand"),
+        "spot_max_price": Key(text(re.compile(r"^[0-9]+(\.[0-9]+)?$"), "a price like '0.05'"), None),
+        "tags": Key(text_map, MappingProxyType({})),
+        "user_data": Key(text(), None),
+        "worker_image": Key(text(), None),
+        "max_lifetime": Key(number(60, 365 * 86400), 86400.0),
+    },
+}
+
+
+# ---------------------------------------------------------------- typed result
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str = "appliance"
+    condor_host: str = "auto"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    interval: float = 2.0
+    idle_timeout: float = 300.0
+    boot_timeout: float = 600.0
+    lost_timeout: float = 300.0
+    max_booting: int = 10
+    max_workers: int = 100
+    on_shutdown: str = "keep"
+
+
+@dataclass(frozen=True)
+class WorkerSize:
+    cpus: int = 1
+    memory: int = 1024   # MB
+    disk: int = 4096     # MB
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    name: str
+    type: str
+    enabled: bool = True
+    priority: int = 0
+    max_workers: int = 10
+    worker: WorkerSize = WorkerSize()
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def opt(self, key: str) -> Any:
+        return self.options[key]
+
+
+@dataclass(frozen=True)
+class Config:
+    pool: PoolConfig
+    scheduler: SchedulerConfig
+    clouds: tuple[CloudConfig, ...]
+    source: str = "<defaults>"
+
+    def cloud(self, name: str) -> CloudConfig:
+        for c in self.clouds:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def cloud_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.clouds)
+
+
+# ---------------------------------------------------------------- loading
+
+def parse(data: Any, source: str = "<string>") -> Config:
+    """Validate already-parsed YAML data (a dict) into a Config."""
+    try:
+        return _parse(data)
+    except _Bad as bad:
+        raise ConfigError(source, bad.path or "(top level)", bad.problem) from None
+
+
+def _parse(data: Any) -> Config:
+    top = _section(data, "", {
+        "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
+    })
+    pool = PoolConfig(**_section(top["pool"], "pool", POOL_KEYS))
+    sched = SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS))
+    raw_clouds = top["clouds"]
+    if raw_clouds is None:
+        raw_clouds = [{"name": "local", "type": "local", "max_workers": 2}]
+    if not isinstance(raw_clouds, list):
+        raise _Bad("clouds", f"expected a list of clouds, got {_shown(raw_clouds)}")
+    clouds, seen = [], set()
+    for i, raw in enumerate(raw_clouds):
+        cloud = _parse_cloud(raw, f"clouds[{i}]")
+        if cloud.name in seen:
+            raise _Bad(f"clouds[{i}].name", f"duplicate cloud name {cloud.name!r}")
+        seen.add(cloud.name)
+        clouds.append(cloud)
+    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds))
+
+
+def _parse_cloud(raw: Any, path: str) -> CloudConfig:
+    if not isinstance(raw, dict):
+        raise _Bad(path, f"expected a mapping with at least name and type, got {_shown(raw)}")
+    ctype = raw.get("type")
+    if ctype is None:
+        raise _Bad(f"{path}.type", f"is required (one of {', '.join(CLOUD_TYPES)})")
+    if ctype not in CLOUD_TYPES:
+        raise _Bad(f"{path}.type", f"unknown cloud type {_shown(ctype)} (known: {', '.join(CLOUD_TYPES)})")
+    keys = {**COMMON_CLOUD_KEYS, **CLOUD_OPTION_KEYS[ctype]}
+    values = _section(raw, path, keys)
+    worker = WorkerSize(**_section(values.pop("worker"), f"{path}.worker", WORKER_KEYS))
+    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k != "worker"}
+    if ctype == "ec2" and values["market"] == "on-demand" and values["spot_max_price"]:
+        raise _Bad(f"{path}.spot_max_price", "only applies when market is spot")
+    return CloudConfig(worker=worker, options=MappingProxyType(values), **common)
+
+
+def loads(text_: str, source: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text_)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(YAML)"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(source, where, f"not valid YAML: {problem}") from None
+    cfg = parse(data, source)
+    return Config(pool=cfg.pool, scheduler=cfg.scheduler, clouds=cfg.clouds, source=source)
+
+
+def load(path: str | None = None) -> Config:
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+    except OSError as err:
+        raise ConfigError(path, "(file)", f"cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "(file)", "is not UTF-8 text") from None
+    return loads(content, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m appliance.config [FILE]`: check a file, print the one-line verdict."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load(args[0] if args else None)
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 78
+    print(f"{cfg.source}: ok ({len(cfg.clouds)} clouds: {', '.join(cfg.cloud_names)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""What operators can see and do: one code path for the CLIs, the web page and the API.
+
+Reads come from the store the daemon writes; writes are runtime settings and
+requests that the daemon applies on its next cycle.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import lifecycle
+from .config import Config
+from .lifecycle import State
+from .store import Store
+
+# the daemon writes a heartbeat every cycle; this many intervals without one means it is down
+STALE_INTERVALS = 5
+RECENT_SECONDS = 3600
+
+
+class OpError(Exception):
+    """Bad input from an operator: the message says what and why. Maps to exit 1 / HTTP 4xx."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownCloud(OpError):
+    def __init__(self, name: str, cfg: Config):
+        super().__init__(f"no cloud named {name} (known: {', '.join(cfg.cloud_names) or 'none'})", 404)
+
+
+def resolve_cloud(cfg: Config, name: str) -> str:
+    if name not in cfg.cloud_names:
+        raise UnknownCloud(name, cfg)
+    return name
+
+
+# ------------------------------------------------------------------ reading
+
+def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    beat, _ = store.get("heartbeat")
+    config_error, _ = store.get("config_error")
+    if config_error:
+        return {"running": False, "message": f"not running: configuration error: {config_error}",
+                "config_error": config_error, "last_cycle_age": None}
+    if not beat:
+        return {"running": False, "message": "not running: it has not completed a cycle yet",
+                "config_error": None, "last_cycle_age": None}
+    age = now - beat["time"]
+    running = age <= max(STALE_INTERVALS * beat.get("interval", 2.0), 15.0)
+    msg = (f"running (last cycle {age:.0f}s ago, took {beat.get('duration', 0) * 1000:.0f} ms)" if running
+           else f"not running: last cycle {age:.0f}s ago")
+    if running and beat.get("error"):
+        msg = f"running, but its cycles fail: {beat['error']}"
+    if running and not beat.get("schedd_ok", True):
+        msg += "; the schedd is not answering"
+    if running and not beat.get("collector_ok", True):
+        msg += "; the collector is not answering"
+    return {"running": running, "message": msg, "config_error": None, "last_cycle_age": round(age, 1),
+            "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration")}
+
+
+def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[dict[str, Any]]:
+    now = time.time() if now is None else now
+    counts: dict[str, dict[str, int]] = {c.name: {s.value: 0 for s in lifecycle.LIVE} for c in cfg.clouds}
+    for w in store.workers():
+        if w.cloud in counts:
+            counts[w.cloud][w.state.value] += 1
+    out = []
+    for c, h in zip(cfg.clouds, store.cloud_health(cfg)):
+        n = counts[c.name]
+        if h.breaker_open:
+            health = "stopped"
+        elif h.backoff_until > now:
+            health = "backoff"
+        elif not h.enabled:
+            health = "disabled"
+        else:
+            health = "ok"
+        out.append({
+            "name": c.name, "type": c.type, "enabled": h.enabled, "priority": c.priority,
+            "booting": n["requested"] + n["booting"], "idle": n["idle"], "busy": n["busy"],
+            "draining": n["draining"], "max_workers": h.max_workers, "health": health,
+            "backoff_seconds": max(round(h.backoff_until - now), 0), "failures": h.failures,
+            "last_error": h.last_error, "last_error_at": h.last_error_at or None,
+            "worker": {"cpus": c.worker.cpus, "memory": c.worker.memory, "disk": c.worker.disk},
+        })
+    return out
+
+
+def cloud_status(store: Store, cfg: Config, name: str, now: float | None = None) -> dict[str, Any]:
+    resolve_cloud(cfg, name)
+    cloud = next(c for c in clouds_status(store, cfg, now) if c["name"] == name)
+    cloud["workers"] = [w for w in workers_status(store, now) if w["cloud"] == name]
+    cloud["events"] = [e for e in store.events(limit=200) if e["cloud"] == name][-20:]
+    return cloud
+
+
+def workers_status(store: Store, now: float | None = None, include_ended: bool = False) -> list[dict[str, Any]]:
+    now = time.time() if now is None else now
+    rows = store.recent_workers(now - RECENT_SECONDS) if include_ended else store.workers()
+    out = []
+    for w in rows:
+        out.append({
+            "id": w.id, "cloud": w.cloud, "state": w.state.value, "condor_name": w.condor_name,
+            "age_seconds": round(now - w.created_at), "state_seconds": round(now - w.state_since),
+            "idle_seconds": round(now - w.state_since) if w.state is State.IDLE else None,
+            "resource_id": w.resource_id, "reason": w.reason,
+        })
+    return out
+
+
+def queue_status(store: Store) -> dict[str, Any]:
+    groups, updated = store.get("demand", [])
+    return {
+        "updated_at": updated or None,
+        "idle_jobs": sum(g["count"] for g in groups),
+        "unschedulable_jobs": sum(g["count"] for g in groups if g["status"] == "unschedulable"),
+        "groups": groups,
+    }
+
+
+def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    return store.events(since_id=since, limit=limit)
+
+
+# ------------------------------------------------------------------ writing
+
+def set_enabled(store: Store, cfg: Config, name: str, enabled: bool, actor: str = "operator") -> dict[str, Any]:
+    resolve_cloud(cfg, name)
+    store.set_cloud(name, enabled=enabled, actor=actor)
+    return next(c for c in clouds_status(store, cfg) if c["name"] == name)
+
+
+def parse_count(value: Any, what: str = "max_workers") -> int:
+    if isinstance(value, bool):
+        raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.isdigit():
+            raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int) or value < 0 or value > 100000:
+        raise OpError(f"{what} must be a whole number from 0 to 100000, got {value!r}")
+    return value
+
+
+def set_max_workers(store: Store, cfg: Config, name: str, value: Any, actor: str = "operator") -> dict[str, Any]:
+    resolve_cloud(cfg, name)
+    n = parse_count(value)
+    store.set_cloud(name, max_workers=n, actor=actor)
+    return next(c for c in clouds_status(store, cfg) if c["name"] == name)
+
+
+def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, everything: bool,
+                 now_flag: bool, actor: str = "operator") -> list[str]:
+    """Ask the daemon to drain and remove workers (or remove at once with now_flag)."""
+    resolve_cloud(cfg, cloud)
+    live = [w for w in store.workers() if w.cloud == cloud]
+    if everything:
+        ids = [w.id for w in live if w.state is not State.DRAINING or now_flag]
+    elif worker_id:
+        match = [w for w in live if w.id == worker_id]
+        if not match:
+            known = ", ".join(w.id for w in live) or "none"
+            raise OpError(f"no live worker {worker_id} in cloud {cloud} (live: {known})", 404)
+        ids = [worker_id]
+    else:
+        raise OpError("say which workers: a worker id, or all")
+    store.request_kill(ids, now_flag, actor=actor)
+    return ids
