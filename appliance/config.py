@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-DEFAULT_PATH = os.environ.get("APPLIANCE_CONFIG", "/etc/appliance/appliance.yaml")
+DEFAULT_PATH = "/etc/appliance/appliance.yaml"
 
 CLOUD_TYPES = ("local", "docker", "swarm", "ec2")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -362,7 +362,7 @@ def loads(text_: str, source: str = "<string>") -> Config:
 
 
 def load(path: str | None = None) -> Config:
-    path = path or DEFAULT_PATH
+    path = path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
     try:
         with open(path, encoding="utf-8") as f:
             content = f.read()

@@ -152,7 +152,7 @@ class Daemon:
             w = workers.get(t.worker_id)
             if w is None:
                 continue
-            self.store.transition(t.worker_id, t.to, t.reason, now)
+            workers[w.id] = self.store.transition(t.worker_id, t.to, t.reason, now)
             log.info("worker %s (%s): %s -> %s: %s", w.id, w.cloud, w.state, t.to, t.reason)
             h = health.get(w.cloud)
             if h is None:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import classad
+import htcondor  # noqa: F401  (registers HTCondor's ClassAd functions: stringListIMember, split, ...)
 
 from .config import CloudConfig
 from .model import JobGroup

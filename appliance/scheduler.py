@@ -174,11 +174,15 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
                 end(w, State.FAILED, f"vanished: {gone}")
             continue
 
+        if w.state is State.REQUESTED and res is not None:
+            # the daemon stopped during this launch, but the cloud has it: adopt it
+            move(w, State.BOOTING, f"adopted: found in the cloud as {res.resource_id}")
+
         if obs.slots is None:
             continue   # collector unreachable: judge nothing on its absence
 
         if slot is not None:
-            if w.state in lifecycle.STARTING:
+            if state[w.id] in lifecycle.STARTING:
                 move(w, State.BUSY if slot.claimed else State.IDLE, f"joined the pool as {slot.name}")
             elif w.state is State.IDLE and slot.claimed:
                 move(w, State.BUSY, f"running jobs in {slot.claimed} slot(s)")
@@ -187,7 +191,7 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
             continue
 
         # live resource, absent from the collector
-        if w.state in lifecycle.STARTING:
+        if state[w.id] in lifecycle.STARTING:
             if now - w.created_at > settings.boot_timeout:
                 end(w, State.FAILED, f"did not join the pool within boot_timeout ({settings.boot_timeout:.0f}s)")
         elif now - max(w.last_seen, w.state_since) > settings.lost_timeout:

@@ -19,7 +19,7 @@ from .config import Config
 from .lifecycle import State
 from .model import CloudHealth, Worker
 
-DEFAULT_PATH = os.environ.get("APPLIANCE_DB", "/var/lib/appliance/state/appliance.db")
+DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -76,7 +76,7 @@ _WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_n
 
 class Store:
     def __init__(self, path: str | None = None):
-        self.path = path or DEFAULT_PATH
+        self.path = path or os.environ.get("APPLIANCE_DB") or DEFAULT_PATH
         # the daemon (root) and the web app (group appliance) share these files,
         # including the -wal and -shm files SQLite creates on the fly
         os.umask(0o007)

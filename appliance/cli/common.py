@@ -32,11 +32,10 @@ def open_state() -> tuple[Config, Store]:
         cfg = load()
     except ConfigError as err:
         raise Exit(BROKEN, f"configuration error: {err}") from None
-    path = os.environ.get("APPLIANCE_DB")
     try:
-        return cfg, Store(path)
+        return cfg, Store()
     except (sqlite3.Error, OSError) as err:
-        raise Exit(BROKEN, f"cannot open the appliance state ({path or 'default path'}): {err}") from None
+        raise Exit(BROKEN, f"cannot open the appliance state: {err}") from None
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -1,0 +1,130 @@
+"""Shared helpers for the benchmarks: run an appliance container, submit, time things.
+
+The benchmarks use only the docker CLI and the standard library, so any user
+with Docker can run them with a plain `python3 -m bench.<name>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+IMAGE = os.environ.get("APPLIANCE_IMAGE", "appliance:latest")
+
+
+def sh(*args: str, check: bool = True, input: str | None = None) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def build_image() -> float:
+    t = time.monotonic()
+    sh("docker", "build", "-q", "-t", IMAGE, str(REPO))
+    return time.monotonic() - t
+
+
+class Appliance:
+    """One appliance container for a benchmark run; removed on exit."""
+
+    def __init__(self, config: str, docker_socket: bool = False, network: str | None = None,
+                 extra: list[str] | None = None):
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
+        self.cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        self.cfg.write(config)
+        self.cfg.close()
+        os.chmod(self.cfg.name, 0o644)
+        args = ["docker", "run", "-d", "--name", self.name, "--hostname", self.name,
+                "-v", f"{self.cfg.name}:/etc/appliance/appliance.yaml:ro"]
+        if docker_socket:
+            args += ["-v", "/var/run/docker.sock:/var/run/docker.sock"]
+        if network:
+            args += ["--network", network]
+        self.started = time.monotonic()
+        sh(*args, *(extra or []), IMAGE)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+        os.unlink(self.cfg.name)
+
+    def sh(self, cmd: str, user: str = "root", check: bool = True) -> str:
+        return sh("docker", "exec", "-u", user, self.name, "bash", "-c", cmd, check=check)
+
+    def status(self, *args: str) -> dict:
+        out = sh("docker", "exec", self.name, "cloud_status", "--json", *args, check=False)
+        return json.loads(out)
+
+    def wait(self, what: str, predicate, timeout: float = 300, every: float = 0.2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (RuntimeError, ValueError, KeyError):
+                pass
+            time.sleep(every)
+        raise TimeoutError(f"{what} did not happen within {timeout}s")
+
+    def wait_ready(self) -> float:
+        """Wait until a job can be submitted; returns seconds since `docker run`."""
+        self.wait("the appliance", lambda: self.status()["scheduler"]["running"]
+                  and "Total for all users" in self.sh("condor_q -allusers -totals", check=False), 120)
+        return time.monotonic() - self.started
+
+    def live_workers(self) -> list[dict]:
+        return self.status("-m")["data"]
+
+
+def stamp_job(directory: str, name: str = "job") -> str:
+    """A job that writes the time it starts executing (the worker's clock is the host's)."""
+    return (f"mkdir -p {directory} && cd {directory} && "
+            "printf '#!/bin/sh\\ndate +%%s.%%N\\nsleep ${1:-1}\\n' > stamp.sh && chmod +x stamp.sh && "
+            f"printf 'executable = stamp.sh\\narguments = 1\\noutput = {name}.out\\nerror = {name}.err\\n"
+            "request_cpus = 1\\nrequest_memory = 128\\nrequest_disk = 10MB\\nqueue\\n' > job.sub")
+
+
+def summary(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {}
+    def pct(p):
+        k = (len(values) - 1) * p
+        lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+        return values[lo] + (values[hi] - values[lo]) * (k - lo)
+    return {"n": len(values), "min": round(values[0], 2), "p50": round(statistics.median(values), 2),
+            "p95": round(pct(0.95), 2), "max": round(values[-1], 2), "mean": round(statistics.fmean(values), 2)}
+
+
+def machine() -> dict:
+    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "docker": sh("docker", "version", "--format", "{{.Server.Version}}").strip()}
+
+
+def write_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"benchmark": name, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)

@@ -1,0 +1,174 @@
+"""Integration fixtures: the built image, running appliances, and helpers to drive them.
+
+Everything here runs the real image with real HTCondor daemons on the real
+dockerd. Containers, networks and volumes are named `apptest-*` and removed
+by the tests themselves (testcontainers' reaper cannot be pulled here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+from testcontainers.core.container import DockerContainer
+
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("APPLIANCE_IMAGE", "appliance:latest")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def client():
+    return docker.from_env()
+
+
+@pytest.fixture(scope="session")
+def image(client):
+    """Build the image once per run (Docker's cache makes a rebuild cheap)."""
+    if not os.environ.get("APPLIANCE_SKIP_BUILD"):
+        subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(REPO)], check=True, stdout=subprocess.DEVNULL)
+    return IMAGE
+
+
+@pytest.fixture
+def network(client):
+    net = client.networks.create(f"apptest-{uuid.uuid4().hex[:8]}", driver="bridge")
+    yield net.name
+    for c in client.containers.list(all=True, filters={"network": net.name}):
+        c.remove(force=True)
+    net.remove()
+
+
+@pytest.fixture
+def volumes(client):
+    """Named volumes for state and queue, so a test can restart or replace the container."""
+    tag = uuid.uuid4().hex[:8]
+    names = {"state": f"apptest-state-{tag}", "spool": f"apptest-spool-{tag}"}
+    yield names
+    for n in names.values():
+        for c in client.containers.list(all=True, filters={"volume": n}):
+            c.remove(force=True)
+        try:
+            client.volumes.get(n).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+class Appliance:
+    def __init__(self, container: DockerContainer):
+        self.tc = container
+        self.c = container.get_wrapped_container()
+        self.name = self.c.name
+
+    def sh(self, cmd: str, user: str = "root", check: bool = True, workdir: str | None = None) -> str:
+        rc, out = self.c.exec_run(["bash", "-lc", cmd], user=user, workdir=workdir)
+        text = out.decode(errors="replace")
+        if check and rc != 0:
+            raise AssertionError(f"`{cmd}` exited {rc}:\n{text}")
+        return text
+
+    def rc(self, cmd: str, user: str = "root") -> tuple[int, str]:
+        rc, out = self.c.exec_run(["bash", "-lc", cmd], user=user)
+        return rc, out.decode(errors="replace")
+
+    def status(self, *args: str) -> dict:
+        rc, out = self.rc("cloud_status --json " + " ".join(shlex.quote(a) for a in args))
+        assert rc in (0, 3), out
+        return json.loads(out)
+
+    def submit(self, sub: str, files: dict[str, str] | None = None, user: str = "submit",
+               directory: str = "/home/submit/job") -> int:
+        self.sh(f"mkdir -p {directory}", user=user)
+        for name, content in {**(files or {}), "job.sub": sub}.items():
+            self.sh(f"cat > {directory}/{name} <<'EOF'\n{content}\nEOF\nchmod +x {directory}/{name}", user=user)
+        out = self.sh(f"cd {directory} && condor_submit job.sub", user=user)
+        return int(out.strip().split()[-1].rstrip("."))
+
+    def events(self) -> list[dict]:
+        return self.status("-e", "-n", "1000")["data"]
+
+    def logs(self) -> str:
+        return self.c.logs().decode(errors="replace")
+
+    def wait(self, what: str, predicate, timeout: float = 120, every: float = 1.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except (AssertionError, ValueError, json.JSONDecodeError) as err:
+                last = err
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n"
+                             f"--- events ---\n{self.sh('cloud_status -e -n 60', check=False)}\n"
+                             f"--- logs ---\n{self.logs()[-4000:]}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait("the appliance to answer", lambda: self.status()["scheduler"]["running"] and
+                  self.rc("condor_q -allusers -totals")[0] == 0, timeout)
+
+
+@pytest.fixture
+def start_appliance(client, image, tmp_path):
+    """Start an appliance with a given config; removed after the test."""
+    started: list[DockerContainer] = []
+
+    def start(config: str, name: str | None = None, network: str | None = None,
+              volumes: dict[str, str] | None = None, env: dict[str, str] | None = None,
+              docker_socket: bool = False, wait: bool = True) -> Appliance:
+        name = name or f"apptest-{uuid.uuid4().hex[:8]}"
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(config)
+        c = DockerContainer(image).with_name(name).with_volume_mapping(str(cfg), "/etc/appliance/appliance.yaml", "ro")
+        if volumes:
+            c = c.with_volume_mapping(volumes["state"], "/var/lib/appliance", "rw")
+            c = c.with_volume_mapping(volumes["spool"], "/var/lib/condor/spool", "rw")
+        if docker_socket:
+            c = c.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+        for k, v in (env or {}).items():
+            c = c.with_env(k, v)
+        kwargs = {"hostname": name}    # as compose does: the pool's names match the container's
+        if network:
+            kwargs["network"] = network
+        c = c.with_kwargs(**kwargs)
+        c.start()
+        started.append(c)
+        app = Appliance(c)
+        if wait:
+            app.wait_ready()
+        return app
+
+    yield start
+    for c in started:
+        try:
+            c.get_wrapped_container().remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+JOB_SCRIPT = """#!/bin/sh
+# proves where it ran: the worker's own name and id, from the machine ad HTCondor gives every job
+echo "host=$(hostname)"
+grep -E '^(WorkerId|CloudName) ' "$_CONDOR_MACHINE_AD"
+sleep ${1:-3}
+echo done
+"""
+
+
+def job_sub(count: int, seconds: int = 3, extra: str = "") -> str:
+    return (f"executable = job.sh\narguments = {seconds}\noutput = out.$(Process)\nerror = err.$(Process)\n"
+            f"log = job.log\nrequest_cpus = 1\nrequest_memory = 128\nrequest_disk = 10MB\n{extra}\nqueue {count}")

@@ -1,0 +1,165 @@
+"""The appliance image with the embedded local cloud: real HTCondor, real workers."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from .conftest import JOB_SCRIPT, job_sub  # noqa: F401
+
+pytestmark = pytest.mark.timeout(420)
+
+CONFIG = """
+scheduler: {interval: 1, idle_timeout: 10, boot_timeout: 120}
+clouds:
+  - {name: local, type: local, max_workers: 2, worker: {cpus: 1, memory: 1024}}
+"""
+
+
+def completed(app, cluster: int) -> list[str]:
+    out = app.sh(f"condor_history -constraint 'ClusterId == {cluster}' -af ProcId JobStatus ExitCode")
+    return [l for l in out.splitlines() if l.split()[1:] == ["4", "0"]]
+
+
+def test_six_jobs_two_workers_then_scale_to_zero(start_appliance):
+    app = start_appliance(CONFIG)
+    cluster = app.submit(job_sub(6, seconds=3), {"job.sh": JOB_SCRIPT})
+
+    app.wait("6 jobs to complete", lambda: len(completed(app, cluster)) == 6, timeout=240)
+
+    # each job's output proves it ran in a worker, not in the appliance itself
+    outputs = [app.sh(f"cat /home/submit/job/out.{i}") for i in range(6)]
+    worker_ids = set()
+    for out in outputs:
+        m = re.search(r'^WorkerId = "(local-[0-9a-f]{6})"$', out, re.M)
+        assert m and 'CloudName = "local"' in out and out.rstrip().endswith("done"), out
+        worker_ids.add(m.group(1))
+
+    # then both workers drain and are gone
+    app.wait("both workers to retire", lambda: app.status("-m")["data"] == [], timeout=120)
+    masters = app.sh("ps -eo args").count("condor_master")
+    assert masters == 1, app.sh("ps -eo pid,args")     # only the appliance's own
+    assert not app.sh("condor_status -constraint 'ApplianceWorker =?= true' -af Name").strip()
+
+    # exactly 2 workers were ever started, and the events show every transition with its reason
+    events = app.events()
+    per_worker: dict[str, list[tuple]] = {}
+    for e in events:
+        if e["kind"] == "worker" and e["to_state"]:
+            per_worker.setdefault(e["worker_id"], []).append((e["from_state"], e["to_state"], e["reason"]))
+    assert len(per_worker) == 2, per_worker
+    assert set(per_worker) == worker_ids
+    for wid, moves in per_worker.items():
+        path = [to for _, to, _ in moves]
+        assert path[:3] == ["requested", "booting", "idle"], moves
+        assert "busy" in path and path[-2:] == ["draining", "retired"], moves
+        reasons: dict[str, str] = {}
+        for _, to, why in moves:
+            reasons.setdefault(to, why)     # the first time it entered each state
+        assert reasons["requested"].startswith("launch: 6 idle job(s)")
+        assert reasons["idle"].startswith(f"joined the pool as {wid}@")
+        assert reasons["draining"].startswith("idle for 1") and "no job it could run" in reasons["draining"]
+        assert reasons["retired"].startswith("drained and exited")
+
+
+def test_unschedulable_job_starts_nothing_and_is_reported(start_appliance):
+    app = start_appliance(CONFIG)
+    app.submit(job_sub(3, extra='requirements = TARGET.CloudName == "nowhere"'), {"job.sh": JOB_SCRIPT})
+    app.submit(job_sub(1, extra="request_memory = 64000"), {"job.sh": JOB_SCRIPT}, directory="/home/submit/big")
+
+    def reported():
+        q = app.status("-q")["data"]
+        return q if q["unschedulable_jobs"] == 4 else None
+    q = app.wait("the queue report", reported, timeout=60)
+    reasons = sorted(g["reason"] for g in q["groups"])
+    assert all(g["status"] == "unschedulable" and g["clouds"] == [] for g in q["groups"])
+    assert any("Requirements do not match its workers" in r and "nowhere" in r for r in reasons), reasons
+    assert any("64000 MB" in r and "its workers have 1 cpus, 1024 MB" in r for r in reasons), reasons
+    text = app.sh("cloud_status -q")
+    assert "4 idle job(s) are unschedulable" in text
+    time.sleep(5)   # several cycles: still nothing launched
+    assert not [e for e in app.events() if e["to_state"] == "requested"]
+
+
+def test_disable_survives_a_restart(start_appliance, volumes):
+    app = start_appliance(CONFIG, volumes=volumes)
+    assert app.sh("cloud_admin -d local").strip() == "local: disabled"
+    rc, out = app.rc("cloud_admin -d nope")
+    assert rc == 1 and out.strip().endswith("no cloud named nope (known: local)")
+    key_before = app.sh("sha256sum /var/lib/appliance/keys/POOL")
+
+    app.c.restart(timeout=30)
+    app.wait_ready()
+    assert [c["enabled"] for c in app.status()["data"]] == [False]
+    assert app.sh("sha256sum /var/lib/appliance/keys/POOL") == key_before
+    app.submit(job_sub(1), {"job.sh": JOB_SCRIPT})
+    time.sleep(6)
+    assert not [e for e in app.events() if e["to_state"] == "requested"]
+    q = app.status("-q")["data"]
+    assert q["groups"][0]["status"] == "unschedulable" and "local: disabled" in q["groups"][0]["reason"]
+
+    assert app.sh("cloud_admin -e local").strip() == "local: enabled"
+    app.wait("a worker for the job", lambda: any(e["to_state"] == "requested" for e in app.events()), timeout=30)
+
+
+ROGUE_CONFIG = """
+import os, sys
+from appliance.config import CloudConfig
+from appliance.workerconf import WorkerSpec, condor_config
+home = "/var/lib/rogue"
+for d in ("log", "spool", "execute", "lock", "run", "keys", "tokens.d"):
+    os.makedirs(f"{home}/{d}", exist_ok=True)
+os.system(f"chown condor {home}/log {home}/spool {home}/execute {home}/lock {home}/run; chmod 700 {home}/tokens.d")
+spec = WorkerSpec("rogue-000001", CloudConfig("local", "local"), "appliance", sys.argv[1])
+open(f"{home}/condor_config", "w").write(condor_config(spec, home))
+"""
+
+
+def test_startd_without_a_valid_token_is_not_admitted(start_appliance, network, client, image):
+    app = start_appliance(CONFIG, network=network)
+    rogue = client.containers.run(image, ["sleep", "infinity"], detach=True, network=network,
+                                  name=f"apptest-rogue-{app.name[-8:]}")
+    try:
+        def r(cmd):
+            rc, out = rogue.exec_run(["bash", "-lc", cmd])
+            return rc, out.decode()
+        assert r(f"cat > /tmp/mk.py <<'EOF'\n{ROGUE_CONFIG}\nEOF\npython3 /tmp/mk.py {app.name}")[0] == 0
+        env = "CONDOR_CONFIG=/var/lib/rogue/condor_config"
+
+        # 1. no token at all
+        assert r(f"{env} condor_master")[0] == 0
+        time.sleep(12)
+        assert "rogue" not in app.sh("condor_status -any -af Name")
+
+        # 2. a token for a worker identity, but signed with a key of its own
+        r("pkill -QUIT condor_master; sleep 3; echo forged-key > /var/lib/rogue/keys/POOL; chmod 600 /var/lib/rogue/keys/POOL")
+        rc, tok = r(f"{env} _CONDOR_SEC_PASSWORD_DIRECTORY=/var/lib/rogue/keys condor_token_create "
+                    "-identity worker-rogue-000001@appliance -key POOL -authz ADVERTISE_STARTD")
+        assert rc == 0, tok
+        r(f"echo '{tok.strip()}' > /var/lib/rogue/tokens.d/forged; chmod 600 /var/lib/rogue/tokens.d/forged; "
+          f"{env} condor_master")
+        time.sleep(12)
+        assert "rogue" not in app.sh("condor_status -any -af Name")
+        collector_log = app.sh("cat /var/log/condor/CollectorLog")
+        rogue_ip = client.containers.get(rogue.id).attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+        assert re.search(rf"(authenticat|DENIED).*{re.escape(rogue_ip)}|{re.escape(rogue_ip)}.*(authenticat|DENIED)",
+                         collector_log, re.I), collector_log[-3000:]
+
+        # 3. a genuine worker token is good for advertising only: it cannot submit or read the queue's jobs
+        token = app.sh("condor_token_create -identity worker-local-000009@appliance -authz ADVERTISE_STARTD "
+                       "-authz ADVERTISE_MASTER -authz READ -key POOL").strip()
+        r(f"mkdir -p /root/.condor/tokens.d && echo '{token}' > /root/.condor/tokens.d/w && chmod 600 /root/.condor/tokens.d/w")
+        submit = ("import htcondor\n"
+                  f"schedd = htcondor.Schedd(htcondor.Collector('{app.name}:9618').locate(htcondor.DaemonTypes.Schedd))\n"
+                  "schedd.submit(htcondor.Submit({'executable': '/bin/true'}))\n")
+        rc, out = r(f"cat > /tmp/s.py <<'EOF'\n{submit}EOF\n_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS=IDTOKENS "
+                    "CONDOR_CONFIG=/dev/null _CONDOR_TRUST_DOMAIN=appliance "
+                    "_CONDOR_SEC_TOKEN_DIRECTORY=/root/.condor/tokens.d python3 /tmp/s.py")
+        assert rc != 0, out
+        sched_log = app.sh(f"grep '{rogue_ip}' /var/log/condor/SchedLog || true")
+        assert "limited authorization which did not include this command (1112 QMGMT_WRITE_CMD)" in sched_log, \
+            (out, sched_log)
+        assert "worker" not in app.sh("condor_q -allusers -af Owner")
+    finally:
+        rogue.remove(force=True)

@@ -1,0 +1,31 @@
+from appliance import backoff
+from appliance.model import CloudHealth
+
+
+def test_launch_errors_back_off_with_growing_delays_capped():
+    h = CloudHealth("c", True, 5)
+    delays = []
+    for _ in range(10):
+        h = backoff.after_launch_error(h, "capacity", "no capacity", now=0.0)
+        delays.append(h.backoff_until)
+    assert delays[:4] == [10, 20, 40, 80] and delays[-1] == backoff.MAX_DELAY
+    assert h.last_error == "capacity: no capacity" and not h.breaker_open
+
+
+def test_auth_errors_wait_longer_and_retry_after_is_honoured():
+    h = backoff.after_launch_error(CloudHealth("c", True, 5), "auth", "bad key", now=0.0)
+    assert h.backoff_until == 120
+    h = backoff.after_launch_error(CloudHealth("c", True, 5), "throttle", "slow down", now=0.0, retry_after=300)
+    assert h.backoff_until == 300
+
+
+def test_breaker_opens_after_quick_failures_and_a_join_resets():
+    h = CloudHealth("c", True, 5)
+    for i in range(backoff.BREAKER_AFTER - 1):
+        h = backoff.after_quick_failure(h, "exited at once", now=float(i))
+        assert not h.breaker_open
+    h = backoff.after_quick_failure(h, "exited at once", now=10.0)
+    assert h.breaker_open and h.failures == backoff.BREAKER_AFTER
+    h = backoff.after_join(h)
+    assert not h.breaker_open and h.failures == 0 and h.backoff_until == 0
+    assert h.last_error == "exited at once"   # kept for the record

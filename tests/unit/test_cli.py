@@ -1,0 +1,126 @@
+"""cloud_status and cloud_admin against a real store, without Docker: flags, messages, exit codes, JSON."""
+import json
+import time
+
+import pytest
+
+from appliance.cli import cloud_admin, cloud_status
+from appliance.cli.common import run
+from appliance.lifecycle import State
+from appliance.store import Store
+
+CONFIG = """
+clouds:
+  - {name: local, type: local, max_workers: 2}
+  - {name: docker, type: docker, enabled: false}
+"""
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    cfg = tmp_path / "appliance.yaml"
+    cfg.write_text(CONFIG)
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(cfg))
+    monkeypatch.setenv("APPLIANCE_DB", str(tmp_path / "state" / "appliance.db"))
+    store = Store()
+    store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
+    return store
+
+
+def status(*argv):
+    return run(cloud_status.main, list(argv))
+
+
+def admin(*argv):
+    return run(cloud_admin.main, list(argv))
+
+
+def test_clouds_table(env, capsys):
+    assert status() == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH"]
+    assert out[1].split() == ["local", "local", "yes", "0", "0", "0", "0", "2", "ok"]
+    assert out[2].split() == ["docker", "docker", "no", "0", "0", "0", "0", "10", "disabled"]
+    assert "scheduler: running" in out[-1]
+
+
+def test_disable_enable_persist_and_show(env, capsys):
+    assert admin("-d", "local") == 0
+    assert capsys.readouterr().out.strip() == "local: disabled"
+    assert status("--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["enabled"] for c in data["data"]] == [False, False]
+    assert admin("-e", "local") == 0 and "local: enabled" in capsys.readouterr().out
+
+
+def test_unknown_cloud_is_rejected_with_the_known_names(env, capsys):
+    assert admin("-e", "nope") == 1
+    assert capsys.readouterr().err.strip().endswith("no cloud named nope (known: local, docker)")
+    assert status("-c", "nope") == 1
+    assert "no cloud named nope (known: local, docker)" in capsys.readouterr().err
+
+
+def test_max_workers_and_bad_numbers(env, capsys):
+    assert admin("-v", "5", "-c", "docker") == 0 and "docker: max_workers 5" in capsys.readouterr().out
+    for bad in ("-1", "x", "2.5", "1000001"):
+        assert admin("-v", bad, "-c", "docker") == 1
+        assert "max_workers must be a whole number" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(env, capsys):
+    with pytest.raises(SystemExit) as e:
+        cloud_admin.main(["-k", "-a"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cloud_admin.main(["-k", "-c", "local"])
+    assert e.value.code == 2
+
+
+def test_kill_needs_a_live_worker(env, capsys):
+    env.add_worker("local-aaaaaa", "local", "x")
+    env.transition("local-aaaaaa", State.BOOTING, "y")
+    assert admin("-k", "-c", "local", "-n", "local-zzzzzz") == 1
+    assert "no live worker local-zzzzzz in cloud local (live: local-aaaaaa)" in capsys.readouterr().err
+    assert admin("-k", "-c", "local", "-n", "local-aaaaaa") == 0
+    assert "drain and removal requested for 1 worker(s): local-aaaaaa" in capsys.readouterr().out
+    assert env.pending_kills() == {"local-aaaaaa": False}
+    assert admin("-k", "-c", "local", "-a", "--now", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["workers"] == ["local-aaaaaa"]
+    assert env.pending_kills() == {"local-aaaaaa": True}
+
+
+def test_workers_and_events(env, capsys):
+    env.add_worker("local-aaaaaa", "local", "launch: 1 idle job")
+    env.transition("local-aaaaaa", State.BOOTING, "launched (pid:1)")
+    assert status("-m") == 0
+    out = capsys.readouterr().out
+    assert "local-aaaaaa" in out and "booting" in out
+    assert status("-e") == 0
+    out = capsys.readouterr().out
+    assert "requested -> booting" in out and "launched (pid:1)" in out
+
+
+def test_scheduler_not_running_exits_3_but_still_prints(env, capsys):
+    env.put("heartbeat", {"time": time.time() - 600, "interval": 2})
+    assert status() == 3
+    captured = capsys.readouterr()
+    assert "local" in captured.out and "not running: last cycle" in captured.err
+    assert admin("-d", "local") == 3
+    assert "saved, but the scheduler is not running" in capsys.readouterr().err
+
+
+def test_config_error_is_shown_and_exits_4(env, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clouds: [{name: x, type: nope}]")
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(bad))
+    assert status() == 4
+    assert f"configuration error: {bad}: clouds[0].type: unknown cloud type 'nope'" in capsys.readouterr().err
+
+
+def test_queue_shows_unschedulable(env, capsys):
+    env.put("demand", [{"key": "k", "count": 2, "cpus": 1, "memory": 999999, "disk": 0, "requirements": "true",
+                        "target_clouds": None, "clouds": [], "status": "unschedulable", "reason": "no enabled cloud"}])
+    assert status("-q") == 0
+    out = capsys.readouterr().out
+    assert "2 idle job(s) in 1 group(s)" in out and "unschedulable" in out
+    assert "2 idle job(s) are unschedulable" in out

@@ -1,0 +1,54 @@
+"""Turning schedd group-by ads and collector slot ads into demand and supply."""
+import classad
+
+from appliance.condor import groups_from_ads, summarize_slots
+
+
+def group_ad(status=1, universe=5, count=3, cpus=1, memory=128, disk="DiskUsage", req="TARGET.Memory >= RequestMemory", target=None):
+    a = classad.ClassAd()
+    a["JobStatus"], a["JobUniverse"], a["JobCount"] = status, universe, count
+    a["RequestCpus"], a["RequestMemory"] = cpus, memory
+    a["DiskUsage"] = 45
+    a["RequestDisk"] = classad.ExprTree(disk)
+    a["Requirements"] = classad.ExprTree(req)
+    if target:
+        a["TargetClouds"] = target
+    return a
+
+
+def test_only_idle_jobs_that_need_a_worker_count():
+    groups = groups_from_ads([
+        group_ad(count=3), group_ad(status=2, count=5), group_ad(status=5, count=7),
+        group_ad(universe=7, count=1), group_ad(universe=12, count=1), group_ad(count=2, memory=2048),
+    ])
+    assert sorted((g.count, g.memory) for g in groups) == [(2, 2048), (3, 128)]
+
+
+def test_expressions_are_evaluated_and_identical_requests_merged():
+    groups = groups_from_ads([group_ad(count=3, universe=5), group_ad(count=4, universe=13)])
+    assert len(groups) == 1
+    g = groups[0]
+    assert (g.count, g.cpus, g.memory, g.disk) == (7, 1, 128, 45)
+    assert g.requirements == "TARGET.Memory >= RequestMemory" and g.target_clouds is None
+    assert g.ad["MyType"] == "Job"
+
+
+def test_target_clouds_is_split():
+    (g,) = groups_from_ads([group_ad(target="docker, aws")])
+    assert g.target_clouds == ("docker", "aws")
+
+
+def test_slots_are_summarized_per_worker():
+    def slot(name, wid, state, stype, cpus, mem):
+        a = classad.ClassAd()
+        a.update({"Name": name, "WorkerId": wid, "State": state, "SlotType": stype, "Cpus": cpus, "Memory": mem,
+                  "Disk": 1000, "TotalSlotCpus": 4})
+        return a
+    s = summarize_slots([
+        slot("slot1@w1@host", "w1", "Unclaimed", "Partitionable", 2, 1024),
+        slot("slot1_1@w1@host", "w1", "Claimed", "Dynamic", 1, 128),
+        slot("slot1_2@w1@host", "w1", "Claimed", "Dynamic", 1, 128),
+        slot("slot1@w2@host", "w2", "Unclaimed", "Partitionable", 4, 2048),
+    ])
+    assert (s["w1"].name, s["w1"].claimed, s["w1"].free_cpus, s["w1"].free_memory) == ("w1@host", 2, 2, 1024)
+    assert (s["w2"].claimed, s["w2"].free_cpus, s["w2"].total_cpus) == (0, 4, 4)

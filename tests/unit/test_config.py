@@ -1,0 +1,140 @@
+"""Config validation: the good file, and one clear message for each kind of bad file."""
+import os
+
+import pytest
+
+from appliance.config import ConfigError, load, loads
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_shipped_default_file_is_valid_and_has_local_enabled():
+    cfg = load(os.path.join(REPO, "config", "appliance.yaml"))
+    assert cfg.pool.name == "appliance" and cfg.pool.condor_host == "auto"
+    assert cfg.scheduler.interval == 2 and cfg.scheduler.idle_timeout == 300
+    local = cfg.cloud("local")
+    assert local.type == "local" and local.enabled and local.max_workers == 2
+    assert (local.worker.cpus, local.worker.memory, local.worker.disk) == (1, 1024, 4096)
+
+
+def test_every_example_file_is_valid():
+    examples = os.path.join(REPO, "config", "examples")
+    for name in sorted(os.listdir(examples)) if os.path.isdir(examples) else []:
+        load(os.path.join(examples, name))
+
+
+def test_empty_file_gives_defaults_with_a_local_cloud():
+    cfg = loads("")
+    assert cfg.cloud_names == ("local",)
+    assert cfg.scheduler.max_booting == 10 and cfg.scheduler.max_workers == 100
+
+
+def test_all_cloud_types_with_their_options():
+    cfg = loads("""
+clouds:
+  - {name: local, type: local}
+  - name: docker
+    type: docker
+    enabled: false
+    image: appliance:latest
+    max_workers: 10
+    worker: {cpus: 2, memory: 2048, attributes: {HasDocker: true, Site: "lab"}}
+  - {name: swarm, type: swarm, constraints: ["node.role == worker"]}
+  - name: aws
+    type: ec2
+    region: us-west-2
+    ami: ami-0123456789abcdef0
+    instance_type: t3.large
+    market: spot
+    spot_max_price: "0.05"
+    security_groups: sg-1, sg-2
+""")
+    assert cfg.cloud_names == ("local", "docker", "swarm", "aws")
+    docker = cfg.cloud("docker")
+    assert not docker.enabled and docker.opt("image") == "appliance:latest" and docker.opt("network") == "auto"
+    assert dict(docker.worker.attributes) == {"HasDocker": True, "Site": "lab"}
+    assert cfg.cloud("swarm").opt("constraints") == ("node.role == worker",)
+    aws = cfg.cloud("aws")
+    assert aws.opt("security_groups") == ("sg-1", "sg-2") and aws.opt("market") == "spot"
+
+
+BAD = [
+    ("pool: [1, 2", "<string>: line 1, column 12: not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    ("- a\n- b", "<string>: (top level): expected a mapping, got ['a', 'b']"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, pool, scheduler)"),
+    ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: boot_timeout, "
+                                  "idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
+    ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
+    ("scheduler: {interval: 0}", "<string>: scheduler.interval: must be a number from 0.2 to 3600, got 0"),
+    ("scheduler: {max_booting: 2.5}", "<string>: scheduler.max_booting: expected a whole number from 1 to 10000, got 2.5"),
+    ("scheduler: {max_workers: true}", "<string>: scheduler.max_workers: expected a whole number from 0 to 100000, got True"),
+    ("scheduler: {on_shutdown: destroy}", "<string>: scheduler.on_shutdown: must be one of keep, remove, got 'destroy'"),
+    ("pool: {name: My Pool}", "<string>: pool.name: must be lower-case letters, digits, '.' and '-', got 'My Pool'"),
+    ("clouds: {name: local}", "<string>: clouds: expected a list of clouds, got {'name': 'local'}"),
+    ("clouds: [local]", "<string>: clouds[0]: expected a mapping with at least name and type, got 'local'"),
+    ("clouds: [{name: a}]", "<string>: clouds[0].type: is required (one of local, docker, swarm, ec2)"),
+    ("clouds: [{name: a, type: k8s}]", "<string>: clouds[0].type: unknown cloud type 'k8s' (known: local, docker, swarm, ec2)"),
+    ("clouds: [{type: local}]", "<string>: clouds[0].name: is required"),
+    ("clouds: [{name: Local_1, type: local}]",
+     "<string>: clouds[0].name: must be 1-31 lower-case letters, digits and '-', got 'Local_1'"),
+    ("clouds: [{name: a, type: local}, {name: a, type: local}]", "<string>: clouds[1].name: duplicate cloud name 'a'"),
+    ("clouds: [{name: a, type: local, enabled: 'yes'}]", "<string>: clouds[0].enabled: expected true or false, got 'yes'"),
+    ("clouds: [{name: a, type: local, max_workers: -1}]",
+     "<string>: clouds[0].max_workers: must be a whole number from 0 to 100000, got -1"),
+    ("clouds: [{name: a, type: local, worker: {cpus: two}}]",
+     "<string>: clouds[0].worker.cpus: expected a whole number from 1 to 1024, got 'two'"),
+    ("clouds: [{name: a, type: local, worker: {gpus: 1}}]",
+     "<string>: clouds[0].worker.gpus: unknown key (known keys here: attributes, cpus, disk, memory)"),
+    ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
+     "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
+    ("clouds: [{name: a, type: local, image: x}]",
+     "<string>: clouds[0].image: unknown key (known keys here: enabled, max_workers, name, priority, type, worker)"),
+    ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
+    ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",
+     "<string>: clouds[0].ami: must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),
+    ("clouds: [{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t, spot_max_price: '1'}]",
+     "<string>: clouds[0].spot_max_price: only applies when market is spot"),
+    ("clouds: [{name: d, type: docker, labels: [a]}]", "<string>: clouds[0].labels: expected a mapping of names to strings, got ['a']"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ")[1] for _, m in BAD])
+def test_bad_file_gives_one_clear_message(text, message):
+    with pytest.raises(ConfigError) as err:
+        loads(text)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(str(tmp_path / "nope.yaml"))
+    assert str(err.value) == f"{tmp_path}/nope.yaml: (file): cannot read: No such file or directory"
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError) as err:
+        load(str(p))
+    assert str(err.value) == f"{p}: (file): is not UTF-8 text"
+
+
+def test_error_names_the_real_file(tmp_path):
+    p = tmp_path / "appliance.yaml"
+    p.write_text("scheduler:\n  idle_timeout: -5\n")
+    with pytest.raises(ConfigError) as err:
+        load(str(p))
+    assert err.value.file == str(p) and err.value.path == "scheduler.idle_timeout"
+    assert str(err.value) == f"{p}: scheduler.idle_timeout: must be a number from 0 to 604800, got -5"
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    from appliance.config import main
+    good = tmp_path / "good.yaml"
+    good.write_text("clouds: [{name: local, type: local}]\n")
+    assert main([str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clouds: [{name: local, type: nope}]\n")
+    assert main([str(bad)]) == 78
+    assert "clouds[0].type: unknown cloud type 'nope'" in capsys.readouterr().err

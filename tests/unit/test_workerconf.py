@@ -1,0 +1,34 @@
+from appliance.config import CloudConfig, WorkerSize
+from appliance.matching import WORKER_START
+from appliance.workerconf import WorkerSpec, condor_config, worker_files
+
+CLOUD = CloudConfig("docker", "docker", worker=WorkerSize(cpus=2, memory=2048, attributes={"HasDocker": True, "Site": 'my "lab"'}))
+SPEC = WorkerSpec("docker-abc123", CLOUD, "mypool", "10.0.0.5", token="SECRET-TOKEN", key=b"SECRET-KEY")
+
+
+def test_config_names_the_worker_and_its_trust():
+    text = condor_config(SPEC, "/var/lib/condor-worker")
+    for line in ["CONDOR_HOST = 10.0.0.5:9618", "MASTER_NAME = docker-abc123", "STARTD_NAME = docker-abc123",
+                 'WorkerId = "docker-abc123"', 'CloudName = "docker"', 'CloudType = "docker"',
+                 "HasDocker = True", 'Site = "my \\"lab\\""', "NUM_CPUS = 2", "MEMORY = 2048",
+                 "TRUST_DOMAIN = mypool", "ALLOW_ADMINISTRATOR = admin@mypool", "CCB_ADDRESS = $(COLLECTOR_HOST)",
+                 "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS", f"START = {WORKER_START}",
+                 "FILESYSTEM_DOMAIN = docker-abc123.mypool", "LOCAL_DIR = /var/lib/condor-worker"]:
+        assert line in text.splitlines(), line
+    assert "SECRET" not in text
+
+
+def test_files_carry_the_secrets_with_private_modes():
+    files = worker_files(SPEC, "/w")
+    assert files["tokens.d/pool"] == (b"SECRET-TOKEN\n", 0o600)
+    assert files["keys/worker-docker-abc123"] == (b"SECRET-KEY", 0o600)
+    assert files["condor_config"][1] == 0o644
+
+
+def test_spec_repr_hides_secrets():
+    assert "SECRET" not in repr(SPEC) and "SECRET" not in str(SPEC)
+
+
+def test_explicit_port_is_kept():
+    assert "CONDOR_HOST = cm.example.org:9700" in condor_config(
+        WorkerSpec("w", CLOUD, "p", "cm.example.org:9700"), "/w").splitlines()
