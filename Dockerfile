@@ -13,6 +13,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  # Debian's host-based defaults are replaced by ours (rootfs/etc/condor/config.d)
  && rm -f /etc/condor/config.d/00-htcondor-9.0.config \
+ && mkdir -p /etc/appliance/worker \
  && useradd --create-home --shell /bin/bash submit \
  && useradd --system --no-create-home --shell /usr/sbin/nologin appliance
 

@@ -129,10 +129,7 @@ class Condor:
         token = self._token_create(admin_identity(self.pool), worker_key_name(worker_id),
                                    self.worker_keys_dir, lifetime=300)
         with tempfile.TemporaryDirectory(prefix="drain-") as tokdir:
-            path = os.path.join(tokdir, "admin")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
+            _write_private(os.path.join(tokdir, "admin"), token + "\n")
             # FS still authenticates us to our own collector (to find the worker);
             # the worker accepts IDTOKENS only, and only this token is offered
             env = dict(os.environ, _CONDOR_SEC_TOKEN_DIRECTORY=tokdir, _CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY=tokdir)
@@ -141,6 +138,37 @@ class Condor:
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise CondorError(f"condor_off -peaceful {condor_name} failed: {detail[-1] if detail else proc.returncode}")
+
+
+    def invalidate(self, worker_id: str) -> None:
+        """Remove a dead worker's ads from the collector at once.
+
+        A killed startd never withdraws its ads; until they expire the
+        negotiator would keep matching jobs to a slot that is gone. Done with a
+        five-minute token of the worker's own identity: only worker identities
+        may advertise (or withdraw) startds.
+        """
+        token = self._token_create(worker_identity(worker_id, self.pool), "POOL", self.keys_dir,
+                                   authz=("ADVERTISE_STARTD", "ADVERTISE_MASTER"), lifetime=300)
+        with tempfile.TemporaryDirectory(prefix="invalidate-") as tokdir:
+            _write_private(os.path.join(tokdir, "worker"), token + "\n")
+            env = dict(os.environ, _CONDOR_SEC_TOKEN_DIRECTORY=tokdir, _CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY=tokdir,
+                       _CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS="IDTOKENS")
+            for command, target in (("INVALIDATE_STARTD_ADS", "Machine"), ("INVALIDATE_MASTER_ADS", "DaemonMaster")):
+                query = os.path.join(tokdir, "query")
+                with open(query, "w") as f:
+                    f.write(f'MyType = "Query"\nTargetType = "{target}"\n'
+                            f'Requirements = WorkerId =?= "{worker_id}"\n')
+                proc = subprocess.run(["condor_advertise", command, query], capture_output=True, text=True,
+                                      env=env, timeout=30)
+                if proc.returncode != 0:
+                    raise CondorError(f"{command} for {worker_id} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+
+
+def _write_private(path: str, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
 
 
 def groups_from_ads(ads: Iterable[classad.ClassAd]) -> tuple[JobGroup, ...]:

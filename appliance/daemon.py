@@ -202,11 +202,13 @@ class Daemon:
             if driver is None:
                 log.warning("worker %s: cloud %s is no longer configured; cannot remove it", t.worker_id, t.cloud)
                 continue
-            jobs.append((t, self.pool.submit(driver.terminate, t.worker_id, t.resource_id)))
+            row = self.store.worker(t.worker_id)
+            # a worker that joined (or an unknown orphan) may have left ads behind
+            withdraw = row is None or row.last_seen > 0
+            jobs.append((t, self.pool.submit(self._remove, driver, t, withdraw)))
         for t, fut in jobs:
             try:
                 fut.result()
-                self.condor.drop_worker_key(t.worker_id)
                 if t.reason.startswith("orphan"):
                     log.info("cloud %s: removed orphan %s (%s)", t.cloud, t.worker_id, t.resource_id)
                     self.store.event("cloud", f"removed orphan {t.worker_id}: {t.reason}", t.worker_id, t.cloud)
@@ -215,6 +217,16 @@ class Daemon:
             except Exception as err:   # retried: an ended worker's leftover is an orphan next cycle
                 log.warning("worker %s: removal from %s failed, will retry: %s", t.worker_id, t.cloud, err)
                 self.store.event("cloud", f"removal of {t.worker_id} failed, will retry: {err}", t.worker_id, t.cloud)
+
+    def _remove(self, driver: Driver, t, withdraw: bool) -> None:
+        driver.terminate(t.worker_id, t.resource_id)
+        if withdraw:
+            # a worker that died without withdrawing its ads must not keep attracting matches
+            try:
+                self.condor.invalidate(t.worker_id)
+            except CondorError as err:
+                log.warning("worker %s: could not withdraw its ads from the collector: %s", t.worker_id, err)
+        self.condor.drop_worker_key(t.worker_id)
 
     def _launch(self, launches: list[Launch], health: dict[str, CloudHealth], now: float) -> None:
         failed_clouds: set[str] = set()

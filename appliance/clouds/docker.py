@@ -1,0 +1,140 @@
+"""The `docker` cloud: each worker is a sibling container of the appliance,
+started through the mounted Docker socket from the same image (`worker` role).
+
+Containers carry labels for pool, cloud and worker id; listing by label each
+cycle is how orphans are found and vanished workers noticed. The worker's
+files reach it by `put_archive` before it starts, so no secret is ever in
+its environment or in `docker inspect`.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Mapping
+
+import docker
+import docker.errors
+
+from ..model import Resource
+from ..worker_role import bundle
+from ..workerconf import WorkerSpec, worker_files
+from . import dockerutil as du
+from .base import CloudError, Driver
+
+# headroom over the condor-visible memory for the worker's own daemons
+DAEMON_MEMORY_MB = 256
+ALIVE = ("created", "running", "restarting")
+
+
+class DockerDriver(Driver):
+    def __init__(self, cloud, pool, pool_id):
+        super().__init__(cloud, pool, pool_id)
+        self._client: docker.DockerClient | None = None
+        self._where: tuple[str, str] | None = None    # (network, condor host), found once
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = du.client(self.cloud.opt("url"))
+        return self._client
+
+    def name_for(self, worker_id: str) -> str:
+        return f"appliance-{self.pool_id}-{worker_id}"
+
+    def placement(self) -> tuple[str, str]:
+        """The network workers join and the central manager's address on it."""
+        with self._lock:
+            if self._where is None:
+                self._where = self._find_placement()
+            return self._where
+
+    def _find_placement(self) -> tuple[str, str]:
+        wanted = self.cloud.opt("network")
+        me = du.own_container(self.client)
+        nets = list((me.attrs.get("NetworkSettings", {}).get("Networks") or {}).keys())
+        if wanted == "auto":
+            user_defined = [n for n in nets if n not in ("bridge", "host", "none")]
+            if not user_defined and "bridge" not in nets:
+                raise CloudError("config", f"the appliance is on no usable network ({', '.join(nets) or 'none'}); "
+                                           "set the cloud's network")
+            wanted = user_defined[0] if user_defined else "bridge"
+        ip = du.ip_on(me, wanted)
+        if ip is None:
+            raise CloudError("config", f"the appliance's container is not attached to network {wanted!r} "
+                                       f"(it is on: {', '.join(nets) or 'none'})")
+        return wanted, ip
+
+    def condor_host(self) -> str:
+        return self.placement()[1]
+
+    def launch(self, spec: WorkerSpec) -> str:
+        network, _ = self.placement()
+        size = self.cloud.worker
+        files = worker_files(spec, "/var/lib/condor-worker")
+        try:
+            container = self.client.containers.create(
+                self.cloud.opt("image"), command=["worker"], name=self.name_for(spec.worker_id),
+                hostname=spec.worker_id, detach=True, network=network,
+                labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.cloud.opt("labels")),
+                environment={"APPLIANCE_WORKER_ID": spec.worker_id},
+                nano_cpus=int(size.cpus * 1e9), mem_limit=f"{size.memory + DAEMON_MEMORY_MB}m",
+                restart_policy={"Name": "no"}, stop_signal="SIGQUIT",
+                healthcheck={"test": ["NONE"]})    # the image's check probes the web page, not a worker
+        except docker.errors.APIError as err:
+            if err.status_code == 409:      # a retried launch: the container is already there
+                return self._existing(spec.worker_id)
+            raise du.translate(err, f"create container for {spec.worker_id}") from None
+        except docker.errors.DockerException as err:
+            raise du.translate(err, f"create container for {spec.worker_id}") from None
+        try:
+            container.put_archive("/etc/appliance/worker", du.bundle_tar("bundle.json", bundle(spec.worker_id, files)))
+            container.start()
+        except docker.errors.DockerException as err:
+            self._remove(container.id)
+            raise du.translate(err, f"start container for {spec.worker_id}") from None
+        return container.id[:12]
+
+    def _existing(self, worker_id: str) -> str:
+        try:
+            c = self.client.containers.get(self.name_for(worker_id))
+        except docker.errors.DockerException as err:
+            raise du.translate(err, f"find container for {worker_id}") from None
+        if c.labels.get(du.LABEL_POOL) != self.pool_id:
+            raise CloudError("config", f"a container named {self.name_for(worker_id)} exists but is not ours")
+        return c.id[:12]
+
+    def list(self) -> Mapping[str, Resource]:
+        try:
+            containers = self.client.containers.list(
+                all=True, filters={"label": du.label_filter(self.pool_id, self.cloud.name)}, sparse=True)
+        except docker.errors.DockerException as err:
+            raise du.translate(err, "list worker containers") from None
+        out = {}
+        for c in containers:
+            wid = c.attrs.get("Labels", {}).get(du.LABEL_WORKER)
+            if not wid:
+                continue
+            state = c.attrs.get("State", "")
+            detail = "" if state in ALIVE else f"its container is {state} ({c.attrs.get('Status', '')})"
+            out[wid] = Resource(wid, c.id[:12], alive=state in ALIVE, detail=detail)
+        return out
+
+    def terminate(self, worker_id: str, resource_id: str) -> None:
+        target = resource_id or self.name_for(worker_id)
+        self._remove(target)
+
+    def _remove(self, target: str) -> None:
+        try:
+            self.client.api.remove_container(target, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as err:
+            if "already in progress" in str(err):
+                return
+            raise du.translate(err, f"remove container {target}") from None
+        except docker.errors.DockerException as err:
+            raise du.translate(err, f"remove container {target}") from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

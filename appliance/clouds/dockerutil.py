@@ -1,0 +1,103 @@
+"""What the docker and swarm drivers share: the engine client, labels, the
+appliance's own container and network, and turning Docker errors into CloudErrors."""
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .base import CloudError
+
+LABEL_POOL = "appliance.pool"
+LABEL_WORKER = "appliance.worker"
+LABEL_CLOUD = "appliance.cloud"
+
+
+def labels(pool_id: str, cloud: str, worker_id: str, extra=None) -> dict[str, str]:
+    return {**dict(extra or {}), LABEL_POOL: pool_id, LABEL_CLOUD: cloud, LABEL_WORKER: worker_id}
+
+
+def label_filter(pool_id: str, cloud: str) -> list[str]:
+    return [f"{LABEL_POOL}={pool_id}", f"{LABEL_CLOUD}={cloud}"]
+
+
+def client(url: str) -> docker.DockerClient:
+    try:
+        return docker.DockerClient(base_url=url, timeout=20)
+    except docker.errors.DockerException as err:
+        raise CloudError("unavailable", f"cannot reach the Docker engine at {url}: {_short(err)}") from None
+
+
+def own_container_id() -> str | None:
+    """This process's container id, if it runs in one (the mounts name it)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            m = re.search(r"/containers/([0-9a-f]{64})/", f.read())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+def own_container(cli: docker.DockerClient):
+    cid = own_container_id()
+    if cid is None:
+        raise CloudError("config", "the appliance does not run in a container here: set pool.condor_host "
+                                   "and the cloud's network explicitly")
+    try:
+        return cli.containers.get(cid)
+    except docker.errors.NotFound:
+        raise CloudError("config", f"the appliance's container {cid[:12]} is not on this Docker engine: "
+                                   "set pool.condor_host and the cloud's network explicitly") from None
+    except docker.errors.DockerException as err:
+        raise translate(err, "inspect the appliance's own container") from None
+
+
+def ip_on(container, network: str) -> str | None:
+    nets = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+    ip = (nets.get(network) or {}).get("IPAddress")
+    return ip or None
+
+
+def bundle_tar(name: str, content: bytes, mode: int = 0o600) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(content), mode
+        tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+_CAPACITY = re.compile(r"insufficient|no suitable node|cannot allocate|out of memory|no space|resources", re.I)
+
+
+def translate(err: Exception, doing: str) -> CloudError:
+    """A Docker SDK error as a CloudError whose kind drives the backoff."""
+    text = _short(err)
+    if isinstance(err, docker.errors.ImageNotFound) or "no such image" in text.lower():
+        return CloudError("image", f"{doing}: image not found ({text})")
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or \
+            "connection" in text.lower() and "refused" in text.lower():
+        return CloudError("unavailable", f"{doing}: the Docker engine is not reachable ({text})")
+    if isinstance(err, docker.errors.APIError):
+        if _CAPACITY.search(text):
+            return CloudError("capacity", f"{doing}: {text}")
+        if err.status_code in (401, 403):
+            return CloudError("auth", f"{doing}: {text}")
+        if err.status_code == 400:
+            return CloudError("config", f"{doing}: {text}")
+    if isinstance(err, docker.errors.DockerException) and "Error while fetching server API version" in text:
+        return CloudError("unavailable", f"{doing}: the Docker engine is not reachable ({text})")
+    return CloudError("other", f"{doing}: {text}")
+
+
+def _short(err: Exception) -> str:
+    if isinstance(err, docker.errors.APIError) and getattr(err, "explanation", None):
+        text = str(err.explanation)
+    else:
+        text = str(err)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."

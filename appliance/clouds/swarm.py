@@ -1,0 +1,173 @@
+"""The `swarm` cloud: one Docker Swarm service per worker.
+
+A service per worker (restart condition none, one replica) means scale-down
+removes exactly the drained worker, never a busy one: there is no replica
+count for Swarm to shrink at random. The worker's files travel as a Docker
+secret of its own (mode 0400, readable by root in the task only), removed
+with the service. Workers join an attachable overlay network that the
+appliance's own container is attached to (created and joined if needed), so
+they reach the central manager on any node.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Mapping
+
+import docker
+import docker.errors
+from docker.types import Healthcheck, Resources, RestartPolicy, SecretReference
+
+from ..model import Resource
+from ..worker_role import bundle
+from ..workerconf import WorkerSpec, worker_files
+from . import dockerutil as du
+from .base import CloudError, Driver
+from .docker import DAEMON_MEMORY_MB
+
+# task states in which the worker is (or is about to be) running
+ALIVE = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+
+
+class SwarmDriver(Driver):
+    def __init__(self, cloud, pool, pool_id):
+        super().__init__(cloud, pool, pool_id)
+        self._client: docker.DockerClient | None = None
+        self._where: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = du.client(self.cloud.opt("url"))
+        return self._client
+
+    def name_for(self, worker_id: str) -> str:
+        return f"appliance-{self.pool_id}-{worker_id}"
+
+    def placement(self) -> tuple[str, str]:
+        with self._lock:
+            if self._where is None:
+                self._where = self._find_placement()
+            return self._where
+
+    def _find_placement(self) -> tuple[str, str]:
+        try:
+            me = du.own_container(self.client)
+            wanted = self.cloud.opt("network")
+            if wanted == "auto":
+                overlays = [n for n in (me.attrs["NetworkSettings"].get("Networks") or {})
+                            if self._is_attachable_overlay(n)]
+                wanted = overlays[0] if overlays else self._ensure_network(f"appliance-{self.pool_id}")
+            if du.ip_on(me, wanted) is None:
+                self.client.networks.get(wanted).connect(me.id)   # join it ourselves
+                me.reload()
+            ip = du.ip_on(me, wanted)
+        except docker.errors.DockerException as err:
+            raise du.translate(err, "attach the appliance to the swarm's network") from None
+        if ip is None:
+            raise CloudError("config", f"the appliance could not join network {wanted!r}")
+        return wanted, ip
+
+    def _is_attachable_overlay(self, name: str) -> bool:
+        try:
+            attrs = self.client.networks.get(name).attrs
+        except docker.errors.DockerException:
+            return False
+        return attrs.get("Driver") == "overlay" and bool(attrs.get("Attachable"))
+
+    def _ensure_network(self, name: str) -> str:
+        found = self.client.networks.list(names=[name])
+        if not any(n.name == name for n in found):
+            self.client.networks.create(name, driver="overlay", attachable=True,
+                                        labels={du.LABEL_POOL: self.pool_id})
+        return name
+
+    def condor_host(self) -> str:
+        return self.placement()[1]
+
+    def launch(self, spec: WorkerSpec) -> str:
+        network, _ = self.placement()
+        size = self.cloud.worker
+        lab = du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.cloud.opt("labels"))
+        name = self.name_for(spec.worker_id)
+        try:
+            existing = self.client.services.list(filters={"name": name})
+            if any(s.name == name for s in existing):       # a retried launch
+                return next(s.id[:12] for s in existing if s.name == name)
+            secret = self._secret(name, bundle(spec.worker_id, worker_files(spec, "/var/lib/condor-worker")), lab)
+            service = self.client.services.create(
+                self.cloud.opt("image"), command=["worker"], name=name, hostname=spec.worker_id,
+                labels=lab, container_labels=lab, networks=[network],
+                env=[f"APPLIANCE_WORKER_ID={spec.worker_id}"],
+                resources=Resources(cpu_limit=int(size.cpus * 1e9),
+                                    mem_limit=(size.memory + DAEMON_MEMORY_MB) * 1024 * 1024),
+                restart_policy=RestartPolicy(condition="none"),
+                constraints=list(self.cloud.opt("constraints")),
+                secrets=[SecretReference(secret.id, secret.name, filename="appliance-worker", uid="0", gid="0",
+                                         mode=0o400)],
+                stop_signal="SIGQUIT", healthcheck=Healthcheck(test=["NONE"]))
+        except docker.errors.DockerException as err:
+            self._remove_secret(name)
+            raise du.translate(err, f"create service for {spec.worker_id}") from None
+        return service.id[:12]
+
+    def _secret(self, name: str, data: bytes, lab: dict):
+        for s in self.client.secrets.list(filters={"name": name}):
+            if s.name == name:
+                s.remove()
+        return self.client.secrets.create(name=name, data=data, labels=lab)
+
+    def list(self) -> Mapping[str, Resource]:
+        try:
+            services = self.client.services.list(filters={"label": du.label_filter(self.pool_id, self.cloud.name)})
+            tasks = self.client.api.tasks(filters={"service": [s.id for s in services]}) if services else []
+        except docker.errors.DockerException as err:
+            raise du.translate(err, "list worker services") from None
+        latest: dict[str, dict] = {}
+        for t in tasks:
+            sid = t.get("ServiceID")
+            if sid and (sid not in latest or t.get("CreatedAt", "") > latest[sid].get("CreatedAt", "")):
+                latest[sid] = t
+        out = {}
+        for s in services:
+            wid = (s.attrs.get("Spec", {}).get("Labels") or {}).get(du.LABEL_WORKER)
+            if not wid:
+                continue
+            task = latest.get(s.id)
+            state = task["Status"]["State"] if task else "new"
+            err = task["Status"].get("Err", "") if task else ""
+            detail = "" if state in ALIVE else f"its task is {state}" + (f": {err}" if err else "")
+            out[wid] = Resource(wid, s.id[:12], alive=state in ALIVE, detail=detail)
+        self._sweep_secrets({self.name_for(w) for w in out})
+        return out
+
+    def _sweep_secrets(self, keep: set[str]) -> None:
+        """Secrets whose service is gone (a removal that failed midway) go too."""
+        try:
+            for s in self.client.secrets.list(filters={"label": du.label_filter(self.pool_id, self.cloud.name)}):
+                if s.name not in keep:
+                    s.remove()
+        except docker.errors.DockerException:
+            pass    # a secret still in use by a stopping task: next cycle
+
+    def terminate(self, worker_id: str, resource_id: str) -> None:
+        name = self.name_for(worker_id)
+        try:
+            self.client.api.remove_service(resource_id or name)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as err:
+            raise du.translate(err, f"remove service {name}") from None
+        self._remove_secret(name)
+
+    def _remove_secret(self, name: str) -> None:
+        try:
+            for s in self.client.secrets.list(filters={"name": name}):
+                if s.name == name:
+                    s.remove()
+        except docker.errors.DockerException:
+            pass     # swept later by list()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
