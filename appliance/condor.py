@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 from typing import Iterable
@@ -163,6 +164,41 @@ class Condor:
                                       env=env, timeout=30)
                 if proc.returncode != 0:
                     raise CondorError(f"{command} for {worker_id} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+
+
+    def requeue(self, worker_id: str) -> int:
+        """Put the jobs that were running on a dead worker back in the queue, now.
+
+        A shadow whose worker vanished waits for it to reconnect for the job's
+        whole lease (40 minutes by default), and neither hold nor vacate ends
+        that wait: HTCondor cannot know the worker is gone for good. We do (its
+        resource has just been removed), so its shadows are ended; the schedd
+        then puts each job back to idle, and it runs again elsewhere.
+        """
+        constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {classad.quote(worker_id)}"
+        try:
+            ads = htcondor.Schedd().query(constraint=constraint, projection=["ClusterId", "ProcId"])
+        except Exception as err:
+            raise CondorError(f"cannot find the jobs of {worker_id}: {err}") from err
+        jobs = {f"{a['ClusterId']}.{a['ProcId']}".encode() for a in ads}
+        return _kill_shadows(jobs) if jobs else 0
+
+
+def _kill_shadows(job_ids: set[bytes]) -> int:
+    """SIGKILL the condor_shadow of each job (its argv is `condor_shadow <cluster>.<proc> ...`)."""
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if len(argv) > 1 and argv[0].endswith(b"condor_shadow") and argv[1] in job_ids:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            pass
+    return killed
 
 
 def _write_private(path: str, content: str) -> None:

@@ -208,7 +208,11 @@ class Daemon:
             jobs.append((t, self.pool.submit(self._remove, driver, t, withdraw)))
         for t, fut in jobs:
             try:
-                fut.result()
+                requeued = fut.result()
+                if requeued:
+                    log.info("worker %s: %d job(s) it was running put back in the queue", t.worker_id, requeued)
+                    self.store.event("worker", f"{requeued} job(s) it was running put back in the queue",
+                                     t.worker_id, t.cloud)
                 if t.reason.startswith("orphan"):
                     log.info("cloud %s: removed orphan %s (%s)", t.cloud, t.worker_id, t.resource_id)
                     self.store.event("cloud", f"removed orphan {t.worker_id}: {t.reason}", t.worker_id, t.cloud)
@@ -218,15 +222,20 @@ class Daemon:
                 log.warning("worker %s: removal from %s failed, will retry: %s", t.worker_id, t.cloud, err)
                 self.store.event("cloud", f"removal of {t.worker_id} failed, will retry: {err}", t.worker_id, t.cloud)
 
-    def _remove(self, driver: Driver, t, withdraw: bool) -> None:
+    def _remove(self, driver: Driver, t, withdraw: bool) -> int:
+        """Runs in a pool thread: no store access here (SQLite connections are per thread)."""
         driver.terminate(t.worker_id, t.resource_id)
+        requeued = 0
         if withdraw:
-            # a worker that died without withdrawing its ads must not keep attracting matches
+            # a worker that died without withdrawing its ads must not keep attracting
+            # matches, and jobs it was running must not wait for it to come back
             try:
                 self.condor.invalidate(t.worker_id)
+                requeued = self.condor.requeue(t.worker_id)
             except CondorError as err:
-                log.warning("worker %s: could not withdraw its ads from the collector: %s", t.worker_id, err)
+                log.warning("worker %s: cleanup in the pool failed: %s", t.worker_id, err)
         self.condor.drop_worker_key(t.worker_id)
+        return requeued
 
     def _launch(self, launches: list[Launch], health: dict[str, CloudHealth], now: float) -> None:
         failed_clouds: set[str] = set()

@@ -47,7 +47,7 @@ def network(client):
     net = client.networks.create(f"apptest-{uuid.uuid4().hex[:8]}", driver="bridge")
     yield net.name
     for c in client.containers.list(all=True, filters={"network": net.name}):
-        c.remove(force=True)
+        c.remove(force=True, v=True)
     net.remove()
 
 
@@ -59,7 +59,7 @@ def volumes(client):
     yield names
     for n in names.values():
         for c in client.containers.list(all=True, filters={"volume": n}):
-            c.remove(force=True)
+            c.remove(force=True, v=True)
         try:
             client.volumes.get(n).remove(force=True)
         except docker.errors.NotFound:
@@ -98,6 +98,9 @@ class Appliance:
 
     def events(self) -> list[dict]:
         return self.status("-e", "-n", "1000")["data"]
+
+    def pool_id(self) -> str:
+        return self.sh("cat /var/lib/appliance/pool-id").strip()
 
     def logs(self) -> str:
         return self.c.logs().decode(errors="replace")
@@ -154,8 +157,36 @@ def start_appliance(client, image, tmp_path):
 
     yield start
     for c in started:
+        wrapped = c.get_wrapped_container()
+        pool_id = None
         try:
-            c.get_wrapped_container().remove(force=True)
+            rc, out = wrapped.exec_run(["cat", "/var/lib/appliance/pool-id"])
+            pool_id = out.decode().strip() if rc == 0 else None
+        except docker.errors.APIError:
+            pass
+        try:
+            wrapped.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        if pool_id:
+            remove_labelled(client, pool_id)
+
+
+def labelled(client, pool_id: str) -> list:
+    """Containers and swarm services that carry an appliance's pool label."""
+    found = list(client.containers.list(all=True, filters={"label": f"appliance.pool={pool_id}"}))
+    try:
+        found += client.services.list(filters={"label": f"appliance.pool={pool_id}"})
+    except docker.errors.APIError:
+        pass    # not a swarm manager
+    return found
+
+
+def remove_labelled(client, pool_id: str) -> None:
+    """What a test's appliance left behind (a test that failed midway)."""
+    for thing in labelled(client, pool_id):
+        try:
+            thing.remove(force=True, v=True) if hasattr(thing, "status") else thing.remove()
         except docker.errors.NotFound:
             pass
 

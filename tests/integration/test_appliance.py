@@ -162,4 +162,4 @@ def test_startd_without_a_valid_token_is_not_admitted(start_appliance, network, 
             (out, sched_log)
         assert "worker" not in app.sh("condor_q -allusers -af Owner")
     finally:
-        rogue.remove(force=True)
+        rogue.remove(force=True, v=True)
