@@ -133,7 +133,10 @@ def _handler(ep: Ec2Endpoint):
             action = (params.get("Action") or ["?"])[0]
             fault = ep._fault_for(action)
             if fault is None or fault.after_forward:
-                status, headers, payload = self._forward(body)
+                try:
+                    status, headers, payload = self._forward(body)
+                except OSError:       # moto is stopping (the test is over)
+                    return self._answer(503, error_xml("ServiceUnavailable", "moto is not running"), "text/xml")
                 if fault is None:
                     return self._answer(status, payload, headers.get("Content-Type", "text/xml"))
             message = fault.message

@@ -32,7 +32,6 @@ def ec2_world(client: docker.DockerClient, image: str, tmp: Path, config: str):
     """(appliance, endpoint, network name) for one test module; everything removed afterwards."""
     tag = uuid.uuid4().hex[:8]
     net = client.networks.create(f"apptest-ec2-{tag}", driver="bridge")
-    started = []
     try:
         net.reload()
         gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
@@ -47,15 +46,21 @@ def ec2_world(client: docker.DockerClient, image: str, tmp: Path, config: str):
                  .with_volume_mapping(str(env), "/etc/appliance/aws.env", "ro")
                  .with_kwargs(hostname=name, network=net.name))
             c.start()
-            started.append(c)
-            app = Appliance(c)
-            app.wait_ready()
-            yield app, ep, net.name
+            try:
+                app = Appliance(c)
+                app.wait_ready()
+                yield app, ep, net.name
+            finally:      # the appliance goes before its endpoint does
+                _remove_all(client, net.name)
     finally:
-        for c in client.containers.list(all=True, filters={"network": net.name}):
-            if c.name.startswith("apptest-"):
-                c.remove(force=True)
+        _remove_all(client, net.name)
         net.remove()
+
+
+def _remove_all(client: docker.DockerClient, network: str) -> None:
+    for c in client.containers.list(all=True, filters={"network": network}):
+        if c.name.startswith("apptest-"):
+            c.remove(force=True)
 
 
 def pool_id(app: Appliance) -> str:
