@@ -60,7 +60,7 @@ def ec2_world(client: docker.DockerClient, image: str, tmp: Path, config: str):
 def _remove_all(client: docker.DockerClient, network: str) -> None:
     for c in client.containers.list(all=True, filters={"network": network}):
         if c.name.startswith("apptest-"):
-            c.remove(force=True)
+            c.remove(force=True, v=True)     # and its anonymous state and spool volumes
 
 
 def pool_id(app: Appliance) -> str:
