@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import logging
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Ec2Endpoint:
 
     # ------------------------------------------------------------ lifetime
     def __enter__(self) -> "Ec2Endpoint":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)     # moto's per-request lines
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         self.moto_port = self.moto.get_host_and_port()[1]
