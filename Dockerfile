@@ -19,6 +19,7 @@ RUN apt-get update \
 
 COPY rootfs/ /
 COPY config/appliance.yaml /etc/appliance/appliance.yaml
+COPY config/ec2-user-data.sh /etc/appliance/ec2-user-data.sh
 COPY appliance/ /usr/local/lib/python3.13/dist-packages/appliance/
 RUN python3 -m compileall -q /usr/local/lib/python3.13/dist-packages/appliance \
  && python3 -m appliance.config /etc/appliance/appliance.yaml

@@ -329,6 +329,10 @@ def _parse(data: Any) -> Config:
             raise _Bad(f"clouds[{i}].name", f"duplicate cloud name {cloud.name!r}")
         seen.add(cloud.name)
         clouds.append(cloud)
+        if cloud.type == "ec2" and pool.condor_host == "auto":
+            raise _Bad("pool.condor_host", f"must be the central manager's public address (a host name or IP "
+                                           f"that instances reach on port 9618) when an ec2 cloud is configured "
+                                           f"(clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
     return Config(pool=pool, scheduler=sched, clouds=tuple(clouds))
 
 

@@ -43,6 +43,7 @@ class Resource:
     resource_id: str
     alive: bool = True     # False: exists but exited/stopped, needs only cleanup
     detail: str = ""
+    gone: bool = False     # only a record is left (a terminated instance): nothing to clean up
 
 
 @dataclass(frozen=True)

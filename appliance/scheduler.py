@@ -318,7 +318,7 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
         if listing is None:
             continue
         for worker_id, res in listing.items():
-            if worker_id not in live_ids and worker_id not in ended_now:
+            if worker_id not in live_ids and worker_id not in ended_now and not res.gone:
                 plan.orphans.append(Terminate(worker_id, cloud, res.resource_id,
                                               "orphan: carries our labels but no live worker row"))
     return plan

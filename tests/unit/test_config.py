@@ -31,6 +31,7 @@ def test_empty_file_gives_defaults_with_a_local_cloud():
 
 def test_all_cloud_types_with_their_options():
     cfg = loads("""
+pool: {condor_host: cm.example.org}
 clouds:
   - {name: local, type: local}
   - name: docker
@@ -94,6 +95,9 @@ BAD = [
      "<string>: clouds[0].ami: must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t, spot_max_price: '1'}]",
      "<string>: clouds[0].spot_max_price: only applies when market is spot"),
+    ("clouds: [{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t}]",
+     "<string>: pool.condor_host: must be the central manager's public address (a host name or IP that instances "
+     "reach on port 9618) when an ec2 cloud is configured (clouds[0], 'aws'); 'auto' cannot know it"),
     ("clouds: [{name: d, type: docker, labels: [a]}]", "<string>: clouds[0].labels: expected a mapping of names to strings, got ['a']"),
 ]
 

@@ -279,6 +279,17 @@ def test_orphan_resource_is_removed():
     assert [(o.worker_id, o.resource_id) for o in plan.orphans] == [("ghost", "id-ghost")]
 
 
+def test_a_gone_resource_is_never_an_orphan_but_fails_its_worker():
+    """A terminated EC2 instance stays listed for a while: nothing to clean up, but its worker has ended."""
+    obs = observe()
+    obs.resources["local"]["ghost"] = Resource("ghost", "i-1", alive=False, detail="its instance i-1 is terminated", gone=True)
+    obs.resources["local"]["a"] = Resource("a", "i-2", alive=False, detail="its instance i-2 is terminated", gone=True)
+    plan = decide(obs, [worker("a", state=State.BUSY)], [cloud()], SETTINGS)
+    assert plan.orphans == []
+    assert moved(plan) == {"a": State.FAILED}
+    assert plan.transitions[0].reason == "vanished: its instance i-2 is terminated"
+
+
 def test_resource_of_an_ended_worker_is_an_orphan():
     ended = worker("a", state=State.RETIRED)
     plan = decide(observe(resources=[("local", "a")]), [ended], [cloud()], SETTINGS)

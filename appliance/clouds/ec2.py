@@ -1,0 +1,413 @@
+"""The `ec2` cloud: each worker is one EC2 instance (or one instance of an
+EC2-compatible cloud, through `endpoint_url`), started by boto3.
+
+The instance is made a worker by its user-data: a boot script rendered from a
+template (config/ec2-user-data.sh, or the cloud's `user_data` file) that
+installs HTCondor (or runs the appliance image in its worker role), writes the
+worker's files and starts it, and powers the instance off when the worker
+ends, so an instance whose scheduler is gone stops billing by itself
+(InstanceInitiatedShutdownBehavior = terminate).
+
+Instances carry tags for pool, cloud and worker id; listing by tag each cycle
+is how orphans are found and vanished workers noticed. ClientToken is the
+worker id, so a retried launch never makes a second instance; a lookup by tag
+before launching gives the same guarantee on EC2-compatible clouds that
+ignore ClientToken.
+
+Secrets: the worker's token and key travel only in the user-data. Nothing
+here logs it, and error messages are built from the cloud's error code and
+message only, with any secret of the launch scrubbed out.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shlex
+import threading
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import botocore.loaders
+import botocore.session
+
+from ..model import Resource
+from ..worker_role import HOME as WORKER_HOME
+from ..worker_role import bundle
+from ..workerconf import WorkerSpec, worker_files
+from .base import CloudError, Driver
+
+# botocore's debug log would show request bodies, and so the user-data with the
+# worker's token: whatever APPLIANCE_LOG_LEVEL says, it stays quiet
+for _name in ("botocore", "boto3", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+TAG_POOL = "appliance:pool"
+TAG_CLOUD = "appliance:cloud"
+TAG_WORKER = "appliance:worker"
+
+# pending/running are live; the others exist but are ending (or ended)
+ALIVE = ("pending", "running")
+ENDING = ("shutting-down", "stopping", "stopped")
+USER_DATA_LIMIT = 16 * 1024          # EC2's limit on user-data, before base64
+DEFAULT_TEMPLATE = "/etc/appliance/ec2-user-data.sh"
+REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / "ec2-user-data.sh"
+ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+# EC2 error codes -> CloudError kinds (what the daemon does about them)
+CAPACITY = {"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity",
+            "InsufficientReservedInstanceCapacity", "InsufficientFreeAddressesInSubnet",
+            "SpotMaxPriceTooLow", "InsufficientCapacityOnHost", "Unsupported"}
+LIMIT = {"InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
+         "ResourceLimitExceeded", "VolumeLimitExceeded", "PendingVerification"}
+THROTTLE = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
+            "TooManyRequestsException", "SlowDown"}
+AUTH = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
+        "ExpiredToken", "RequestExpired", "OptInRequired", "Blocked", "IncompleteSignature",
+        "MissingAuthenticationToken", "AccessDenied", "AccessDeniedException", "InvalidToken",
+        "UnrecognizedClientException", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
+UNAVAILABLE = {"ServiceUnavailable", "Unavailable", "InternalError", "InternalFailure", "ServerInternal"}
+NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+
+
+class Ec2Driver(Driver):
+    PAGE_SIZE = 500       # DescribeInstances page size (EC2 allows 5..1000)
+
+    def __init__(self, cloud, pool, pool_id, template: str | None = None):
+        super().__init__(cloud, pool, pool_id)
+        self._template = template        # tests may pass one; else user_data or the default
+        self._client = None
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()  # values to scrub from any error text
+
+    # ------------------------------------------------------------ client
+    @property
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self):
+        o = self.cloud.options
+        creds = read_env_file(o["env_file"]) if o.get("env_file") else {}
+        self._secrets.update(v for k, v in creds.items() if k != "AWS_PROFILE" and v)
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _loader())   # parse EC2's API model once per process
+        session = boto3.session.Session(
+            botocore_session=core,
+            aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=creds.get("AWS_SESSION_TOKEN"),
+            profile_name=creds.get("AWS_PROFILE"),
+            region_name=o["region"])
+        # No retries inside botocore: a retried RunInstances is only safe where
+        # ClientToken is honoured, and the daemon's backoff is the retry policy.
+        cfg = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                     connect_timeout=10, read_timeout=30,
+                                     user_agent_extra="htcondor-appliance")
+        try:
+            return session.client("ec2", endpoint_url=o.get("endpoint_url"), config=cfg)
+        except botocore.exceptions.BotoCoreError as err:
+            raise CloudError("config", f"cannot make an EC2 client: {_clean(str(err), self._secrets)}") from None
+
+    def _call(self, operation: str, secrets: Iterable[str] = (), **params):
+        try:
+            return getattr(self.client, _snake(operation))(**params)
+        except Exception as err:
+            raise self._translate(err, operation, secrets) from None
+
+    def _translate(self, err: Exception, operation: str, secrets: Iterable[str] = ()) -> CloudError:
+        kind, text = classify(err)
+        if kind == "auth":
+            with self._lock:        # credentials may have been rotated: re-read them next call
+                self._client = None
+        return CloudError(kind, f"{operation}: {_short(_clean(text, {*self._secrets, *secrets}))}")
+
+    # ------------------------------------------------------------ Driver
+    def condor_host(self) -> str:
+        # the daemon uses pool.condor_host when it is set, which config.py insists on for ec2
+        raise CloudError("config", "pool.condor_host is auto, but EC2 instances need the central manager's "
+                                   "public address: set pool.condor_host")
+
+    def tags(self, worker_id: str) -> dict[str, str]:
+        return {**dict(self.cloud.opt("tags")), "Name": f"{self.pool}-{worker_id}",
+                TAG_POOL: self.pool_id, TAG_CLOUD: self.cloud.name, TAG_WORKER: worker_id}
+
+    def client_token(self, worker_id: str) -> str:
+        return worker_id[:64]
+
+    def launch(self, spec: WorkerSpec) -> str:
+        existing = self._find(spec.worker_id)
+        if existing:          # a retried launch: the instance is already there
+            return existing
+        user_data = self.user_data(spec)
+        secrets = {spec.token, spec.key.decode(errors="replace"),
+                   base64.b64encode(user_data.encode()).decode()} - {""}
+        reply = self._call("RunInstances", secrets, **self.run_params(spec.worker_id, user_data))
+        return reply["Instances"][0]["InstanceId"]
+
+    def run_params(self, worker_id: str, user_data: str) -> dict:
+        o = self.cloud.options
+        tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id).items()]
+        params: dict = {
+            "ImageId": o["ami"], "InstanceType": o["instance_type"], "MinCount": 1, "MaxCount": 1,
+            "ClientToken": self.client_token(worker_id), "UserData": user_data,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+            # IMDSv2 only: the user-data (which holds the worker's token) is not served to a plain GET
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        }
+        if o.get("subnet"):
+            params["SubnetId"] = o["subnet"]
+        groups = list(o.get("security_groups") or ())
+        ids = [g for g in groups if g.startswith("sg-")]
+        names = [g for g in groups if not g.startswith("sg-")]
+        if ids:
+            params["SecurityGroupIds"] = ids
+        if names:
+            params["SecurityGroups"] = names
+        if o.get("key_name"):
+            params["KeyName"] = o["key_name"]
+        profile = o.get("iam_instance_profile")
+        if profile:
+            params["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+        if o.get("market") == "spot":
+            spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if o.get("spot_max_price"):
+                spot["MaxPrice"] = o["spot_max_price"]
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+        return params
+
+    def _describe(self, filters: list[dict]) -> Iterable[dict]:
+        try:
+            pages = self.client.get_paginator("describe_instances").paginate(
+                Filters=filters, PaginationConfig={"PageSize": self.PAGE_SIZE})
+            for page in pages:
+                for reservation in page.get("Reservations", []):
+                    yield from reservation.get("Instances", [])
+        except CloudError:
+            raise
+        except Exception as err:
+            raise self._translate(err, "DescribeInstances") from None
+
+    def _ours(self, *extra: dict) -> list[dict]:
+        return [{"Name": f"tag:{TAG_POOL}", "Values": [self.pool_id]},
+                {"Name": f"tag:{TAG_CLOUD}", "Values": [self.cloud.name]}, *extra]
+
+    def _find(self, worker_id: str) -> str | None:
+        """The live instance of this worker, if one exists already."""
+        for inst in self._describe(self._ours({"Name": f"tag:{TAG_WORKER}", "Values": [worker_id]},
+                                              {"Name": "instance-state-name", "Values": list(ALIVE)})):
+            return inst["InstanceId"]
+        return None
+
+    def list(self) -> Mapping[str, Resource]:
+        out: dict[str, Resource] = {}
+        for inst in self._describe(self._ours()):
+            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            wid = tags.get(TAG_WORKER)
+            if not wid:
+                continue
+            res = resource(wid, inst)
+            old = out.get(wid)
+            # one worker, several instances (should not happen): the live one speaks for it
+            if old is None or (res.alive and not old.alive) or (not old.alive and old.gone and not res.gone):
+                out[wid] = res
+        return out
+
+    def terminate(self, worker_id: str, resource_id: str) -> None:
+        ids = [resource_id] if resource_id.startswith("i-") else [
+            i["InstanceId"] for i in self._describe(self._ours({"Name": f"tag:{TAG_WORKER}", "Values": [worker_id]}))
+            if i.get("State", {}).get("Name") != "terminated"]
+        if not ids:
+            return
+        try:
+            self._call("TerminateInstances", InstanceIds=ids)
+        except CloudError as err:
+            if any(code in str(err) for code in NOT_FOUND):
+                return           # already gone: termination is idempotent
+            raise
+
+    def close(self) -> None:
+        self._client = None
+
+    # ------------------------------------------------------------ user-data
+    def template_text(self) -> tuple[str, str]:
+        if self._template is not None:
+            return "<given>", self._template
+        path = self.cloud.options.get("user_data") or os.environ.get("APPLIANCE_EC2_USER_DATA") or (
+            DEFAULT_TEMPLATE if os.path.exists(DEFAULT_TEMPLATE) else str(REPO_TEMPLATE))
+        try:
+            with open(path, encoding="utf-8") as f:
+                return path, f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CloudError("config", f"cannot read the user-data template {path}: "
+                                       f"{getattr(err, 'strerror', None) or err}") from None
+
+    def user_data(self, spec: WorkerSpec) -> str:
+        """The boot script that makes a fresh instance this worker (holds its secrets)."""
+        source, template = self.template_text()
+        image = self.cloud.options.get("worker_image") or ""
+        values = {
+            "worker_id": spec.worker_id, "cloud": spec.cloud.name, "pool": spec.pool,
+            "condor_host": spec.condor_host, "worker_image": image, "worker_home": WORKER_HOME,
+            "max_lifetime": str(int(self.cloud.options.get("max_lifetime") or 86400)),
+            "noclaim_shutdown": str(spec.noclaim_shutdown),
+        }
+        files = worker_files(spec, WORKER_HOME)
+        if image:   # the appliance image in its worker role reads one bundle
+            files = {"bundle.json": (bundle(spec.worker_id, files), 0o600)}
+        text = render(template, values, write_files_script(files), source)
+        size = len(text.encode())
+        if size > USER_DATA_LIMIT:
+            raise CloudError("config", f"the user-data from {source} is {size} bytes; EC2 allows {USER_DATA_LIMIT}")
+        return text
+
+
+# ---------------------------------------------------------------- helpers
+
+_LOADER = None
+_LOADER_LOCK = threading.Lock()
+
+
+def _loader():
+    global _LOADER
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        return _LOADER
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+
+
+def render(template: str, values: Mapping[str, str], files_script: str, source: str = "<template>") -> str:
+    """Fill `{{ name }}` placeholders: values shell-quoted, `write_worker_files` as code."""
+    known = sorted([*values, "write_worker_files"])
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name == "write_worker_files":
+            return files_script
+        if name not in values:
+            raise CloudError("config", f"user-data template {source}: unknown placeholder {{{{ {name} }}}} "
+                                       f"(known: {', '.join(known)})")
+        return shlex.quote(values[name])
+    return _PLACEHOLDER.sub(sub, template)
+
+
+def write_files_script(files: Mapping[str, tuple[bytes, int]]) -> str:
+    """Shell that writes each file under "$WORKER_HOME" with its mode (contents base64)."""
+    lines = ["umask 077"]
+    for rel, (content, mode) in files.items():
+        tag = "APPLIANCE_" + re.sub(r"[^A-Za-z0-9]", "_", rel).upper()
+        encoded = base64.encodebytes(content).decode().rstrip("\n")
+        path = f'"$WORKER_HOME"/{shlex.quote(rel)}'
+        lines += [f'mkdir -p "$(dirname {path})"',
+                  f"base64 -d > {path} <<'{tag}'", encoded, tag, f"chmod {mode:o} {path}"]
+    return "\n".join(lines)
+
+
+def resource(worker_id: str, inst: Mapping) -> Resource:
+    state = inst.get("State", {}).get("Name", "unknown")
+    iid = inst.get("InstanceId", "")
+    why = (inst.get("StateReason") or {}).get("Message") or inst.get("StateTransitionReason") or ""
+    detail = f"its instance {iid} is {state}" + (f" ({why})" if why else "")
+    if state in ALIVE:
+        return Resource(worker_id, iid)
+    return Resource(worker_id, iid, alive=False, detail=detail, gone=state == "terminated")
+
+
+def classify(err: Exception) -> tuple[str, str]:
+    """(CloudError kind, short text) for a boto3/botocore exception."""
+    if isinstance(err, botocore.exceptions.ClientError):
+        e = err.response.get("Error", {})
+        code, message = str(e.get("Code", "")), str(e.get("Message", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        text = f"{code}: {message}" if message else code
+        if code in CAPACITY:
+            return "capacity", text
+        if code in LIMIT:
+            return "limit", text
+        if code in THROTTLE:
+            return "throttle", text
+        if code in AUTH or status in (401, 403):
+            return "auth", text
+        if code.startswith("InvalidAMIID"):
+            return "image", text
+        if code in UNAVAILABLE or status >= 500:
+            return "unavailable", text
+        if code.startswith(("Invalid", "Missing", "Unknown")) or code in ("UnsupportedOperation",):
+            return "config", text
+        return "other", text
+    if isinstance(err, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                        botocore.exceptions.ProfileNotFound)):
+        return "auth", f"no usable AWS credentials ({type(err).__name__}): set them for the appliance or use env_file"
+    if isinstance(err, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
+                        botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError,
+                        botocore.exceptions.ProxyConnectionError)):
+        return "unavailable", f"the EC2 endpoint is not reachable ({type(err).__name__})"
+    if isinstance(err, botocore.exceptions.ResponseParserError):
+        return "unavailable", "the EC2 endpoint sent an answer that is not EC2's"
+    if isinstance(err, botocore.exceptions.ParamValidationError):
+        return "config", str(err).split("\n")[0]
+    if isinstance(err, botocore.exceptions.BotoCoreError):
+        return "other", f"{type(err).__name__}"
+    return "other", f"{type(err).__name__}: {err}"
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """AWS credentials from a file of KEY=VALUE lines (`export`, quotes and comments allowed).
+
+    Errors name the file and line, never a value."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CloudError("auth", f"cannot read env_file {path}: {getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+            raise CloudError("config", f"env_file {path}, line {n}: expected KEY=VALUE")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key in ENV_KEYS:
+            out[key] = value
+        elif key not in ("AWS_REGION", "AWS_DEFAULT_REGION"):   # the region comes from the cloud's config
+            raise CloudError("config", f"env_file {path}, line {n}: unknown key {key} (known: {', '.join(ENV_KEYS)})")
+    if bool(out.get("AWS_ACCESS_KEY_ID")) != bool(out.get("AWS_SECRET_ACCESS_KEY")):
+        raise CloudError("auth", f"env_file {path}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
+    return out
+
+
+def _snake(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_LONG_BLOB = re.compile(r"[A-Za-z0-9+/=_-]{120,}")
+
+
+def _clean(text: str, secrets: Iterable[str]) -> str:
+    """Scrub known secrets, then any long base64-like run (user-data, tokens) an endpoint echoed."""
+    for s in sorted(secrets, key=len, reverse=True):
+        if s and len(s) >= 8:
+            text = text.replace(s, "[redacted]")
+    return _LONG_BLOB.sub("[redacted]", text)

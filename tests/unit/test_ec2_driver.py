@@ -1,0 +1,279 @@
+"""The ec2 driver against moto's EC2 server over real HTTP (no Docker, no mocks
+of boto3): launch parameters, idempotent launches, listing by tag, termination,
+error mapping through a fault-injecting proxy, credentials and the user-data."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+from types import MappingProxyType
+
+import pytest
+
+from appliance.clouds.base import CloudError
+from appliance.clouds.ec2 import (TAG_CLOUD, TAG_POOL, TAG_WORKER, Ec2Driver, read_env_file, render,
+                                  write_files_script)
+from appliance.config import CloudConfig, WorkerSize, loads
+from appliance.workerconf import WorkerSpec, worker_files
+from tests.ec2_endpoint import FAKE_KEYS, Ec2Endpoint
+
+AMI = "ami-12c6146b"     # one of moto's built-in images
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3b3JrZXIifQ.SECRET-TOKEN-SIGNATURE"
+KEY = b"SECRET-SIGNING-KEY-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with Ec2Endpoint() as ep:
+        yield ep
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch, tmp_path):
+    # the standard chain, pointed away from any real configuration on this machine
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEYS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_KEYS["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+
+
+def make_cloud(endpoint, name="aws", **options) -> CloudConfig:
+    opts = {"condor_host": "cm.example.org"}
+    yaml = {"name": name, "type": "ec2", "region": endpoint.region, "ami": AMI, "instance_type": "t3.large",
+            "endpoint_url": endpoint.url, **options}
+    cfg = loads(json.dumps({"pool": opts, "clouds": [yaml]}))
+    return cfg.cloud(name)
+
+
+def driver(endpoint, pool_id="pool1", **options) -> Ec2Driver:
+    return Ec2Driver(make_cloud(endpoint, **options), "mypool", pool_id)
+
+
+def spec(d: Ec2Driver, wid: str) -> WorkerSpec:
+    return WorkerSpec(wid, d.cloud, "mypool", "cm.example.org", token=TOKEN, key=KEY)
+
+
+def user_data_of(endpoint, iid: str) -> str:
+    raw = endpoint.client().describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(raw).decode()
+
+
+def test_launch_sets_image_type_tags_token_and_shutdown_behaviour(endpoint):
+    ec2 = endpoint.client()
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    sg = ec2.create_security_group(GroupName="workers", Description="outbound 9618", VpcId=vpc)["GroupId"]
+    ec2.create_key_pair(KeyName="ops")
+    d = driver(endpoint, "launch", subnet=subnet, security_groups=[sg], key_name="ops",
+               tags={"team": "physics", "Name": "overridden"})
+    iid = d.launch(spec(d, "aws-aaaaaa"))
+
+    [inst] = endpoint.instances(instance_id=iid)
+    assert inst["ImageId"] == AMI and inst["InstanceType"] == "t3.large"
+    assert inst["ClientToken"] == "aws-aaaaaa"
+    assert inst["SubnetId"] == subnet and [g["GroupId"] for g in inst["SecurityGroups"]] == [sg]
+    assert inst["KeyName"] == "ops" and "InstanceLifecycle" not in inst
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert tags == {TAG_POOL: "launch", TAG_CLOUD: "aws", TAG_WORKER: "aws-aaaaaa", "Name": "mypool-aws-aaaaaa",
+                    "team": "physics"}
+    behaviour = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+
+    script = user_data_of(endpoint, iid)
+    assert script.startswith("#!/bin/bash") and "WORKER_ID=aws-aaaaaa" in script
+    assert "CONDOR_HOST=cm.example.org" in script and "{{" not in script
+    # the worker's own files travel in it: its token, its key, its condor config
+    assert base64.encodebytes(TOKEN.encode() + b"\n").decode().split("\n")[0] in script
+    assert base64.encodebytes(KEY).decode().split("\n")[0] in script
+
+
+def test_repeated_launch_of_one_worker_makes_one_instance(endpoint):
+    d = driver(endpoint, "repeat")
+    first = d.launch(spec(d, "aws-bbbbbb"))
+    again = d.launch(spec(d, "aws-bbbbbb"))
+    assert first == again
+    assert [i["InstanceId"] for i in endpoint.instances(**{"tag:appliance:pool": "repeat"})] == [first]
+
+
+def test_spot_market_with_max_price(endpoint):
+    d = driver(endpoint, "spot", market="spot", spot_max_price="0.05")
+    assert d.run_params("aws-x", "#!")["InstanceMarketOptions"] == {
+        "MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time",
+                                              "InstanceInterruptionBehavior": "terminate", "MaxPrice": "0.05"}}
+    iid = d.launch(spec(d, "aws-cccccc"))
+    assert endpoint.instances(instance_id=iid)[0]["InstanceLifecycle"] == "spot"
+
+
+def test_instance_profile_by_name_or_arn(endpoint):
+    by_name = driver(endpoint, iam_instance_profile="appliance-worker").run_params("w", "#!")
+    by_arn = driver(endpoint, iam_instance_profile="arn:aws:iam::123456789012:instance-profile/w").run_params("w", "#!")
+    assert by_name["IamInstanceProfile"] == {"Name": "appliance-worker"}
+    assert by_arn["IamInstanceProfile"] == {"Arn": "arn:aws:iam::123456789012:instance-profile/w"}
+    assert by_name["MetadataOptions"]["HttpTokens"] == "required"
+
+
+def test_list_is_by_tag_paginated_and_terminate_is_idempotent(endpoint):
+    d = driver(endpoint, "listing")
+    other_cloud = driver(endpoint, "listing", name="aws2")
+    other_pool = driver(endpoint, "someone-else")
+    d.PAGE_SIZE = 5
+    ids = {f"aws-{n:06d}": d.launch(spec(d, f"aws-{n:06d}")) for n in range(7)}
+    other_cloud.launch(spec(other_cloud, "aws2-000000"))
+    other_pool.launch(spec(other_pool, "aws-999999"))
+
+    listed = d.list()
+    assert {w: r.resource_id for w, r in listed.items()} == ids
+    assert all(r.alive for r in listed.values())
+
+    d.terminate("aws-000000", ids["aws-000000"])
+    d.terminate("aws-000000", ids["aws-000000"])           # again: still fine
+    d.terminate("aws-000001", "")                          # by worker id alone
+    d.terminate("aws-404404", "i-0123456789abcdef0")       # never existed: fine
+    endpoint.client().stop_instances(InstanceIds=[ids["aws-000002"]])
+    listed = d.list()
+    for wid in ("aws-000000", "aws-000001"):
+        assert listed[wid].gone and not listed[wid].alive and "terminated" in listed[wid].detail
+    assert not listed["aws-000002"].alive and not listed["aws-000002"].gone
+    assert "stopp" in listed["aws-000002"].detail
+    assert listed["aws-000003"].alive
+    assert "aws2-000000" not in listed and "aws-999999" not in listed
+
+
+def test_credentials_from_env_file(endpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    env = tmp_path / "aws.env"
+    env.write_text("# keys of a test account\nexport AWS_ACCESS_KEY_ID=AKIAFROMFILEFROMFILE\n"
+                   "AWS_SECRET_ACCESS_KEY='file-secret-value-123'\nAWS_DEFAULT_REGION=eu-west-1\n")
+    assert read_env_file(str(env)) == {"AWS_ACCESS_KEY_ID": "AKIAFROMFILEFROMFILE",
+                                       "AWS_SECRET_ACCESS_KEY": "file-secret-value-123"}
+    d = driver(endpoint, "envfile", env_file=str(env))
+    assert d.list() == {}
+    creds = d.client._request_signer._credentials
+    assert creds.access_key == "AKIAFROMFILEFROMFILE"
+
+    env.write_text("AWS_ACCESS_KEY_ID=AKIAFROMFILEFROMFILE\nAWS_SECRET_ACCESS_KEY file-secret-value-123\n")
+    with pytest.raises(CloudError) as bad:
+        driver(endpoint, "envfile", env_file=str(env)).list()
+    assert bad.value.kind == "config" and "line 2: expected KEY=VALUE" in str(bad.value)
+    assert "file-secret" not in str(bad.value)
+    with pytest.raises(CloudError) as missing:
+        driver(endpoint, "envfile", env_file=str(tmp_path / "nope.env")).list()
+    assert missing.value.kind == "auth" and "cannot read env_file" in str(missing.value)
+
+
+def test_no_credentials_is_an_auth_error(endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(CloudError) as err:
+        driver(endpoint, "nocreds").list()
+    assert err.value.kind == "auth" and "no usable AWS credentials" in str(err.value)
+
+
+FAULTS = [
+    ("InsufficientInstanceCapacity", "capacity"),
+    ("InstanceLimitExceeded", "limit"),
+    ("VcpuLimitExceeded", "limit"),
+    ("RequestLimitExceeded", "throttle"),
+    ("AuthFailure", "auth"),
+    ("UnauthorizedOperation", "auth"),
+    ("InvalidAMIID.NotFound", "image"),
+    ("InvalidSubnetID.NotFound", "config"),
+    ("InternalError", "unavailable"),
+]
+
+
+@pytest.mark.parametrize("code,kind", FAULTS)
+def test_launch_errors_map_to_kinds_and_launch_nothing(endpoint, code, kind):
+    d = driver(endpoint, f"fault-{code.lower().replace('.', '-')}")
+    endpoint.fail("RunInstances", code, "the endpoint says no", echo="UserData")
+    try:
+        with pytest.raises(CloudError) as err:
+            d.launch(spec(d, "aws-fault0"))
+    finally:
+        endpoint.clear()
+    assert err.value.kind == kind, err.value
+    assert str(err.value).startswith(f"RunInstances: {code}: the endpoint says no")
+    # the endpoint echoed the user-data back: the error must not carry it, nor any secret
+    assert "[redacted]" in str(err.value)
+    for secret in (TOKEN, KEY.decode(), "IyEvYmluL2Jhc2g"):
+        assert secret not in str(err.value)
+    assert endpoint.instances(**{"tag:appliance:pool": d.pool_id}) == []
+
+
+def test_a_lost_answer_does_not_make_a_second_instance(endpoint):
+    """RunInstances reached EC2 but its answer was lost: retrying the same worker finds it."""
+    d = driver(endpoint, "lost")
+    endpoint.fail("RunInstances", "RequestLimitExceeded", times=1, after_forward=True)
+    with pytest.raises(CloudError) as err:
+        d.launch(spec(d, "aws-lost00"))
+    assert err.value.kind == "throttle"
+    iid = d.launch(spec(d, "aws-lost00"))
+    assert [i["InstanceId"] for i in endpoint.instances(**{"tag:appliance:pool": "lost"})] == [iid]
+    assert endpoint.count("RunInstances") >= 1
+
+
+def test_endpoint_down(endpoint):
+    d = driver(endpoint, "down")
+    endpoint.down = True
+    try:
+        with pytest.raises(CloudError) as closed:
+            d.list()
+    finally:
+        endpoint.clear()
+    assert closed.value.kind == "unavailable"
+    with socket.socket() as s:              # a port with nothing behind it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = Ec2Driver(make_cloud(endpoint, endpoint_url=f"http://127.0.0.1:{port}"), "mypool", "down")
+    with pytest.raises(CloudError) as refused:
+        dead.launch(spec(dead, "aws-down00"))
+    assert refused.value.kind == "unavailable" and "not reachable" in str(refused.value)
+
+
+# ---------------------------------------------------------------- user-data
+
+def test_user_data_template_placeholders():
+    values = {"worker_id": "aws-1", "pool": "it's"}
+    assert render("A={{ worker_id }} B={{pool}}\n{{ write_worker_files }}", values, "CODE") == \
+        "A=aws-1 B='it'\"'\"'s'\nCODE"
+    with pytest.raises(CloudError) as err:
+        render("{{ nope }}", values, "", "my.sh")
+    assert err.value.kind == "config" and "my.sh: unknown placeholder {{ nope }}" in str(err.value)
+
+
+def test_written_files_decode_to_the_worker_files(tmp_path):
+    cloud = CloudConfig("aws", "ec2", worker=WorkerSize(cpus=2, memory=2048))
+    s = WorkerSpec("aws-abcdef", cloud, "mypool", "cm.example.org", token=TOKEN, key=KEY)
+    files = worker_files(s, "/var/lib/condor-worker")
+    subprocess.run(["bash", "-euc", write_files_script(files)], check=True,
+                   env={**os.environ, "WORKER_HOME": str(tmp_path)})
+    for rel, (content, mode) in files.items():
+        assert (tmp_path / rel).read_bytes() == content
+        assert (tmp_path / rel).stat().st_mode & 0o777 == mode
+
+
+def test_default_template_renders_for_both_modes(endpoint):
+    d = driver(endpoint)
+    text = d.user_data(spec(d, "aws-dddddd"))
+    assert "{{" not in text and "apt_get install" in text and "WORKER_IMAGE=''" in text
+    assert "$WORKER_HOME\"/condor_config" in text
+    subprocess.run(["bash", "-n"], input=text.encode(), check=True)     # valid shell
+    img = driver(endpoint, worker_image="registry.example.org/appliance:1.0")
+    text = img.user_data(spec(img, "aws-eeeeee"))
+    assert "WORKER_IMAGE=registry.example.org/appliance:1.0" in text and "$WORKER_HOME\"/bundle.json" in text
+    assert len(text.encode()) < 16 * 1024
+
+
+def test_a_template_too_big_for_ec2_is_a_config_error(endpoint, tmp_path):
+    big = tmp_path / "big.sh"
+    big.write_text("#!/bin/sh\n" + "#" * 17000 + "\n")
+    d = driver(endpoint, user_data=str(big))
+    with pytest.raises(CloudError) as err:
+        d.launch(spec(d, "aws-ffffff"))
+    assert err.value.kind == "config" and "EC2 allows 16384" in str(err.value)
