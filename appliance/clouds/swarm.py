@@ -96,7 +96,7 @@ class SwarmDriver(Driver):
                 return next(s.id[:12] for s in existing if s.name == name)
             secret = self._secret(name, bundle(spec.worker_id, worker_files(spec, "/var/lib/condor-worker")), lab)
             service = self.client.services.create(
-                self.cloud.opt("image"), command=["worker"], name=name, hostname=spec.worker_id,
+                self.cloud.opt("image"), args=["worker"], name=name, hostname=spec.worker_id,
                 labels=lab, container_labels=lab, networks=[network],
                 env=[f"APPLIANCE_WORKER_ID={spec.worker_id}"],
                 resources=Resources(cpu_limit=int(size.cpus * 1e9),
