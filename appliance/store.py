@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 """
 
+# upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
+CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 _WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason"
 
 
@@ -253,6 +256,31 @@ class Store:
         if ids:
             with self.tx() as db:
                 db.executemany("DELETE FROM requests WHERE worker_id = ?", [(i,) for i in ids])
+
+    # ------------------------------------------------------------ metrics
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """(cloud, to_state) -> how many transitions into that state ever: the
+        source of the launch, failure and retirement counters."""
+        rows = self.db.execute("SELECT cloud, to_state, COUNT(*) AS n FROM events WHERE kind = 'worker' "
+                               "AND to_state IS NOT NULL GROUP BY cloud, to_state")
+        return {(r["cloud"] or "", r["to_state"]): r["n"] for r in rows}
+
+    def observe_cycle(self, seconds: float, now: float | None = None) -> None:
+        """Add one scheduler cycle's duration to the cumulative histogram in kv."""
+        now = time.time() if now is None else now
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM kv WHERE key = 'cycle_histogram'").fetchone()
+            h = json.loads(row["value"]) if row else None
+            if not h or h.get("buckets") != list(CYCLE_BUCKETS):
+                h = {"buckets": list(CYCLE_BUCKETS), "counts": [0] * len(CYCLE_BUCKETS), "count": 0, "sum": 0.0}
+            for i, le in enumerate(CYCLE_BUCKETS):
+                if seconds <= le:
+                    h["counts"][i] += 1
+            h["count"] += 1
+            h["sum"] = round(h["sum"] + seconds, 6)
+            db.execute("INSERT INTO kv (key, value, updated_at) VALUES ('cycle_histogram', ?, ?) "
+                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                       (json.dumps(h), now))
 
     # ------------------------------------------------------------ small snapshots
     def put(self, key: str, value: Any, now: float | None = None) -> None:
