@@ -86,6 +86,7 @@ class Store:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        _group_writable(self.path)
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -298,3 +299,26 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
                   condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"])
+
+
+def _group_writable(path: str) -> None:
+    """Make the database file (and its -wal/-shm) writable by the group.
+
+    SQLite creates a new database with mode 0644 (less the umask), so the web
+    app (user appliance, group appliance) could only read it. Creating the file
+    first with 0660 fixes that; SQLite gives -wal and -shm the database file's
+    mode. Files from an older install are opened up here by their owner.
+    """
+    if path == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o660))
+    except OSError:
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            st = os.stat(name)
+            if st.st_uid == os.getuid() and st.st_mode & 0o060 != 0o060:
+                os.chmod(name, (st.st_mode | 0o060) & 0o7777)
+        except OSError:
+            pass
