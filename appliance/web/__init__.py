@@ -90,7 +90,6 @@ def create_app(db_path: str | None = None, config_path: str | None = None, state
         h["X-Frame-Options"] = "DENY"
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "no-referrer"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if request.path != "/healthz" and not request.path.startswith("/static/"):
             h["Cache-Control"] = "no-store"

@@ -104,5 +104,4 @@ def metrics():
     a = auth.authenticate(store())
     if not a.ok:
         return error(a.status, a.message, **({"Retry-After": str(a.retry_after)} if a.status == 429 else {}))
-    return Response(render(store(), config()), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return Response(render(store(), config()), content_type=CONTENT_TYPE_LATEST)

@@ -49,7 +49,7 @@
           if (active && dst.contains(active) && active.tagName === "INPUT" && active.type !== "hidden") return;
           var next = src.innerHTML;
           if (dst.innerHTML !== next) dst.innerHTML = next;
-          dst.className = src.className;
+          if (src.hasAttribute("class")) dst.className = src.className;
         });
       })
       .catch(function () { stale(true); })
