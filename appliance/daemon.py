@@ -101,6 +101,7 @@ class Daemon:
         self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
                                      "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
                                      "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
+        self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
         self.store.put("demand", [asdict(g) for g in plan.groups])
         return plan
 

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 """
 
+# upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
+CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 _WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason"
 
 
@@ -83,6 +86,7 @@ class Store:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        _group_writable(self.path)
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -254,6 +258,31 @@ class Store:
             with self.tx() as db:
                 db.executemany("DELETE FROM requests WHERE worker_id = ?", [(i,) for i in ids])
 
+    # ------------------------------------------------------------ metrics
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """(cloud, to_state) -> how many transitions into that state ever: the
+        source of the launch, failure and retirement counters."""
+        rows = self.db.execute("SELECT cloud, to_state, COUNT(*) AS n FROM events WHERE kind = 'worker' "
+                               "AND to_state IS NOT NULL GROUP BY cloud, to_state")
+        return {(r["cloud"] or "", r["to_state"]): r["n"] for r in rows}
+
+    def observe_cycle(self, seconds: float, now: float | None = None) -> None:
+        """Add one scheduler cycle's duration to the cumulative histogram in kv."""
+        now = time.time() if now is None else now
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM kv WHERE key = 'cycle_histogram'").fetchone()
+            h = json.loads(row["value"]) if row else None
+            if not h or h.get("buckets") != list(CYCLE_BUCKETS):
+                h = {"buckets": list(CYCLE_BUCKETS), "counts": [0] * len(CYCLE_BUCKETS), "count": 0, "sum": 0.0}
+            for i, le in enumerate(CYCLE_BUCKETS):
+                if seconds <= le:
+                    h["counts"][i] += 1
+            h["count"] += 1
+            h["sum"] = round(h["sum"] + seconds, 6)
+            db.execute("INSERT INTO kv (key, value, updated_at) VALUES ('cycle_histogram', ?, ?) "
+                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                       (json.dumps(h), now))
+
     # ------------------------------------------------------------ small snapshots
     def put(self, key: str, value: Any, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -270,3 +299,26 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
                   condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"])
+
+
+def _group_writable(path: str) -> None:
+    """Make the database file (and its -wal/-shm) writable by the group.
+
+    SQLite creates a new database with mode 0644 (less the umask), so the web
+    app (user appliance, group appliance) could only read it. Creating the file
+    first with 0660 fixes that; SQLite gives -wal and -shm the database file's
+    mode. Files from an older install are opened up here by their owner.
+    """
+    if path == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o660))
+    except OSError:
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            st = os.stat(name)
+            if st.st_uid == os.getuid() and st.st_mode & 0o060 != 0o060:
+                os.chmod(name, (st.st_mode | 0o060) & 0o7777)
+        except OSError:
+            pass

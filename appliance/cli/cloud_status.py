@@ -72,17 +72,25 @@ def main(argv=None) -> int:
 
 
 def _clouds(rows) -> str:
+    now = time.time()
     return table([[c["name"], c["type"], "yes" if c["enabled"] else "no", c["booting"], c["idle"], c["busy"],
-                   c["draining"], c["max_workers"], _health(c)] for c in rows],
-                 ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH"])
+                   c["draining"], c["max_workers"], _health(c), _last_error(c, now)] for c in rows],
+                 ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH", "LAST ERROR"])
 
 
 def _health(c) -> str:
     if c["health"] == "backoff":
-        return f"backoff {c['backoff_seconds']}s: {c['last_error']}"
+        return f"backoff {c['backoff_seconds']}s"
     if c["health"] == "stopped":
-        return f"stopped (re-enable to retry): {c['last_error']}"
+        return "stopped (re-enable to retry)"
     return c["health"]
+
+
+def _last_error(c, now: float) -> str:
+    if not c["last_error"]:
+        return "-"
+    text = c["last_error"] if len(c["last_error"]) <= 80 else c["last_error"][:77] + "..."
+    return f"{duration(now - c['last_error_at'])} ago: {text}" if c["last_error_at"] else text
 
 
 def _workers(rows) -> str:

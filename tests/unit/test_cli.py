@@ -38,9 +38,9 @@ def admin(*argv):
 def test_clouds_table(env, capsys):
     assert status() == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH"]
-    assert out[1].split() == ["local", "local", "yes", "0", "0", "0", "0", "2", "ok"]
-    assert out[2].split() == ["docker", "docker", "no", "0", "0", "0", "0", "10", "disabled"]
+    assert out[0].split() == ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH", "LAST", "ERROR"]
+    assert out[1].split() == ["local", "local", "yes", "0", "0", "0", "0", "2", "ok", "-"]
+    assert out[2].split() == ["docker", "docker", "no", "0", "0", "0", "0", "10", "disabled", "-"]
     assert "scheduler: running" in out[-1]
 
 

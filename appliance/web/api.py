@@ -1,0 +1,136 @@
+"""The JSON API: the same data and the same operations as cloud_status and cloud_admin.
+
+Every answer is {"scheduler": ..., "data": ...}, as `cloud_status --json` prints;
+errors are {"error": "..."} with 400 (bad input), 401 (no or wrong credentials),
+404 (unknown cloud or path), 429 (too many failed logins) or 503 (bad config).
+"""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, jsonify, request
+
+from .. import ops
+from . import auth, config, store
+from .openapi import spec
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def error(status: int, message: str, **headers):
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    resp.headers.update(headers)
+    return resp
+
+
+def api_auth(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        a = auth.authenticate(store())
+        if not a.ok:
+            extra = {"Retry-After": str(a.retry_after)} if a.status == 429 else {}
+            return error(a.status, a.message, **extra)
+        if a.via == "session" and request.method not in auth.SAFE_METHODS and not auth.csrf_ok():
+            return error(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+        try:
+            return view(*args, **kwargs)
+        except ops.OpError as err:
+            return error(err.status, str(err))
+    return wrapper
+
+
+def answer(data, status: int = 200):
+    resp = jsonify({"scheduler": ops.scheduler_status(store()), "data": data})
+    resp.status_code = status
+    return resp
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ops.OpError(f"{name} must be a whole number from {lo} to {hi}, got {raw!r}")
+    return int(raw)
+
+
+def _flag_arg(name: str) -> bool:
+    raw = request.args.get(name, "false").lower()
+    if raw not in ("1", "0", "true", "false", "yes", "no", ""):
+        raise ops.OpError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true", "yes")
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(spec())
+
+
+@bp.get("/clouds")
+@api_auth
+def clouds():
+    return answer(ops.clouds_status(store(), config()))
+
+
+@bp.get("/clouds/<name>")
+@api_auth
+def cloud(name: str):
+    return answer(ops.cloud_status(store(), config(), name))
+
+
+@bp.post("/clouds/<name>/enable")
+@api_auth
+def enable(name: str):
+    return answer(ops.set_enabled(store(), config(), name, True, actor="web API"))
+
+
+@bp.post("/clouds/<name>/disable")
+@api_auth
+def disable(name: str):
+    return answer(ops.set_enabled(store(), config(), name, False, actor="web API"))
+
+
+@bp.patch("/clouds/<name>")
+@api_auth
+def patch_cloud(name: str):
+    cfg = config()
+    ops.resolve_cloud(cfg, name)      # 404 before 400: the path is checked first
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body:
+        return error(400, 'the body must be a JSON object such as {"max_workers": 5} or {"enabled": false}')
+    unknown = sorted(set(body) - {"max_workers", "enabled"})
+    if unknown:
+        return error(400, f"unknown field(s): {', '.join(map(str, unknown))} (known: enabled, max_workers)")
+    if "enabled" in body and not isinstance(body["enabled"], bool):
+        return error(400, f"enabled must be true or false, got {body['enabled']!r}")
+    if "max_workers" in body:
+        if not isinstance(body["max_workers"], int) or isinstance(body["max_workers"], bool):
+            return error(400, f"max_workers must be a whole number from 0 to 100000, got {body['max_workers']!r}")
+        ops.parse_count(body["max_workers"])      # validate before changing anything
+    result = None
+    if "max_workers" in body:
+        result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API")
+    if "enabled" in body:
+        result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API")
+    return answer(result)
+
+
+@bp.get("/workers")
+@api_auth
+def workers():
+    return answer(ops.workers_status(store(), include_ended=_flag_arg("all")))
+
+
+@bp.get("/queue")
+@api_auth
+def queue():
+    return answer(ops.queue_status(store()))
+
+
+@bp.get("/events")
+@api_auth
+def events():
+    since = _int_arg("since", 0, 0, 2 ** 62)
+    limit = _int_arg("limit", 100, 1, 1000)
+    return answer(ops.events(store(), since=since, limit=limit))

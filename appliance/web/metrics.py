@@ -1,0 +1,107 @@
+"""/metrics: Prometheus text, computed from the store at scrape time.
+
+The scheduler daemon is a separate process from gunicorn, so nothing here counts
+in memory: gauges come from the same ops functions as cloud_status, counters
+from the events table (every transition is an event, so "launched" is the count
+of transitions into booting), and the cycle-duration histogram from the
+cumulative buckets the daemon keeps in the store.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .. import lifecycle, ops
+from ..config import Config
+from ..store import Store
+from . import auth, config, store
+from .api import error
+
+bp = Blueprint("metrics", __name__)
+
+GROUP_STATUSES = ("served", "launching", "waiting", "unschedulable")
+
+
+class StoreCollector:
+    def __init__(self, store: Store, cfg: Config):
+        self.store, self.cfg = store, cfg
+
+    def collect(self):
+        store, cfg = self.store, self.cfg
+        sched = ops.scheduler_status(store)
+        up = GaugeMetricFamily("appliance_scheduler_up", "1 if the scheduler daemon completed a cycle recently")
+        up.add_metric([], 1 if sched["running"] else 0)
+        yield up
+
+        workers = GaugeMetricFamily("appliance_workers", "Live workers by cloud and state", labels=["cloud", "state"])
+        counts = {(c, s.value): 0 for c in cfg.cloud_names for s in lifecycle.LIVE}
+        for w in ops.workers_status(store):
+            counts[(w["cloud"], w["state"])] = counts.get((w["cloud"], w["state"]), 0) + 1
+        for (cloud, state), n in sorted(counts.items()):
+            workers.add_metric([cloud, state], n)
+        yield workers
+
+        q = ops.queue_status(store)
+        jobs = GaugeMetricFamily("appliance_idle_jobs", "Idle jobs by what the scheduler can do for them "
+                                 "(served, launching, waiting, unschedulable)", labels=["status"])
+        by_status = {s: 0 for s in GROUP_STATUSES}
+        for grp in q["groups"]:
+            by_status[grp["status"]] = by_status.get(grp["status"], 0) + grp["count"]
+        for s, n in by_status.items():
+            jobs.add_metric([s], n)
+        yield jobs
+
+        events = store.event_counts()
+        for name, to, text in (("appliance_worker_launches", "booting", "Workers launched (requested -> booting)"),
+                               ("appliance_worker_failures", "failed",
+                                "Workers failed (launch error, boot timeout, vanished)"),
+                               ("appliance_worker_retirements", "retired", "Workers drained and removed")):
+            c = CounterMetricFamily(name, text, labels=["cloud"])
+            for cloud in cfg.cloud_names:
+                c.add_metric([cloud], events.get((cloud, to), 0))
+            yield c
+
+        clouds = ops.clouds_status(store, cfg)
+        enabled = GaugeMetricFamily("appliance_cloud_enabled", "1 if the cloud may launch workers", labels=["cloud"])
+        maxw = GaugeMetricFamily("appliance_cloud_max_workers", "The cloud's max_workers", labels=["cloud"])
+        backoff = GaugeMetricFamily("appliance_cloud_backoff", "1 while the cloud backs off after launch errors",
+                                    labels=["cloud"])
+        backoff_s = GaugeMetricFamily("appliance_cloud_backoff_seconds", "Seconds left in the cloud's backoff",
+                                      labels=["cloud"])
+        breaker = GaugeMetricFamily("appliance_cloud_breaker_open",
+                                    "1 if the cloud stopped launching after repeated quick failures", labels=["cloud"])
+        for c in clouds:
+            enabled.add_metric([c["name"]], int(c["enabled"]))
+            maxw.add_metric([c["name"]], c["max_workers"])
+            backoff.add_metric([c["name"]], int(c["health"] == "backoff"))
+            backoff_s.add_metric([c["name"]], c["backoff_seconds"])
+            breaker.add_metric([c["name"]], int(c["health"] == "stopped"))
+        yield from (enabled, maxw, backoff, backoff_s, breaker)
+
+        hist, _ = store.get("cycle_histogram")
+        h = HistogramMetricFamily("appliance_scheduler_cycle_seconds", "Duration of the scheduler's cycles")
+        if hist:
+            buckets = [(_le(le), n) for le, n in zip(hist["buckets"], hist["counts"])] + [("+Inf", hist["count"])]
+            h.add_metric([], buckets, hist["sum"])
+        else:
+            h.add_metric([], [("+Inf", 0)], 0.0)
+        yield h
+
+
+def _le(value: float) -> str:
+    return repr(float(value))
+
+
+def render(store: Store, cfg: Config) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, cfg))
+    return generate_latest(registry)
+
+
+@bp.get("/metrics")
+def metrics():
+    a = auth.authenticate(store())
+    if not a.ok:
+        return error(a.status, a.message, **({"Retry-After": str(a.retry_after)} if a.status == 429 else {}))
+    return Response(render(store(), config()), content_type=CONTENT_TYPE_LATEST)

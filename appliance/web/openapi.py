@@ -1,0 +1,145 @@
+"""The OpenAPI 3.0 description of the JSON API, served at /api/openapi.json."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required if required is not None else list(props)}
+
+
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+SCHEDULER = _obj({
+    "running": BOOL, "message": STR, "config_error": _nullable(STR), "last_cycle_age": _nullable(NUM),
+    "cycle": _nullable(INT), "cycle_seconds": _nullable(NUM),
+}, ["running", "message"])
+
+CLOUD = _obj({
+    "name": STR, "type": {"type": "string", "enum": ["local", "docker", "swarm", "ec2"]}, "enabled": BOOL,
+    "priority": INT, "booting": INT, "idle": INT, "busy": INT, "draining": INT, "max_workers": INT,
+    "health": {"type": "string", "enum": ["ok", "disabled", "backoff", "stopped"],
+               "description": "backoff: launches paused after errors; stopped: too many quick failures, "
+                              "re-enable the cloud to retry"},
+    "backoff_seconds": INT, "failures": INT, "last_error": STR, "last_error_at": _nullable(NUM),
+    "worker": _obj({"cpus": INT, "memory": INT, "disk": INT}),
+})
+
+WORKER = _obj({
+    "id": STR, "cloud": STR,
+    "state": {"type": "string", "enum": ["requested", "booting", "idle", "busy", "draining", "retired", "failed"]},
+    "condor_name": STR, "age_seconds": INT, "state_seconds": INT, "idle_seconds": _nullable(INT),
+    "resource_id": STR, "reason": STR,
+})
+
+EVENT = _obj({
+    "id": INT, "time": NUM, "kind": STR, "worker_id": _nullable(STR), "cloud": _nullable(STR),
+    "from_state": _nullable(STR), "to_state": _nullable(STR), "reason": STR,
+})
+
+GROUP = _obj({
+    "key": STR, "count": INT, "cpus": INT, "memory": INT, "disk": {"type": "integer", "description": "KiB"},
+    "requirements": STR, "target_clouds": _nullable({"type": "array", "items": STR}),
+    "clouds": {"type": "array", "items": STR},
+    "status": {"type": "string", "enum": ["served", "launching", "waiting", "unschedulable"]}, "reason": STR,
+})
+
+QUEUE = _obj({
+    "updated_at": _nullable(NUM), "idle_jobs": INT, "unschedulable_jobs": INT,
+    "groups": {"type": "array", "items": {"$ref": "#/components/schemas/JobGroup"}},
+})
+
+CLOUD_DETAIL = {"allOf": [{"$ref": "#/components/schemas/Cloud"}, _obj({
+    "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
+    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+})]}
+
+
+def _envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return _obj({"scheduler": {"$ref": "#/components/schemas/Scheduler"}, "data": data})
+
+
+def _ok(description: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _envelope(data)}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many failed logins from this client"),
+               "503": _err("the configuration file is invalid")}
+NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
+REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail")}
+
+
+def spec() -> dict[str, Any]:
+    def write(summary: str) -> dict[str, Any]:
+        return {"summary": summary, "parameters": [NAME],
+                "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
+                              "404": _err("no cloud of that name"), "403": _err("missing CSRF token (session only)"),
+                              **AUTH_ERRORS}}
+
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Appliance admin API", "version": "1",
+                 "description": "The data and operations of cloud_status and cloud_admin. Authenticate with HTTP "
+                                "Basic as admin (the admin password), or with the web page's session cookie plus "
+                                "an X-CSRF-Token header on writes. Answers are {scheduler, data}; errors {error}."},
+        "servers": [{"url": "/"}],
+        "security": [{"basic": []}, {"session": []}],
+        "paths": {
+            "/api/clouds": {"get": {"summary": "clouds: enabled, worker counts by state, max_workers, health",
+                                    "responses": {"200": _ok("the clouds", {"type": "array", "items": REF["Cloud"]}),
+                                                  **AUTH_ERRORS}}},
+            "/api/clouds/{name}": {
+                "get": {"summary": "one cloud with its workers and recent events", "parameters": [NAME],
+                        "responses": {"200": _ok("the cloud", REF["CloudDetail"]),
+                                      "404": _err("no cloud of that name"), **AUTH_ERRORS}},
+                "patch": {"summary": "change max_workers and/or enabled at runtime (kept across restarts)",
+                          "parameters": [NAME],
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "additionalProperties": False, "minProperties": 1,
+                              "properties": {"max_workers": {"type": "integer", "minimum": 0, "maximum": 100000},
+                                             "enabled": BOOL}}}}},
+                          "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
+                                        "400": _err("bad body"), "404": _err("no cloud of that name"),
+                                        "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},
+            "/api/clouds/{name}/enable": {"post": write("enable a cloud")},
+            "/api/clouds/{name}/disable": {"post": write("disable a cloud: no new launches, running workers stay")},
+            "/api/workers": {"get": {
+                "summary": "live workers", "parameters": [{
+                    "name": "all", "in": "query", "required": False, "schema": {"type": "boolean"},
+                    "description": "also those that ended in the last hour"}],
+                "responses": {"200": _ok("the workers", {"type": "array", "items": REF["Worker"]}),
+                              "400": _err("bad parameter"), **AUTH_ERRORS}}},
+            "/api/queue": {"get": {"summary": "demand: idle jobs grouped by request, the clouds that can run them",
+                                   "responses": {"200": _ok("the demand", REF["Queue"]), **AUTH_ERRORS}}},
+            "/api/events": {"get": {
+                "summary": "events: every worker transition and operator action, oldest first",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 2 ** 62},
+                     "description": "only events with an id above this; without it, the newest `limit`"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": {"200": _ok("the events", {"type": "array", "items": REF["Event"]}),
+                              "400": _err("bad parameter"), **AUTH_ERRORS}}},
+        },
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"}},
+            "schemas": {"Scheduler": SCHEDULER, "Cloud": CLOUD, "CloudDetail": CLOUD_DETAIL, "Worker": WORKER,
+                        "Event": EVENT, "JobGroup": GROUP, "Queue": QUEUE,
+                        "Error": _obj({"error": STR})},
+        },
+    }
