@@ -52,6 +52,27 @@ def _secret_file(path: str, content: str, mode: int = 0o600, owner: tuple[int, i
     return True
 
 
+def _advertised_address(cfg) -> list[str]:
+    """With a swarm cloud, HTCondor must advertise the overlay network's address.
+
+    A container on an overlay network has a second interface (docker_gwbridge);
+    workers on other nodes can only dial back the overlay address, so it is
+    chosen here, before the daemons start, instead of left to interface order.
+    """
+    swarm = [c for c in cfg.clouds if c.type == "swarm"]
+    if not swarm:
+        return []
+    try:
+        from .clouds import dockerutil
+        from .clouds.swarm import overlay_placement
+        network, ip = overlay_placement(dockerutil.client(swarm[0].opt("url")), swarm[0].opt("network"))
+    except Exception as err:   # the cloud reports it too, with backoff; the pool still starts
+        print(f"appliance: cloud {swarm[0].name}: {err}", file=sys.stderr, flush=True)
+        return []
+    print(f"appliance: advertising {ip}, the address on swarm network {network}", flush=True)
+    return [f"# the address swarm workers reach us at (network {network})", f"NETWORK_INTERFACE = {ip}"]
+
+
 def main() -> int:
     app_group = _ids("root", "appliance")
     condor = _ids("condor")
@@ -90,6 +111,8 @@ def main() -> int:
     ]
     if problem:
         lines.append(f"# configuration error: {problem}")
+    else:
+        lines += _advertised_address(cfg)
     with open(CONDOR_GENERATED, "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0

@@ -4,9 +4,8 @@ A service per worker (restart condition none, one replica) means scale-down
 removes exactly the drained worker, never a busy one: there is no replica
 count for Swarm to shrink at random. The worker's files travel as a Docker
 secret of its own (mode 0400, readable by root in the task only), removed
-with the service. Workers join an attachable overlay network that the
-appliance's own container is attached to (created and joined if needed), so
-they reach the central manager on any node.
+with the service. Workers join the attachable overlay network the appliance
+itself runs on, so they reach the central manager from any node.
 """
 from __future__ import annotations
 
@@ -26,6 +25,41 @@ from .docker import DAEMON_MEMORY_MB
 
 # task states in which the worker is (or is about to be) running
 ALIVE = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+
+
+def overlay_placement(client: docker.DockerClient, wanted: str) -> tuple[str, str]:
+    """The overlay network swarm workers join, and the appliance's address on it.
+
+    The appliance must already be on that network when HTCondor starts: its
+    daemons advertise one address, and workers must be able to connect back
+    to it (the schedd's claim goes through CCB, but the worker dials the
+    schedd's advertised address). So we never attach ourselves at run time.
+    """
+    try:
+        me = du.own_container(client)
+        nets = list((me.attrs["NetworkSettings"].get("Networks") or {}).keys())
+        if wanted == "auto":
+            overlays = [n for n in nets if _is_attachable_overlay(client, n)]
+            if not overlays:
+                raise CloudError("config", "the appliance is on no attachable overlay network (it is on: "
+                                 f"{', '.join(nets) or 'none'}); create one with `docker network create -d overlay "
+                                 "--attachable NAME` and run the appliance with `--network NAME`")
+            wanted = overlays[0]
+    except docker.errors.DockerException as err:
+        raise du.translate(err, "find the swarm's network") from None
+    ip = du.ip_on(me, wanted)
+    if ip is None:
+        raise CloudError("config", f"the appliance's container is not attached to network {wanted!r} "
+                                   f"(it is on: {', '.join(nets) or 'none'}); start it with `--network {wanted}`")
+    return wanted, ip
+
+
+def _is_attachable_overlay(client: docker.DockerClient, name: str) -> bool:
+    try:
+        attrs = client.networks.get(name).attrs
+    except docker.errors.DockerException:
+        return False
+    return attrs.get("Driver") == "overlay" and bool(attrs.get("Attachable"))
 
 
 class SwarmDriver(Driver):
@@ -51,36 +85,7 @@ class SwarmDriver(Driver):
             return self._where
 
     def _find_placement(self) -> tuple[str, str]:
-        try:
-            me = du.own_container(self.client)
-            wanted = self.cloud.opt("network")
-            if wanted == "auto":
-                overlays = [n for n in (me.attrs["NetworkSettings"].get("Networks") or {})
-                            if self._is_attachable_overlay(n)]
-                wanted = overlays[0] if overlays else self._ensure_network(f"appliance-{self.pool_id}")
-            if du.ip_on(me, wanted) is None:
-                self.client.networks.get(wanted).connect(me.id)   # join it ourselves
-                me.reload()
-            ip = du.ip_on(me, wanted)
-        except docker.errors.DockerException as err:
-            raise du.translate(err, "attach the appliance to the swarm's network") from None
-        if ip is None:
-            raise CloudError("config", f"the appliance could not join network {wanted!r}")
-        return wanted, ip
-
-    def _is_attachable_overlay(self, name: str) -> bool:
-        try:
-            attrs = self.client.networks.get(name).attrs
-        except docker.errors.DockerException:
-            return False
-        return attrs.get("Driver") == "overlay" and bool(attrs.get("Attachable"))
-
-    def _ensure_network(self, name: str) -> str:
-        found = self.client.networks.list(names=[name])
-        if not any(n.name == name for n in found):
-            self.client.networks.create(name, driver="overlay", attachable=True,
-                                        labels={du.LABEL_POOL: self.pool_id})
-        return name
+        return overlay_placement(self.client, self.cloud.opt("network"))
 
     def condor_host(self) -> str:
         return self.placement()[1]

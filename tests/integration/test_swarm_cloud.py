@@ -5,6 +5,7 @@ One service per worker: scale-down removes exactly the drained worker's service.
 from __future__ import annotations
 
 import re
+import uuid
 
 import docker
 import pytest
@@ -29,6 +30,16 @@ def swarm(client):
         client.swarm.leave(force=True)
 
 
+@pytest.fixture
+def overlay(swarm):
+    """An attachable overlay network: the appliance runs on it, its workers join it."""
+    net = swarm.networks.create(f"apptest-ov-{uuid.uuid4().hex[:8]}", driver="overlay", attachable=True)
+    yield net.name
+    for c in swarm.containers.list(all=True, filters={"network": net.name}):
+        c.remove(force=True, v=True)
+    net.remove()
+
+
 CONFIG = f"""
 scheduler: {{interval: 1, idle_timeout: 8, boot_timeout: 120}}
 clouds:
@@ -42,8 +53,8 @@ clouds:
 """
 
 
-def test_jobs_run_on_swarm_services_which_then_go_away(swarm, start_appliance, network):
-    app = start_appliance(CONFIG, network=network, docker_socket=True)
+def test_jobs_run_on_swarm_services_which_then_go_away(swarm, start_appliance, overlay):
+    app = start_appliance(CONFIG, network=overlay, docker_socket=True)
     pool = app.pool_id()
     cluster = app.submit(job_sub(3, seconds=4), {"job.sh": JOB_SCRIPT})
 
@@ -76,8 +87,8 @@ def test_jobs_run_on_swarm_services_which_then_go_away(swarm, start_appliance, n
         assert (wid, "draining") in moves and (wid, "retired") in moves, moves
 
 
-def test_orphan_service_is_removed(swarm, start_appliance, network):
-    app = start_appliance(CONFIG, network=network, docker_socket=True)
+def test_orphan_service_is_removed(swarm, start_appliance, overlay):
+    app = start_appliance(CONFIG, network=overlay, docker_socket=True)
     pool = app.pool_id()
     orphan = swarm.services.create(IMAGE, ["sleep", "600"], name=f"apptest-orphan-{pool}",
                                    labels={"appliance.pool": pool, "appliance.cloud": "swarm",
