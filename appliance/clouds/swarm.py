@@ -104,8 +104,11 @@ class SwarmDriver(Driver):
                 self.cloud.opt("image"), args=["worker"], name=name, hostname=spec.worker_id,
                 labels=lab, container_labels=lab, networks=[network],
                 env=[f"APPLIANCE_WORKER_ID={spec.worker_id}"],
-                resources=Resources(cpu_limit=int(size.cpus * 1e9),
-                                    mem_limit=(size.memory + DAEMON_MEMORY_MB) * 1024 * 1024),
+                # reserved as well as limited: Swarm then places a worker only on a node
+                # with room for it, and spreads workers over the nodes that have room
+                resources=Resources(cpu_limit=int(size.cpus * 1e9), cpu_reservation=int(size.cpus * 1e9),
+                                    mem_limit=(size.memory + DAEMON_MEMORY_MB) * 1024 * 1024,
+                                    mem_reservation=size.memory * 1024 * 1024),
                 restart_policy=RestartPolicy(condition="none"),
                 constraints=list(self.cloud.opt("constraints")),
                 secrets=[SecretReference(secret.id, secret.name, filename="appliance-worker", uid="0", gid="0",
