@@ -3,7 +3,8 @@
 Creates what must exist before any daemon starts, idempotently:
 - the state directories on the /var/lib/appliance volume;
 - the pool signing key (HTCondor's POOL key) and this install's pool id;
-- the admin password, unless APPLIANCE_ADMIN_PASSWORD is given (printed once);
+- the admin password, unless APPLIANCE_ADMIN_PASSWORD is given (the log says where
+  to read it, never the password itself);
 - HTCondor settings derived from appliance.yaml (trust domain, addresses).
 
 Nothing secret is ever baked into the image: it is all made here, at first start.
@@ -93,8 +94,9 @@ def main() -> int:
     else:
         password = secrets.token_urlsafe(18)
         if _secret_file(f"{STATE}/admin-password", password + "\n", 0o640, app_group):
-            # shown this once, at first start; afterwards it is only in the volume
-            print(f"appliance: generated admin password for the web page (user admin): {password}", flush=True)
+            # logs are copied to places secrets must not go: say where it is, not what it is
+            print(f"appliance: generated an admin password for the web page (user admin); read it with "
+                  f"`docker exec <container> cat {STATE}/admin-password`", flush=True)
 
     try:
         cfg = load()
