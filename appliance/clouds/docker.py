@@ -8,7 +8,6 @@ its environment or in `docker inspect`.
 """
 from __future__ import annotations
 
-import threading
 from typing import Mapping
 
 import docker
@@ -18,36 +17,14 @@ from ..model import Resource
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
 from . import dockerutil as du
-from .base import CloudError, Driver
+from .base import CloudError
 
 # headroom over the condor-visible memory for the worker's own daemons
 DAEMON_MEMORY_MB = 256
 ALIVE = ("created", "running", "restarting")
 
 
-class DockerDriver(Driver):
-    def __init__(self, cloud, pool, pool_id):
-        super().__init__(cloud, pool, pool_id)
-        self._client: docker.DockerClient | None = None
-        self._where: tuple[str, str] | None = None    # (network, condor host), found once
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = du.client(self.cloud.opt("url"))
-        return self._client
-
-    def name_for(self, worker_id: str) -> str:
-        return f"appliance-{self.pool_id}-{worker_id}"
-
-    def placement(self) -> tuple[str, str]:
-        """The network workers join and the central manager's address on it."""
-        with self._lock:
-            if self._where is None:
-                self._where = self._find_placement()
-            return self._where
-
+class DockerDriver(du.EngineDriver):
     def _find_placement(self) -> tuple[str, str]:
         wanted = self.cloud.opt("network")
         me = du.own_container(self.client)
@@ -63,9 +40,6 @@ class DockerDriver(Driver):
             raise CloudError("config", f"the appliance's container is not attached to network {wanted!r} "
                                        f"(it is on: {', '.join(nets) or 'none'})")
         return wanted, ip
-
-    def condor_host(self) -> str:
-        return self.placement()[1]
 
     def launch(self, spec: WorkerSpec) -> str:
         network, _ = self.placement()
@@ -135,6 +109,3 @@ class DockerDriver(Driver):
         except docker.errors.DockerException as err:
             raise du.translate(err, f"remove container {target}") from None
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()

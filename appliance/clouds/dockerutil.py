@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import threading
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from .base import CloudError
+from .base import CloudError, Driver
 
 LABEL_POOL = "appliance.pool"
 LABEL_WORKER = "appliance.worker"
@@ -101,3 +102,40 @@ def _short(err: Exception) -> str:
         text = str(err)
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+class EngineDriver(Driver):
+    """What the docker and swarm drivers share: a lazy engine client, our names, and
+    where workers go (a network and the central manager's address on it), found once."""
+
+    def __init__(self, cloud, pool, pool_id):
+        super().__init__(cloud, pool, pool_id)
+        self._client: docker.DockerClient | None = None
+        self._where: tuple[str, str] | None = None    # (network, condor host)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = client(self.cloud.opt("url"))
+        return self._client
+
+    def name_for(self, worker_id: str) -> str:
+        return f"appliance-{self.pool_id}-{worker_id}"
+
+    def placement(self) -> tuple[str, str]:
+        """The network workers join and the central manager's address on it."""
+        with self._lock:
+            if self._where is None:
+                self._where = self._find_placement()
+            return self._where
+
+    def _find_placement(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def condor_host(self) -> str:
+        return self.placement()[1]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

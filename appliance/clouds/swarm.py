@@ -9,7 +9,6 @@ itself runs on, so they reach the central manager from any node.
 """
 from __future__ import annotations
 
-import threading
 from typing import Mapping
 
 import docker
@@ -20,7 +19,7 @@ from ..model import Resource
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
 from . import dockerutil as du
-from .base import CloudError, Driver
+from .base import CloudError
 from .docker import DAEMON_MEMORY_MB
 
 # task states in which the worker is (or is about to be) running
@@ -62,33 +61,9 @@ def _is_attachable_overlay(client: docker.DockerClient, name: str) -> bool:
     return attrs.get("Driver") == "overlay" and bool(attrs.get("Attachable"))
 
 
-class SwarmDriver(Driver):
-    def __init__(self, cloud, pool, pool_id):
-        super().__init__(cloud, pool, pool_id)
-        self._client: docker.DockerClient | None = None
-        self._where: tuple[str, str] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = du.client(self.cloud.opt("url"))
-        return self._client
-
-    def name_for(self, worker_id: str) -> str:
-        return f"appliance-{self.pool_id}-{worker_id}"
-
-    def placement(self) -> tuple[str, str]:
-        with self._lock:
-            if self._where is None:
-                self._where = self._find_placement()
-            return self._where
-
+class SwarmDriver(du.EngineDriver):
     def _find_placement(self) -> tuple[str, str]:
         return overlay_placement(self.client, self.cloud.opt("network"))
-
-    def condor_host(self) -> str:
-        return self.placement()[1]
 
     def launch(self, spec: WorkerSpec) -> str:
         network, _ = self.placement()
@@ -176,6 +151,3 @@ class SwarmDriver(Driver):
         except docker.errors.DockerException:
             pass     # swept later by list()
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
