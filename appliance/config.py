@@ -188,6 +188,9 @@ SCHEDULER_KEYS = {
     "max_workers": Key(integer(0, 100000), 100),
     # what `docker stop` of the appliance does with workers outside it
     "on_shutdown": Key(text(choices=("keep", "remove")), "keep"),
+    # the first delay after a failed launch or a worker that died before joining;
+    # each further failure in a row doubles it (capped at 600 s)
+    "backoff_base": Key(number(1, 600), 10.0),
 }
 
 WORKER_KEYS = {
@@ -259,6 +262,7 @@ class SchedulerConfig:
     max_booting: int = 10
     max_workers: int = 100
     on_shutdown: str = "keep"
+    backoff_base: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Daemon:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")
         self.stopping = threading.Event()
         self.cycles = 0
+        self.started = clock()     # workers get their full boot/lost grace from here
         self._warned: dict[str, str] = {}
         self._failing: str | None = None
         # drains to (re)send: worker id -> (not before, failures so far). After a
@@ -129,7 +130,7 @@ class Daemon:
             except CloudError as err:
                 resources[name] = None
                 self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
-        return Observation(now, groups, slots, resources, schedd_ok)
+        return Observation(now, groups, slots, resources, schedd_ok, watching_since=self.started)
 
     def _warn_once(self, key: str, message: str) -> None:
         if self._warned.get(key) != message:
@@ -161,7 +162,8 @@ class Daemon:
                 joined = True
                 health[w.cloud] = self._save(h, backoff.after_join(h))
             elif w.state in lifecycle.STARTING and t.to is State.FAILED:
-                health[w.cloud] = self._save(h, backoff.after_quick_failure(h, t.reason, now))
+                health[w.cloud] = self._save(h, backoff.after_quick_failure(
+                    h, t.reason, now, self.cfg.scheduler.backoff_base))
 
         self._drain(plan, workers, now)
 
@@ -287,7 +289,8 @@ class Daemon:
         log.warning("worker %s (%s): requested -> failed: launch failed (%s): %s", wid, cloud, kind, err)
         h = health[cloud]
         retry = err.retry_after if isinstance(err, CloudError) else None
-        health[cloud] = self._save(h, backoff.after_launch_error(h, kind, str(err), now, retry))
+        health[cloud] = self._save(h, backoff.after_launch_error(
+            h, kind, str(err), now, retry, self.cfg.scheduler.backoff_base))
         log.warning("cloud %s: backing off %.0fs after %s error", cloud, health[cloud].backoff_until - now, kind)
 
     def _save(self, old: CloudHealth, new: CloudHealth) -> CloudHealth:
