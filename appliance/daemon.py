@@ -318,17 +318,24 @@ class Daemon:
     # ------------------------------------------------------------ stop
     def shutdown(self) -> None:
         """Local workers live inside the appliance and stop with it; the others
-        are kept (and re-adopted on restart) or removed, per on_shutdown."""
+        are kept (and re-adopted on restart) or removed, per on_shutdown.
+
+        Removals run in parallel: `docker stop` gives the whole appliance 10 s
+        by default, and removing workers one after the other would not fit."""
         now = self.clock()
+        doomed = []
         for w in self.store.workers():
             driver = self.drivers.get(w.cloud)
             if driver is None:
                 continue
             local = self.cfg.cloud(w.cloud).type == "local"
             if not local and self.cfg.scheduler.on_shutdown == "keep":
+                log.info("worker %s (%s): kept while the appliance is stopped (on_shutdown: keep)", w.id, w.cloud)
                 continue
+            doomed.append((w, self.pool.submit(driver.terminate, w.id, w.resource_id)))
+        for w, fut in doomed:
             try:
-                driver.terminate(w.id, w.resource_id)
+                fut.result(timeout=15)
                 self.condor.drop_worker_key(w.id)
                 to = State.FAILED if w.state is State.BUSY else State.RETIRED
                 self.store.transition(w.id, to, "the appliance is stopping", now)
