@@ -140,7 +140,7 @@ def parse_count(value: Any, what: str = "max_workers") -> int:
         raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
     if isinstance(value, str):
         value = value.strip()
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):     # 0-9 only: int() refuses '²' and takes '٣'
             raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
         value = int(value)
     if not isinstance(value, int) or value < 0 or value > 100000:
