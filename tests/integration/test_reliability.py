@@ -130,7 +130,7 @@ def worker_token_is_refused_for_everything_but_advertising(app) -> None:
     app.sh("mkdir -p /tmp/wt && chmod 700 /tmp/wt && condor_token_create -identity worker-local-abcdef@appliance "
            "-authz ADVERTISE_STARTD -authz ADVERTISE_MASTER -authz READ -key POOL > /tmp/wt/tok && chmod 600 /tmp/wt/tok")
     as_worker = "_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS=IDTOKENS _CONDOR_SEC_TOKEN_DIRECTORY=/tmp/wt "
-    for daemon in ("collector", "schedd", "master", "negotiator"):
+    for daemon in ("collector", "schedd", "master"):
         table = app.sh(f"{as_worker} condor_ping -type {daemon} -table READ WRITE ADMINISTRATOR CONFIG DAEMON "
                        "NEGOTIATOR", check=False)
         decisions = {l.split()[0]: l.split()[4] for l in table.splitlines()[1:] if len(l.split()) > 4}
