@@ -12,29 +12,29 @@ from dataclasses import replace
 
 from .model import CloudHealth
 
-BASE_DELAY = 10.0
+BASE_DELAY = 10.0     # scheduler.backoff_base: the first delay; each failure in a row doubles it
 MAX_DELAY = 600.0
 BREAKER_AFTER = 5
-# errors an operator must fix wait longer before the first retry
-SLOW_KINDS = {"auth": 120.0, "config": 120.0, "image": 60.0}
+# errors an operator must fix wait longer before the first retry (multiples of the base)
+SLOW_KINDS = {"auth": 12.0, "config": 12.0, "image": 6.0}
 
 
-def delay_for(failures: int, kind: str = "other") -> float:
-    base = SLOW_KINDS.get(kind, BASE_DELAY)
-    return min(base * 2 ** max(failures - 1, 0), MAX_DELAY)
+def delay_for(failures: int, kind: str = "other", base: float = BASE_DELAY) -> float:
+    first = base * SLOW_KINDS.get(kind, 1.0)
+    return min(first * 2 ** max(failures - 1, 0), MAX_DELAY)
 
 
 def after_launch_error(h: CloudHealth, kind: str, message: str, now: float,
-                       retry_after: float | None = None) -> CloudHealth:
+                       retry_after: float | None = None, base: float = BASE_DELAY) -> CloudHealth:
     failures = h.failures + 1
-    delay = max(delay_for(failures, kind), retry_after or 0.0)
+    delay = max(delay_for(failures, kind, base), retry_after or 0.0)
     return replace(h, failures=failures, backoff_until=now + delay,
                    last_error=f"{kind}: {message}", last_error_at=now)
 
 
-def after_quick_failure(h: CloudHealth, message: str, now: float) -> CloudHealth:
+def after_quick_failure(h: CloudHealth, message: str, now: float, base: float = BASE_DELAY) -> CloudHealth:
     failures = h.failures + 1
-    return replace(h, failures=failures, backoff_until=now + delay_for(failures),
+    return replace(h, failures=failures, backoff_until=now + delay_for(failures, base=base),
                    last_error=message, last_error_at=now,
                    breaker_open=h.breaker_open or failures >= BREAKER_AFTER)
 

@@ -7,8 +7,10 @@ must never silently fall back to a default.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -41,8 +43,13 @@ class _Bad(Exception):
         self.path, self.problem = path, problem
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 4, 6, 60, 60
+
+
 def _shown(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    # bounded: a huge or self-sharing value (YAML anchors) must not blow up the message
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -58,7 +65,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Callable:
 
 def number(lo: float | None = None, hi: float | None = None) -> Callable:
     def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _Bad(path, f"expected a number{_range(lo, hi)}, got {_shown(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise _Bad(path, f"must be a number{_range(lo, hi)}, got {value}")
@@ -166,8 +173,13 @@ def _section(raw: Any, path: str, keys: Mapping[str, Key]) -> dict:
     return out
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    if not (isinstance(key, str) and _PLAIN_KEY.match(key)):
+        return f"{path}[{_shown(key)}]"     # a key like '0.0' or 7 must not read as a path
+    return f"{path}.{key}" if path else key
 
 
 # ---------------------------------------------------------------- the schema
@@ -188,6 +200,9 @@ SCHEDULER_KEYS = {
     "max_workers": Key(integer(0, 100000), 100),
     # what `docker stop` of the appliance does with workers outside it
     "on_shutdown": Key(text(choices=("keep", "remove")), "keep"),
+    # the first delay after a failed launch or a worker that died before joining;
+    # each further failure in a row doubles it (capped at 600 s)
+    "backoff_base": Key(number(1, 600), 10.0),
 }
 
 WORKER_KEYS = {
@@ -259,6 +274,7 @@ class SchedulerConfig:
     max_booting: int = 10
     max_workers: int = 100
     on_shutdown: str = "keep"
+    backoff_base: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Daemon:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")
         self.stopping = threading.Event()
         self.cycles = 0
+        self.started = clock()     # workers get their full boot/lost grace from here
         self._warned: dict[str, str] = {}
         self._failing: str | None = None
         # drains to (re)send: worker id -> (not before, failures so far). After a
@@ -130,7 +131,7 @@ class Daemon:
             except CloudError as err:
                 resources[name] = None
                 self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
-        return Observation(now, groups, slots, resources, schedd_ok)
+        return Observation(now, groups, slots, resources, schedd_ok, watching_since=self.started)
 
     def _warn_once(self, key: str, message: str) -> None:
         if self._warned.get(key) != message:
@@ -162,7 +163,8 @@ class Daemon:
                 joined = True
                 health[w.cloud] = self._save(h, backoff.after_join(h))
             elif w.state in lifecycle.STARTING and t.to is State.FAILED:
-                health[w.cloud] = self._save(h, backoff.after_quick_failure(h, t.reason, now))
+                health[w.cloud] = self._save(h, backoff.after_quick_failure(
+                    h, t.reason, now, self.cfg.scheduler.backoff_base))
 
         self._drain(plan, workers, now)
 
@@ -288,7 +290,8 @@ class Daemon:
         log.warning("worker %s (%s): requested -> failed: launch failed (%s): %s", wid, cloud, kind, err)
         h = health[cloud]
         retry = err.retry_after if isinstance(err, CloudError) else None
-        health[cloud] = self._save(h, backoff.after_launch_error(h, kind, str(err), now, retry))
+        health[cloud] = self._save(h, backoff.after_launch_error(
+            h, kind, str(err), now, retry, self.cfg.scheduler.backoff_base))
         log.warning("cloud %s: backing off %.0fs after %s error", cloud, health[cloud].backoff_until - now, kind)
 
     def _save(self, old: CloudHealth, new: CloudHealth) -> CloudHealth:
@@ -316,17 +319,24 @@ class Daemon:
     # ------------------------------------------------------------ stop
     def shutdown(self) -> None:
         """Local workers live inside the appliance and stop with it; the others
-        are kept (and re-adopted on restart) or removed, per on_shutdown."""
+        are kept (and re-adopted on restart) or removed, per on_shutdown.
+
+        Removals run in parallel: `docker stop` gives the whole appliance 10 s
+        by default, and removing workers one after the other would not fit."""
         now = self.clock()
+        doomed = []
         for w in self.store.workers():
             driver = self.drivers.get(w.cloud)
             if driver is None:
                 continue
             local = self.cfg.cloud(w.cloud).type == "local"
             if not local and self.cfg.scheduler.on_shutdown == "keep":
+                log.info("worker %s (%s): kept while the appliance is stopped (on_shutdown: keep)", w.id, w.cloud)
                 continue
+            doomed.append((w, self.pool.submit(driver.terminate, w.id, w.resource_id)))
+        for w, fut in doomed:
             try:
-                driver.terminate(w.id, w.resource_id)
+                fut.result(timeout=15)
                 self.condor.drop_worker_key(w.id)
                 to = State.FAILED if w.state is State.BUSY else State.RETIRED
                 self.store.transition(w.id, to, "the appliance is stopping", now)

@@ -80,3 +80,7 @@ class Observation:
     slots: Mapping[str, SlotSummary] | None            # None: collector unreachable
     resources: Mapping[str, Mapping[str, Resource] | None]  # per cloud; None: listing failed
     schedd_ok: bool = True
+    # when this scheduler process began watching (its start). A worker cannot be
+    # judged lost, or late to boot, on time that passed while nobody watched:
+    # after a restart every worker gets its full grace again.
+    watching_since: float = 0.0

@@ -26,9 +26,18 @@ class OpError(Exception):
         self.status = status
 
 
+def shown(value: Any) -> str:
+    """An operator's input as it goes into a message: as typed if it is plain,
+    else quoted and escaped (no control characters or escapes reach a terminal)."""
+    text = str(value)
+    if text and text.isprintable() and text.strip() == text and len(text) <= 80:
+        return text
+    return repr(text[:80])
+
+
 class UnknownCloud(OpError):
     def __init__(self, name: str, cfg: Config):
-        super().__init__(f"no cloud named {name} (known: {', '.join(cfg.cloud_names) or 'none'})", 404)
+        super().__init__(f"no cloud named {shown(name)} (known: {', '.join(cfg.cloud_names) or 'none'})", 404)
 
 
 def resolve_cloud(cfg: Config, name: str) -> str:
@@ -140,8 +149,8 @@ def parse_count(value: Any, what: str = "max_workers") -> int:
         raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
     if isinstance(value, str):
         value = value.strip()
-        if not value.isdigit():
-            raise OpError(f"{what} must be a whole number >= 0, got {value!r}")
+        if not (value.isascii() and value.isdigit()):     # 0-9 only: int() refuses '²' and takes '٣'
+            raise OpError(f"{what} must be a whole number >= 0, got {value[:80]!r}")
         value = int(value)
     if not isinstance(value, int) or value < 0 or value > 100000:
         raise OpError(f"{what} must be a whole number from 0 to 100000, got {value!r}")
@@ -166,7 +175,7 @@ def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, e
         match = [w for w in live if w.id == worker_id]
         if not match:
             known = ", ".join(w.id for w in live) or "none"
-            raise OpError(f"no live worker {worker_id} in cloud {cloud} (live: {known})", 404)
+            raise OpError(f"no live worker {shown(worker_id)} in cloud {cloud} (live: {known})", 404)
         ids = [worker_id]
     else:
         raise OpError("say which workers: a worker id, or all")

@@ -192,9 +192,9 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
 
         # live resource, absent from the collector
         if state[w.id] in lifecycle.STARTING:
-            if now - w.created_at > settings.boot_timeout:
+            if now - max(w.created_at, obs.watching_since) > settings.boot_timeout:
                 end(w, State.FAILED, f"did not join the pool within boot_timeout ({settings.boot_timeout:.0f}s)")
-        elif now - max(w.last_seen, w.state_since) > settings.lost_timeout:
+        elif now - max(w.last_seen, w.state_since, obs.watching_since) > settings.lost_timeout:
             if w.state is State.DRAINING:
                 end(w, State.RETIRED, "drained; removing what was left of it")
             else:

@@ -45,20 +45,21 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if (args.kill or args.max_workers is not None) and not args.cloud:
+    if (args.kill or args.max_workers is not None) and args.cloud is None:
         p.error("-k and -v need -c NAME")
     if args.kill and bool(args.worker) == bool(args.all):
         p.error("-k needs exactly one of -n ID or -a")
     if (args.worker or args.all or args.now) and not args.kill:
         p.error("-n, -a and --now only go with -k")
-    if args.cloud and (args.enable or args.disable):
+    toggle = args.enable if args.enable is not None else args.disable
+    if args.cloud is not None and toggle is not None:
         p.error("-e and -d take the cloud name directly: cloud_admin -e NAME")
 
     cfg, store = open_state()
     try:
-        if args.enable or args.disable:
-            name = args.enable or args.disable
-            cloud = ops.set_enabled(store, cfg, name, bool(args.enable), actor="cloud_admin")
+        if toggle is not None:
+            name = toggle
+            cloud = ops.set_enabled(store, cfg, name, args.enable is not None, actor="cloud_admin")
             result = {"cloud": cloud}
             text = f"{name}: {'enabled' if cloud['enabled'] else 'disabled'}"
         elif args.max_workers is not None:

@@ -8,6 +8,7 @@ its environment or in `docker inspect`.
 """
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import docker
@@ -22,6 +23,8 @@ from .base import CloudError
 # headroom over the condor-visible memory for the worker's own daemons
 DAEMON_MEMORY_MB = 256
 ALIVE = ("created", "running", "restarting")
+# a container still only `created` this long after its creation was never started
+NEVER_STARTED = 60.0
 
 
 class DockerDriver(du.EngineDriver):
@@ -89,8 +92,12 @@ class DockerDriver(du.EngineDriver):
             if not wid:
                 continue
             state = c.attrs.get("State", "")
-            detail = "" if state in ALIVE else f"its container is {state} ({c.attrs.get('Status', '')})"
-            out[wid] = Resource(wid, c.id[:12], alive=state in ALIVE, detail=detail)
+            alive = state in ALIVE
+            detail = "" if alive else f"its container is {state} ({c.attrs.get('Status', '')})"
+            if state == "created" and time.time() - float(c.attrs.get("Created") or 0) > NEVER_STARTED:
+                # the scheduler stopped between creating and starting it: it never will start
+                alive, detail = False, "its container was created but never started"
+            out[wid] = Resource(wid, c.id[:12], alive=alive, detail=detail)
         return out
 
     def terminate(self, worker_id: str, resource_id: str) -> None:

@@ -87,7 +87,13 @@ class LocalDriver(Driver):
         for wid in names:
             pid, started = _read_pid(self.home(wid))
             if pid is None:
-                out[wid] = Resource(wid, "", alive=False, detail="its process was never started")
+                # the scheduler may have died between starting the master and
+                # writing its pid file: find it by the config it was started with
+                found = _started_with(self.home(wid))
+                if found:
+                    out[wid] = Resource(wid, f"pid:{min(found)}")
+                else:
+                    out[wid] = Resource(wid, "", alive=False, detail="its process was never started")
             elif _alive(pid, started):
                 out[wid] = Resource(wid, f"pid:{pid}")
             else:
@@ -107,6 +113,7 @@ class LocalDriver(Driver):
             _signal([p for p in family if _alive(p)] + _descendants(pid), signal.SIGKILL)
         self._reap(worker_id)
         _kill_strays(home)
+        _signal(_started_with(home), signal.SIGKILL)   # a master whose pid file was never written
         shutil.rmtree(home, ignore_errors=True)
 
     def _reap(self, worker_id: str) -> None:
@@ -190,3 +197,20 @@ def _kill_strays(home: str) -> None:
                     os.kill(int(entry), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
+
+
+def _started_with(home: str) -> list[int]:
+    """Processes of a worker found by the CONDOR_CONFIG in their environment
+    (the master and every daemon it started inherit it)."""
+    marker = f"CONDOR_CONFIG={os.path.join(home, 'condor_config')}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return [p for p in found if _alive(p)]

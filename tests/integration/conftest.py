@@ -21,6 +21,8 @@ from testcontainers.core.container import DockerContainer
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("APPLIANCE_IMAGE", "appliance:latest")
+# every container, network and volume a test creates is named PREFIX-...
+PREFIX = os.environ.get("APPLIANCE_TEST_PREFIX", "apptest")
 
 
 def pytest_collection_modifyitems(items):
@@ -44,7 +46,7 @@ def image(client):
 
 @pytest.fixture
 def network(client):
-    net = client.networks.create(f"apptest-{uuid.uuid4().hex[:8]}", driver="bridge")
+    net = client.networks.create(f"{PREFIX}-{uuid.uuid4().hex[:8]}", driver="bridge")
     yield net.name
     for c in client.containers.list(all=True, filters={"network": net.name}):
         c.remove(force=True, v=True)
@@ -55,7 +57,7 @@ def network(client):
 def volumes(client):
     """Named volumes for state and queue, so a test can restart or replace the container."""
     tag = uuid.uuid4().hex[:8]
-    names = {"state": f"apptest-state-{tag}", "spool": f"apptest-spool-{tag}"}
+    names = {"state": f"{PREFIX}-state-{tag}", "spool": f"{PREFIX}-spool-{tag}"}
     yield names
     for n in names.values():
         for c in client.containers.list(all=True, filters={"volume": n}):
@@ -133,7 +135,7 @@ def start_appliance(client, image, tmp_path):
     def start(config: str, name: str | None = None, network: str | None = None,
               volumes: dict[str, str] | None = None, env: dict[str, str] | None = None,
               docker_socket: bool = False, wait: bool = True) -> Appliance:
-        name = name or f"apptest-{uuid.uuid4().hex[:8]}"
+        name = name or f"{PREFIX}-{uuid.uuid4().hex[:8]}"
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(config)
         c = DockerContainer(image).with_name(name).with_volume_mapping(str(cfg), "/etc/appliance/appliance.yaml", "ro")

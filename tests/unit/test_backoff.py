@@ -29,3 +29,16 @@ def test_breaker_opens_after_quick_failures_and_a_join_resets():
     h = backoff.after_join(h)
     assert not h.breaker_open and h.failures == 0 and h.backoff_until == 0
     assert h.last_error == "exited at once"   # kept for the record
+
+
+def test_base_delay_is_configurable_and_scales_the_slow_kinds():
+    h = CloudHealth("c", True, 5)
+    delays = []
+    for i in range(4):
+        h = backoff.after_quick_failure(h, "exited at once", now=0.0, base=1.0)
+        delays.append(h.backoff_until)
+    assert delays == [1, 2, 4, 8]
+    h = backoff.after_launch_error(CloudHealth("c", True, 5), "image", "no such image", now=0.0, base=1.0)
+    assert h.backoff_until == 6
+    # the default is unchanged
+    assert backoff.delay_for(1, "image") == 60 and backoff.delay_for(1) == 10

@@ -63,8 +63,8 @@ BAD = [
     ("pool: [1, 2", "<string>: line 1, column 12: not valid YAML: expected ',' or ']', but got '<stream end>'"),
     ("- a\n- b", "<string>: (top level): expected a mapping, got ['a', 'b']"),
     ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, pool, scheduler)"),
-    ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: boot_timeout, "
-                                  "idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
+    ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
+                                  "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
     ("scheduler: {interval: 0}", "<string>: scheduler.interval: must be a number from 0.2 to 3600, got 0"),
     ("scheduler: {max_booting: 2.5}", "<string>: scheduler.max_booting: expected a whole number from 1 to 10000, got 2.5"),

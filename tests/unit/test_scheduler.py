@@ -253,6 +253,23 @@ def test_lost_worker_after_lost_timeout_only():
     assert moved(plan) == {"a": State.FAILED} and "lost" in plan.transitions[0].reason
 
 
+def test_a_restarted_scheduler_gives_every_worker_its_full_grace_again():
+    """The appliance was stopped for an hour: workers kept outside it were not
+    seen all that time, through no fault of theirs. They get lost_timeout (and
+    boot_timeout) from the scheduler's start, not from before the stop."""
+    import dataclasses
+    res = [("local", "a"), ("local", "b")]
+    stale_joined = worker("a", state=State.BUSY, seen=NOW - 3600, since=NOW - 3700)
+    stale_booting = worker("b", state=State.BOOTING, created=NOW - 3600, since=NOW - 3600)
+    just_started = dataclasses.replace(observe([group(2)], resources=res), watching_since=NOW - 5)
+    plan = decide(just_started, [stale_joined, stale_booting], [cloud()], SETTINGS)
+    assert not plan.transitions and not plan.terminations
+    # past the grace, measured from the start, they are judged as usual
+    later = dataclasses.replace(observe([group(2)], resources=res), watching_since=NOW - 301)
+    plan = decide(later, [stale_joined, stale_booting], [cloud()], SETTINGS)
+    assert moved(plan) == {"a": State.FAILED, "b": State.FAILED}
+
+
 def test_collector_down_judges_nothing_on_absence():
     plan = decide(observe(resources=[("local", "a")], collector=False),
                   [worker("a", seen=NOW - 10_000, since=NOW - 10_000)], [cloud()], SETTINGS)
