@@ -210,6 +210,8 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
         if slot is not None:
             capacity.append(_Capacity(w.id, w.cloud, slot.free_cpus, slot.free_memory, slot.free_disk,
                                       True, w.created_at))
+        elif st is State.BUSY:
+            continue    # busy, and its room unknown until it advertises again: count on none
         else:
             size = views[w.cloud].config.worker
             capacity.append(_Capacity(w.id, w.cloud, size.cpus, size.memory, size.disk * 1024,
@@ -286,7 +288,8 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     by_id = {w.id: w for w in live}
     for w in live:
         st = state[w.id]
-        if st is State.IDLE and w.id in plan.seen and not assigned.get(w.id):
+        # with the queue unreadable nothing is known to be unneeded: drain and cancel nothing
+        if st is State.IDLE and w.id in plan.seen and obs.schedd_ok and not assigned.get(w.id):
             idle_for = now - since[w.id]
             if idle_for >= settings.idle_timeout:
                 move(w, State.DRAINING, f"idle for {idle_for:.0f}s with no job it could run")

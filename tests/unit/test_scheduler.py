@@ -193,6 +193,20 @@ def test_idle_past_timeout_with_matching_demand_is_kept():
     assert not plan.transitions and not plan.drains and not plan.launches
 
 
+def test_idle_past_timeout_is_kept_while_the_queue_cannot_be_read():
+    # the schedd did not answer: its idle jobs may well need this worker
+    w = worker("a", since=NOW - 61)
+    plan = decide(observe(slots=[slot("a")], resources=[("local", "a")], schedd_ok=False), [w], [cloud()], SETTINGS)
+    assert not plan.transitions and not plan.drains
+
+
+def test_busy_worker_missing_from_the_collector_is_counted_as_full():
+    # after a collector restart a busy worker's room is unknown until it advertises: new demand launches
+    w = worker("a", state=State.BUSY)
+    plan = decide(observe([group(1)], slots=[], resources=[("local", "a")]), [w], [cloud()], SETTINGS)
+    assert len(plan.launches) == 1 and not plan.transitions
+
+
 def test_idle_within_timeout_is_kept():
     plan = decide(observe(slots=[slot("a")], resources=[("local", "a")]), [worker("a", since=NOW - 59)], [cloud()], SETTINGS)
     assert not plan.transitions
