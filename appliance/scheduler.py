@@ -228,10 +228,12 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     ordered = sorted(clouds, key=lambda c: (c.config.priority, c.name))
     blocked = {c.name: launch_block(c, now) for c in clouds}
 
+    runnable_on: dict[str, set[str]] = {}     # group key -> clouds whose workers could run it
     for group in obs.groups:
         verdicts: dict[str, Verdict] = {c.name: can_run(group, c.config, templates[c.name]) for c in ordered}
         runnable = [c for c in ordered if verdicts[c.name].ok]
         usable = {c.name for c in runnable}
+        runnable_on[group.key] = usable
         remaining = group.count
         for cap in capacity:
             if remaining <= 0:
@@ -289,7 +291,8 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     for w in live:
         st = state[w.id]
         # with the queue unreadable nothing is known to be unneeded: drain and cancel nothing
-        if st is State.IDLE and w.id in plan.seen and obs.schedd_ok and not assigned.get(w.id):
+        if st is State.IDLE and w.id in plan.seen and obs.schedd_ok and not assigned.get(w.id) \
+                and not _could_run_any(obs.slots[w.id], w.cloud, obs.groups, runnable_on):
             idle_for = now - since[w.id]
             if idle_for >= settings.idle_timeout:
                 move(w, State.DRAINING, f"idle for {idle_for:.0f}s with no job it could run")
@@ -325,6 +328,14 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
                 plan.orphans.append(Terminate(worker_id, cloud, res.resource_id,
                                               "orphan: carries our labels but no live worker row"))
     return plan
+
+
+def _could_run_any(slot, cloud: str, groups, runnable_on: Mapping[str, set[str]]) -> bool:
+    """Some idle job could start on this worker now. Placement may have given the
+    jobs to other workers whose collector ads are a few seconds stale; the
+    negotiator, not our plan, decides where they run, so such a worker stays."""
+    return any(cloud in runnable_on.get(g.key, ()) and fits(slot.free_cpus, slot.free_memory, slot.free_disk, g) > 0
+               for g in groups)
 
 
 def _take(cap: _Capacity, group: JobGroup, n: int) -> None:

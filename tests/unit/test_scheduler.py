@@ -207,6 +207,21 @@ def test_busy_worker_missing_from_the_collector_is_counted_as_full():
     assert len(plan.launches) == 1 and not plan.transitions
 
 
+def test_idle_worker_that_could_run_a_waiting_job_is_kept_even_if_the_plan_gave_it_elsewhere():
+    # b's ad is stale (it was just claimed): the plan places the one idle job there, but a could run it too
+    a, b = worker("a", since=NOW - 61), worker("b", since=NOW - 61)
+    plan = decide(observe([group(1)], slots=[slot("b"), slot("a")], resources=[("local", "a"), ("local", "b")]),
+                  [b, a], [cloud()], SETTINGS)
+    assert not plan.drains and not plan.transitions
+
+
+def test_idle_worker_too_small_for_the_waiting_jobs_is_drained():
+    w = worker("a", since=NOW - 61)
+    plan = decide(observe([group(1, memory=2048)], slots=[slot("a", memory=1024)], resources=[("local", "a")]),
+                  [w], [cloud(memory=4096)], SETTINGS)
+    assert [d.worker_id for d in plan.drains] == ["a"]
+
+
 def test_idle_within_timeout_is_kept():
     plan = decide(observe(slots=[slot("a")], resources=[("local", "a")]), [worker("a", since=NOW - 59)], [cloud()], SETTINGS)
     assert not plan.transitions
