@@ -139,12 +139,13 @@ def test_startd_without_a_valid_token_is_not_admitted(start_appliance, network, 
         assert rc == 0, tok
         r(f"echo '{tok.strip()}' > /var/lib/rogue/tokens.d/forged; chmod 600 /var/lib/rogue/tokens.d/forged; "
           f"{env} condor_master")
-        time.sleep(12)
-        assert "rogue" not in app.sh("condor_status -any -af Name")
-        collector_log = app.sh("cat /var/log/condor/CollectorLog")
         rogue_ip = client.containers.get(rogue.id).attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-        assert re.search(rf"(authenticat|DENIED).*{re.escape(rogue_ip)}|{re.escape(rogue_ip)}.*(authenticat|DENIED)",
-                         collector_log, re.I), collector_log[-3000:]
+        refused = re.compile(rf"(authenticat|DENIED).*{re.escape(rogue_ip)}|{re.escape(rogue_ip)}.*(authenticat|DENIED)",
+                             re.I)
+        # the collector logs each refused attempt; on a loaded machine the first may take a while
+        app.wait("the collector to refuse the forged token",
+                 lambda: refused.search(app.sh("cat /var/log/condor/CollectorLog")), timeout=60)
+        assert "rogue" not in app.sh("condor_status -any -af Name")
 
         # 3. a genuine worker token is good for advertising only: it cannot submit or read the queue's jobs
         token = app.sh("condor_token_create -identity worker-local-000009@appliance -authz ADVERTISE_STARTD "
