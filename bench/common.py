@@ -84,9 +84,9 @@ class Appliance:
         except FileNotFoundError:
             pass
 
-    def python(self, code: str, timeout: float = 600) -> str:
+    def python(self, code: str, timeout: float = 600, user: str = "root") -> str:
         """Run Python code inside the appliance (its bindings, its package) and return stdout."""
-        proc = subprocess.run(["docker", "exec", "-i", self.name, "python3", "-"], input=code,
+        proc = subprocess.run(["docker", "exec", "-i", "-u", user, self.name, "python3", "-"], input=code,
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"python in {self.name} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
@@ -99,7 +99,7 @@ import os
 for pid in filter(str.isdigit, os.listdir('/proc')):
     try:
         cmd = open(f'/proc/{{pid}}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()
-        if {pattern!r} in cmd and 'python3 -' not in cmd:
+        if {pattern!r} in cmd and int(pid) != os.getpid():
             print([l for l in open(f'/proc/{{pid}}/status') if l.startswith('VmRSS')][0].split()[1]); break
     except OSError:
         pass
