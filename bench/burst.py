@@ -6,7 +6,7 @@ static pool of W workers already running.
 
 Both runs use the docker cloud (sibling containers of this same image, one cpu
 each, so one job per worker). The static run first brings up W workers with
-W short jobs and waits until they are all idle; the elastic run starts with
+W 20-second jobs and waits until they are all idle; the elastic run starts with
 none. A sampler inside the appliance records, every 0.5 s, idle and running
 jobs and live workers. From the submit to the last job's end:
 
@@ -76,8 +76,8 @@ def one_run(static: bool, jobs: int, seconds: int, workers: int) -> dict:
     with Appliance(cfg, docker_socket=True, network=True) as app:
         app.wait_ready()
         app.sh("mkdir -p /home/submit/burst", user="submit")
-        if static:   # bring up the static pool: W short jobs, then wait for W idle workers
-            app.sh(f"cd /home/submit/burst && printf '{job(workers, 1)}' > warm.sub && condor_submit warm.sub",
+        if static:   # bring up the static pool: W jobs long enough that all W workers are needed at once
+            app.sh(f"cd /home/submit/burst && printf '{job(workers, 20)}' > warm.sub && condor_submit warm.sub",
                    user="submit")
             app.wait("the static pool", lambda: queue_empty(app) and sum(
                 w["state"] == "idle" for w in app.live_workers()) == workers, timeout=600, every=1)
@@ -85,7 +85,6 @@ def one_run(static: bool, jobs: int, seconds: int, workers: int) -> dict:
                        input=SAMPLER, text=True, check=True)
         subprocess.run(["docker", "exec", "-d", app.name, "python3", "/tmp/burst-sampler.py"], check=True)
         time.sleep(2)
-        launched_before = len(app.status("-m", "-a")["data"]) if static else 0
         host_load = load()
         t0 = float(app.sh(f"cd /home/submit/burst && printf '{job(jobs, seconds)}' > burst.sub && "
                           "date +%s.%N && condor_submit burst.sub >/dev/null", user="submit").split()[0])
@@ -101,7 +100,8 @@ def one_run(static: bool, jobs: int, seconds: int, workers: int) -> dict:
             dt = b["t"] - a["t"]
             busy += (a["running"] or 0) * dt
             idle += max(a["workers"] - (a["running"] or 0), 0) * dt
-        launched = max(s["launched"] for s in samples) - (launched_before if static else 0)
+        # workers started during the burst (the static pool's own are counted before it)
+        launched = max(s["launched"] for s in samples) - min(s["launched"] for s in samples)
         return {"static": static, "makespan_s": round(end - t0, 1), "busy_worker_s": round(busy, 1),
                 "idle_worker_s": round(idle, 1), "idle_fraction": round(idle / busy, 3) if busy else None,
                 "max_workers_seen": max(s["workers"] for s in window), "workers_launched": launched,
