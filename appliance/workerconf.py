@@ -73,6 +73,12 @@ def condor_config(spec: WorkerSpec, home: str) -> str:
         f"MASTER_NAME = {spec.worker_id}",
         f"STARTD_NAME = {spec.worker_id}",
         "RUNBENCHMARKS = False",
+        # Start-up trimmed for speed (bench/latency.py): the master otherwise sleeps 1 s
+        # for kernel tuning it cannot do in a container, and the startd initialises the
+        # mips/kflops benchmark cron jobs nobody reads here.
+        "ENABLE_KERNEL_TUNING = False",
+        "BENCHMARKS_JOBLIST =",
+        "STARTD_CRON_JOBLIST =",
         "SEC_USE_FAMILY_SESSION = False",
         # outbound only: the central manager reaches this worker through its own connection
         "CCB_ADDRESS = $(COLLECTOR_HOST)",

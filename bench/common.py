@@ -34,11 +34,18 @@ def build_image() -> float:
 
 
 class Appliance:
-    """One appliance container for a benchmark run; removed on exit."""
+    """One appliance container for a benchmark run; removed on exit, with the
+    worker containers it started, its anonymous volumes and its network."""
 
-    def __init__(self, config: str, docker_socket: bool = False, network: str | None = None,
+    def __init__(self, config: str, docker_socket: bool = False, network: str | bool | None = None,
                  extra: list[str] | None = None):
-        self.name = f"bench-{uuid.uuid4().hex[:8]}"
+        tag = uuid.uuid4().hex[:8]
+        self.name = f"bench-{tag}"
+        self.network = None
+        if network is True:    # a network of our own, removed on exit
+            self.network = f"bench-net-{tag}"
+            sh("docker", "network", "create", self.network)
+            network = self.network
         self.cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         self.cfg.write(config)
         self.cfg.close()
@@ -50,7 +57,11 @@ class Appliance:
         if network:
             args += ["--network", network]
         self.started = time.monotonic()
-        sh(*args, *(extra or []), IMAGE)
+        try:
+            sh(*args, *(extra or []), IMAGE)
+        except Exception:
+            self.close()
+            raise
 
     def __enter__(self):
         return self
@@ -59,8 +70,47 @@ class Appliance:
         self.close()
 
     def close(self) -> None:
-        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
-        os.unlink(self.cfg.name)
+        pool = subprocess.run(["docker", "exec", self.name, "cat", "/var/lib/appliance/pool-id"],
+                              capture_output=True, text=True).stdout.strip()
+        subprocess.run(["docker", "rm", "-f", "-v", self.name], capture_output=True)
+        if pool:   # worker containers of the docker cloud
+            ids = sh("docker", "ps", "-aq", "--filter", f"label=appliance.pool={pool}", check=False).split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
+        if self.network:
+            subprocess.run(["docker", "network", "rm", self.network], capture_output=True)
+        try:
+            os.unlink(self.cfg.name)
+        except FileNotFoundError:
+            pass
+
+    def python(self, code: str, timeout: float = 600, user: str = "root") -> str:
+        """Run Python code inside the appliance (its bindings, its package) and return stdout."""
+        proc = subprocess.run(["docker", "exec", "-i", "-u", user, self.name, "python3", "-"], input=code,
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"python in {self.name} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def rss_mb(self, pattern: str) -> float:
+        """Resident memory (MB, VmRSS from /proc) of the process whose command line contains pattern."""
+        code = f"""
+import os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        cmd = open(f'/proc/{{pid}}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()
+        if {pattern!r} in cmd and int(pid) != os.getpid():
+            print([l for l in open(f'/proc/{{pid}}/status') if l.startswith('VmRSS')][0].split()[1]); break
+    except OSError:
+        pass
+"""
+        out = self.python(code).strip()
+        return round(int(out) / 1024, 1) if out else 0.0
+
+    def memory_mb(self) -> float:
+        """The whole container's memory as Docker accounts it (docker stats)."""
+        out = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", self.name).strip()
+        return round(to_mb(out.split("/")[0].strip()), 1)
 
     def sh(self, cmd: str, user: str = "root", check: bool = True) -> str:
         return sh("docker", "exec", "-u", user, self.name, "bash", "-c", cmd, check=check)
@@ -91,6 +141,19 @@ class Appliance:
         return self.status("-m")["data"]
 
 
+def to_mb(text: str) -> float:
+    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "kB": 1 / 1024, "MiB": 1, "MB": 1, "GiB": 1024, "GB": 1024}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * units[unit]
+    return float(text)
+
+
+def load() -> list[float]:
+    """The host's load averages (1, 5, 15 min): this is a shared 2-core machine, so say how busy it was."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def stamp_job(directory: str, name: str = "job") -> str:
     """A job that writes the time it starts executing (the worker's clock is the host's)."""
     return (f"mkdir -p {directory} && cd {directory} && "
@@ -116,10 +179,12 @@ def machine() -> dict:
             "kernel": platform.release(), "docker": sh("docker", "version", "--format", "{{.Server.Version}}").strip()}
 
 
-def write_result(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    data = {"benchmark": name, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **data}
+def write_result(name: str, data: dict, out: str | None = None) -> Path:
+    """Write bench/results/<name>.json (or `out`, e.g. for a smoke run that must not overwrite results)."""
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"benchmark": name, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
+            "image": IMAGE, "load_at_end": load(), **data}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

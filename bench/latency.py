@@ -1,71 +1,113 @@
 """Scale-up latency: condor_submit to the job executing, on a cold or warm worker.
 
     python3 -m bench.latency --cloud local --trials 20
+    python3 -m bench.latency --cloud docker --trials 20
     python3 -m bench.latency --cloud local --trials 20 --warm
 
 Each trial submits one job and reads the time it started executing (the job
-prints it). Cold trials start from zero workers (the previous worker is
-drained away first); warm trials keep an idle worker. The events give where
-the time went: submit -> launch -> joined the pool -> executing.
+prints `date` first thing; the worker's clock is the host's). Cold trials
+start from zero workers (the previous worker is drained away first); warm
+trials keep an idle worker. The appliance's events say where the time went:
+
+  see     submit -> the scheduler decided to launch a worker (its poll + decide)
+  boot    that decision -> the worker's startd is in the collector and the scheduler saw
+          it: the driver's launch call (process spawn / docker create+start), the
+          master and startd starting, the first advertisement, the next scheduler poll
+          (the launch call is not split out: its events carry the cycle's time)
+  run     joined -> executing (reschedule, negotiation, claim, shadow/starter, file transfer)
+
+Goals (issue 7): cold p50 <= 5 s, p95 <= 8 s; warm p50 <= 2 s.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-from .common import Appliance, build_image, stamp_job, summary, table, write_result
+from .common import IMAGE, Appliance, build_image, load, stamp_job, summary, table, write_result
 
 CONFIGS = {
     "local": """
-scheduler: {{interval: 1, idle_timeout: {idle}}}
+scheduler: {{idle_timeout: {idle}}}
 clouds:
   - {{name: local, type: local, max_workers: 2}}
 """,
+    "docker": """
+scheduler: {{idle_timeout: {idle}, on_shutdown: remove}}
+clouds:
+  - {{name: docker, type: docker, image: "{image}", max_workers: 2, worker: {{cpus: 1, memory: 512}}}}
+""",
 }
+GOALS = {"cold": {"p50": 5.0, "p95": 8.0}, "warm": {"p50": 2.0}}
 
 
 def trial(app: Appliance, i: int, warm: bool) -> dict:
     d = f"/home/submit/lat{i}"
     app.sh(stamp_job(d, "job"), user="submit")
-    if not warm:
-        app.wait("zero workers", lambda: not app.live_workers(), timeout=300)
-    events_before = len(app.status("-e", "-n", "100000")["data"])
+    if warm:
+        app.wait("an idle worker", lambda: any(w["state"] == "idle" for w in app.live_workers()), timeout=300)
+    else:
+        app.wait("zero workers", lambda: not app.live_workers(), timeout=300, every=0.5)
+    time.sleep(1.5)   # let the previous trial's reschedule and negotiation settle
+    events_before = max((e["id"] for e in app.status("-e", "-n", "100000")["data"]), default=0)
+    host_load = load()[0]
     t0 = float(app.sh(f"cd {d} && date +%s.%N && condor_submit job.sub >/dev/null", user="submit").split()[0])
-    out = app.wait("the job to run", lambda: app.sh(f"cat {d}/job.out 2>/dev/null", check=False).strip(), timeout=300)
+    out = app.wait("the job to run", lambda: app.sh(f"cat {d}/job.out 2>/dev/null", check=False).strip(),
+                   timeout=300, every=0.5)
     started = float(out.split()[0])
-    events = app.status("-e", "-n", "100000")["data"][events_before:]
-    def first(to):
+    events = [e for e in app.status("-e", "-n", "100000")["data"] if e["id"] > events_before]
+
+    def at(to):
         for e in events:
             if e["to_state"] == to:
-                return round(e["time"] - t0, 2)
+                return e["time"]
         return None
-    return {"latency": round(started - t0, 3), "launched": first("requested"), "joined": first("idle"),
-            "busy": first("busy")}
+    requested, booting, joined = at("requested"), at("booting"), at("idle") or at("busy")
+    joined = joined if joined is not None else None
+    row = {"latency": round(started - t0, 3), "load1": host_load}
+    if not warm and requested and booting and joined:
+        row.update(see=round(requested - t0, 2), boot=round(joined - requested, 2),
+                   run=round(started - joined, 2))
+    return row
+
+
+def run(cloud: str, trials: int, warm: bool, out: str | None = None) -> dict:
+    idle = 600 if warm else 2
+    docker = cloud == "docker"
+    with Appliance(CONFIGS[cloud].format(idle=idle, image=IMAGE), docker_socket=docker, network=docker) as app:
+        app.wait_ready()
+        if warm:   # one untimed job brings up the worker that the trials reuse
+            trial(app, 999, warm=False)
+        rows = [trial(app, i, warm) for i in range(trials)]
+    kind = "warm" if warm else "cold"
+    lat = summary([r["latency"] for r in rows])
+    phases = {k: summary([r[k] for r in rows if k in r]) for k in ("see", "boot", "run")}
+    phases = {k: v for k, v in phases.items() if v}
+    print(table([[i + 1, r["latency"], r.get("see", "-"), r.get("boot", "-"), r.get("run", "-"), r["load1"]]
+                 for i, r in enumerate(rows)],
+                ["TRIAL", "SUBMIT->RUNNING s", "SEE s", "BOOT s", "RUN s", "LOAD1"]))
+    goal = GOALS[kind]
+    verdict = ", ".join(f"{k} {lat[k]} s (goal <= {v} s: {'met' if lat[k] <= v else 'MISSED'})"
+                        for k, v in goal.items())
+    print(f"\n{cloud} {kind}: {verdict}; min {lat['min']} s, max {lat['max']} s over {lat['n']} trials")
+    if phases:
+        print("phase medians: " + ", ".join(f"{k} {v['p50']} s" for k, v in phases.items()))
+    result = {"cloud": cloud, "warm": warm, "goal": goal, "latency": lat, "phases": phases, "trials": rows}
+    path = write_result(f"latency-{cloud}-{kind}", result, out)
+    print(f"results: {path}")
+    return result
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cloud", default="local", choices=sorted(CONFIGS))
-    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--trials", type=int, default=20)
     p.add_argument("--warm", action="store_true", help="keep an idle worker between trials")
-    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--no-build", action="store_true", help=f"use the existing {IMAGE}")
+    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     args = p.parse_args(argv)
     if not args.no_build:
         build_image()
-    idle = 600 if args.warm else 3
-    with Appliance(CONFIGS[args.cloud].format(idle=idle)) as app:
-        app.wait_ready()
-        if args.warm:   # one untimed job brings up the worker that the trials reuse
-            trial(app, 999, warm=True)
-        rows = [trial(app, i, args.warm) for i in range(args.trials)]
-    lat = summary([r["latency"] for r in rows])
-    print(table([[i + 1, r["latency"], r["launched"], r["joined"], r["busy"]] for i, r in enumerate(rows)],
-                ["TRIAL", "SUBMIT->RUNNING s", "LAUNCHED s", "JOINED s", "BUSY s"]))
-    print(f"\n{args.cloud} {'warm' if args.warm else 'cold'}: p50 {lat['p50']} s, p95 {lat['p95']} s, "
-          f"min {lat['min']} s, max {lat['max']} s over {lat['n']} trials")
-    path = write_result(f"latency-{args.cloud}-{'warm' if args.warm else 'cold'}",
-                        {"cloud": args.cloud, "warm": args.warm, "trials": rows, "latency": lat})
-    print(f"results: {path}")
+    run(args.cloud, args.trials, args.warm, args.out)
     return 0
 
 

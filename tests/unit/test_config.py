@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 def test_shipped_default_file_is_valid_and_has_local_enabled():
     cfg = load(os.path.join(REPO, "config", "appliance.yaml"))
     assert cfg.pool.name == "appliance" and cfg.pool.condor_host == "auto"
-    assert cfg.scheduler.interval == 2 and cfg.scheduler.idle_timeout == 300
+    assert cfg.scheduler.interval == 1 and cfg.scheduler.idle_timeout == 300
     local = cfg.cloud("local")
     assert local.type == "local" and local.enabled and local.max_workers == 2
     assert (local.worker.cpus, local.worker.memory, local.worker.disk) == (1, 1024, 4096)

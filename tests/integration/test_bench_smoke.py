@@ -1,0 +1,57 @@
+"""The benchmarks still run: each one at tiny sizes, checked for well-formed JSON.
+
+Timings are not asserted (this machine is shared and noisy); the full runs,
+for people, are `python3 -m bench.<name>` and their numbers go in
+docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def bench(image, tmp_path, name: str, *args: str, timeout: int = 600) -> dict:
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, APPLIANCE_IMAGE=image)
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--no-build", "--out", str(out), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"bench.{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    assert data["benchmark"] and data["machine"]["cpus"] >= 1 and len(data["load_at_end"]) == 3
+    return data
+
+
+def test_latency_smoke(image, tmp_path):
+    data = bench(image, tmp_path, "latency", "--cloud", "local", "--trials", "2")
+    assert data["latency"]["n"] == 2 and data["latency"]["p50"] > 0
+    assert all(t["latency"] > 0 and "boot" in t for t in data["trials"])
+
+
+def test_decision_smoke(image, tmp_path):
+    data = bench(image, tmp_path, "decision", "--sizes", "1000", "--groups", "10", "--repeats", "2")
+    (row,) = data["rows"]
+    assert row["jobs"] == 1000 and row["groups"] == 10
+    assert row["ours_s"] > 0 and row["naive_s"] > 0 and row["daemon_rss_mb"] > 0
+
+
+def test_burst_smoke(image, tmp_path):
+    png = tmp_path / "burst.png"
+    data = bench(image, tmp_path, "burst", "--jobs", "16", "--seconds", "2", "--workers", "2",
+                 "--plot", str(png), timeout=900)
+    for run in ("elastic", "static"):
+        assert data[run]["makespan_s"] > 0 and data[run]["series"]
+    assert data["elastic"]["workers_launched"] <= 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_footprint_smoke(image, tmp_path):
+    data = bench(image, tmp_path, "footprint", "--trials", "1", "--idle", "2")
+    assert data["start"]["p50"] > 0 and data["memory_mb"]["p50"] > 0
