@@ -2,6 +2,7 @@
 
     python3 -m bench.latency --cloud local --trials 20
     python3 -m bench.latency --cloud docker --trials 20
+    python3 -m bench.latency --cloud swarm --trials 5     (a one-node swarm if the engine is in none)
     python3 -m bench.latency --cloud local --trials 20 --warm
 
 Each trial submits one job and reads the time it started executing (the job
@@ -21,9 +22,11 @@ Goals (issue 7): cold p50 <= 5 s, p95 <= 8 s; warm p50 <= 2 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+import uuid
 
-from .common import IMAGE, Appliance, build_image, load, stamp_job, summary, table, write_result
+from .common import IMAGE, Appliance, build_image, load, sh, stamp_job, summary, table, write_result
 
 CONFIGS = {
     "local": """
@@ -37,6 +40,7 @@ clouds:
   - {{name: docker, type: docker, image: "{image}", max_workers: 2, worker: {{cpus: 1, memory: 512}}}}
 """,
 }
+CONFIGS["swarm"] = CONFIGS["docker"].replace("docker, type: docker", "swarm, type: swarm")
 GOALS = {"cold": {"p50": 5.0, "p95": 8.0}, "warm": {"p50": 2.0}}
 
 
@@ -70,10 +74,27 @@ def trial(app: Appliance, i: int, warm: bool) -> dict:
     return row
 
 
+@contextlib.contextmanager
+def swarm_overlay():
+    """An attachable overlay for the appliance and its swarm workers (and a swarm, if none)."""
+    made_swarm = sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").strip() != "active"
+    if made_swarm:
+        sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
+    name = f"bench-ov-{uuid.uuid4().hex[:8]}"
+    sh("docker", "network", "create", "-d", "overlay", "--attachable", name)
+    try:
+        yield name
+    finally:
+        sh("docker", "network", "rm", name, check=False)
+        if made_swarm:
+            sh("docker", "swarm", "leave", "--force", check=False)
+
+
 def run(cloud: str, trials: int, warm: bool, out: str | None = None) -> dict:
     idle = 600 if warm else 2
-    docker = cloud == "docker"
-    with Appliance(CONFIGS[cloud].format(idle=idle, image=IMAGE), docker_socket=docker, network=docker) as app:
+    engine = cloud in ("docker", "swarm")
+    with (swarm_overlay() if cloud == "swarm" else contextlib.nullcontext(engine)) as network, \
+            Appliance(CONFIGS[cloud].format(idle=idle, image=IMAGE), docker_socket=engine, network=network) as app:
         app.wait_ready()
         if warm:   # one untimed job brings up the worker that the trials reuse
             trial(app, 999, warm=False)
