@@ -57,7 +57,7 @@ def network(client):
 def volumes(client):
     """Named volumes for state and queue, so a test can restart or replace the container."""
     tag = uuid.uuid4().hex[:8]
-    names = {"state": f"{PREFIX}-state-{tag}", "spool": f"{PREFIX}-spool-{tag}"}
+    names = {"state": f"{PREFIX}-state-{tag}", "spool": f"{PREFIX}-spool-{tag}", "home": f"{PREFIX}-home-{tag}"}
     yield names
     for n in names.values():
         for c in client.containers.list(all=True, filters={"volume": n}):
@@ -142,6 +142,7 @@ def start_appliance(client, image, tmp_path):
         if volumes:
             c = c.with_volume_mapping(volumes["state"], "/var/lib/appliance", "rw")
             c = c.with_volume_mapping(volumes["spool"], "/var/lib/condor/spool", "rw")
+            c = c.with_volume_mapping(volumes["home"], "/home", "rw")     # submit directories, as compose keeps them
         if docker_socket:
             c = c.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
         for k, v in (env or {}).items():
