@@ -25,6 +25,13 @@ IMAGE = os.environ.get("APPLIANCE_IMAGE", "appliance:latest")
 PREFIX = os.environ.get("APPLIANCE_TEST_PREFIX", "apptest")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection suite's totals, at the end of the run (see test_reliability.py)."""
+    from .reliability_support import NUMBERS
+    if NUMBERS:
+        terminalreporter.write_line("reliability numbers: " + ", ".join(f"{k} {v}" for k, v in sorted(NUMBERS.items())))
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath):

@@ -15,22 +15,10 @@ import docker
 import pytest
 
 from .conftest import IMAGE, JOB_SCRIPT, PREFIX, labelled
-from .reliability_support import (ENV, NUMBERS, account, assert_no_orphans, assert_no_secret_leaks,
+from .reliability_support import (ENV, account, assert_no_orphans, assert_no_secret_leaks,
                                   harvest_secrets, outputs_to_search)
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_numbers(request):
-    yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = "reliability numbers: " + ", ".join(f"{k} {v}" for k, v in sorted(NUMBERS.items()))
-    if tr is not None:
-        tr.write_line("")
-        tr.write_line(line)
-    else:
-        print(line)
 
 
 def jobs_sub(lengths, extra: str = "") -> str:
