@@ -4,6 +4,11 @@ The daemon is the only writer of workers and health; the CLIs and the web app
 write runtime settings (enable, disable, max_workers) and operator requests,
 which the daemon picks up on its next cycle. Every worker transition is
 written together with its event row, in one transaction.
+
+The file outlives releases, so its layout is versioned (PRAGMA user_version) and
+moved forward by MIGRATIONS when a newer release first opens it. It is also kept
+bounded: `prune` drops old events and long-ended workers, while the transition
+counters behind /metrics live in their own table and survive pruning.
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from . import lifecycle
 from .config import Config
@@ -21,6 +27,10 @@ from .model import CloudHealth, Worker
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
+# Version 1: the layout of the releases before schema versions existed (their
+# databases say user_version 0). Frozen: change the layout with a new migration,
+# never by editing this text, or databases made by older releases would differ
+# from new ones.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
@@ -71,6 +81,67 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 """
 
+
+def _v1_base_schema(db: sqlite3.Connection) -> None:
+    """The original tables; IF NOT EXISTS makes this a no-op on a pre-versioning database."""
+    _run(db, SCHEMA)
+
+
+def _v2_transition_counts(db: sqlite3.Connection) -> None:
+    """Counters of worker transitions by (cloud, to_state), kept next to the events.
+
+    /metrics used to count the events table on every scrape, which grows without
+    bound and would lose counts once old events are pruned. The counters are
+    backfilled from the events already there (a NULL cloud counts as '').
+    """
+    _run(db, """
+    CREATE TABLE IF NOT EXISTS transition_counts (
+        cloud TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        n INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (cloud, to_state)
+    );
+    INSERT INTO transition_counts (cloud, to_state, n)
+        SELECT COALESCE(cloud, ''), to_state, COUNT(*) FROM events
+        WHERE kind = 'worker' AND to_state IS NOT NULL
+        GROUP BY COALESCE(cloud, ''), to_state
+    """)
+
+
+def _v3_retention_indexes(db: sqlite3.Connection) -> None:
+    """Indexes that keep `prune` cheap: events by time, ended workers by age.
+
+    workers(state, state_since) serves every query workers(state) did, so the
+    narrower index goes (one index less to update on each transition).
+    """
+    _run(db, """
+    CREATE INDEX IF NOT EXISTS events_time ON events(time);
+    CREATE INDEX IF NOT EXISTS workers_state_since ON workers(state, state_since);
+    DROP INDEX IF EXISTS workers_state
+    """)
+
+
+# MIGRATIONS[i] takes a database from version i to version i + 1. Append only;
+# never edit or reorder a released step. All pending steps run in one
+# transaction when a Store opens the file, so an upgrade happens entirely or not
+# at all.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_base_schema,
+    _v2_transition_counts,
+    _v3_retention_indexes,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer release; this code must not touch it."""
+
+    def __init__(self, path: str, found: int, known: int):
+        super().__init__(f"{path}: database schema version {found} is newer than this release's "
+                         f"version {known}; run a release that knows version {found} (the file was left unchanged)")
+        self.path, self.found, self.known = path, found, known
+
+
 # upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -80,36 +151,97 @@ _WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_n
 class Store:
     def __init__(self, path: str | None = None):
         self.path = path or os.environ.get("APPLIANCE_DB") or DEFAULT_PATH
-        # the daemon (root) and the web app (group appliance) share these files,
-        # including the -wal and -shm files SQLite creates on the fly
-        os.umask(0o007)
+        self._depth = 0          # how many tx() blocks are open on this connection
+        # The daemon (root) and the web app (group appliance) share these files.
+        # No umask change here: that is process-wide and would leak into whatever
+        # else the caller creates. The modes are set explicitly instead: the
+        # directory below, the database file in _group_writable, and SQLite gives
+        # the -wal and -shm files the database file's mode itself.
         directory = os.path.dirname(self.path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            _make_dir(directory)
         _group_writable(self.path)
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        with self.tx():
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
+        try:
+            self.db.row_factory = sqlite3.Row
+            # refuse a newer database before anything (even the journal mode) is written
+            self._check_version(self._version())
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(self.path, version, SCHEMA_VERSION)
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, all steps in one transaction.
+
+        An up-to-date file costs one read and no write lock, so every web thread
+        can open its own Store cheaply. The version is read again under the
+        write lock: when the daemon and the web app open an old file together,
+        one migrates and the other then finds nothing to do.
+        """
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self.tx() as db:
+            version = self._version()
+            self._check_version(version)
+            for step in MIGRATIONS[version:]:
+                step(db)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so writers never deadlock."""
+        """One write transaction, taken up front (BEGIN IMMEDIATE) so writers never deadlock.
+
+        Re-entrant: a tx() inside an open tx() of this Store joins it, so a caller
+        can make several writes (the daemon's whole record step) one transaction
+        and one fsync; nothing is committed before the outermost block ends, and
+        an exception that leaves it rolls everything back. A joined block runs in
+        a savepoint, so an exception it raises and the caller catches undoes only
+        that block's writes, as if it had been a transaction of its own.
+        """
+        if self._depth:
+            name = f"tx{self._depth}"
+            self.db.execute(f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute(f"ROLLBACK TO {name}")
+                    self.db.execute(f"RELEASE {name}")
+                raise
+            else:
+                self.db.execute(f"RELEASE {name}")
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may already have rolled back (e.g. disk full); a second
+            # ROLLBACK would hide the real error
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
 
     # ------------------------------------------------------------ workers
     def add_worker(self, worker_id: str, cloud: str, reason: str, now: float | None = None) -> Worker:
@@ -172,8 +304,12 @@ class Store:
 
     @staticmethod
     def _event(db, now, kind, reason, worker_id, cloud, from_state, to_state) -> None:
+        """Append an event; a worker transition also bumps its counter, in the same transaction."""
         db.execute("INSERT INTO events (time, kind, worker_id, cloud, from_state, to_state, reason) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, kind, worker_id, cloud, from_state, to_state, reason))
+        if kind == "worker" and to_state is not None:
+            db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
+                       "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", to_state))
 
     def events(self, since_id: int = 0, limit: int = 100, worker_id: str | None = None) -> list[dict]:
         """Events after `since_id`, oldest first; without since_id, the newest `limit`."""
@@ -261,10 +397,13 @@ class Store:
     # ------------------------------------------------------------ metrics
     def event_counts(self) -> dict[tuple[str, str], int]:
         """(cloud, to_state) -> how many transitions into that state ever: the
-        source of the launch, failure and retirement counters."""
-        rows = self.db.execute("SELECT cloud, to_state, COUNT(*) AS n FROM events WHERE kind = 'worker' "
-                               "AND to_state IS NOT NULL GROUP BY cloud, to_state")
-        return {(r["cloud"] or "", r["to_state"]): r["n"] for r in rows}
+        source of the launch, failure and retirement counters.
+
+        Read from transition_counts, a handful of rows, not by counting the
+        events table on every scrape; and unlike events it is never pruned, so
+        the counters stay monotonic as Prometheus expects."""
+        rows = self.db.execute("SELECT cloud, to_state, n FROM transition_counts")
+        return {(r["cloud"], r["to_state"]): r["n"] for r in rows}
 
     def observe_cycle(self, seconds: float, now: float | None = None) -> None:
         """Add one scheduler cycle's duration to the cumulative histogram in kv."""
@@ -283,6 +422,44 @@ class Store:
                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                        (json.dumps(h), now))
 
+    # ------------------------------------------------------------ retention
+    def prune(self, now: float, event_days: float | None = 30.0, max_events: int | None = 100_000,
+              worker_days: float | None = 30.0) -> dict[str, int]:
+        """Keep the file bounded; returns {"events": removed, "workers": removed}.
+
+        Drops events older than `event_days`, then the oldest beyond the newest
+        `max_events`, and ended (retired/failed) workers whose state_since is
+        older than `worker_days`. None disables a limit. One transaction. With
+        nothing to remove it costs a few index look-ups, so it may run often.
+        The transition counters are not touched: /metrics keeps its totals.
+        """
+        removed = {"events": 0, "workers": 0}
+        with self.tx() as db:
+            if event_days is not None:
+                removed["events"] += db.execute("DELETE FROM events WHERE time < ?",
+                                                (now - event_days * 86400,)).rowcount
+            if max_events is not None:
+                removed["events"] += self._cap_events(db, max(int(max_events), 0))
+            if worker_days is not None:
+                ended = tuple(s.value for s in lifecycle.ENDED)
+                removed["workers"] += db.execute(
+                    f"DELETE FROM workers WHERE state IN ({','.join('?' * len(ended))}) AND state_since < ?",
+                    (*ended, now - worker_days * 86400)).rowcount
+        return removed
+
+    @staticmethod
+    def _cap_events(db: sqlite3.Connection, keep: int) -> int:
+        """Delete all but the newest `keep` events (by id, i.e. insertion order)."""
+        bounds = db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+        if bounds[0] is None or bounds[1] - bounds[0] + 1 <= keep:
+            # ids only grow, so the id span bounds the row count: nothing to do,
+            # known from the two ends of the primary key without counting rows
+            return 0
+        if keep == 0:
+            return db.execute("DELETE FROM events").rowcount
+        return db.execute("DELETE FROM events WHERE id <= "
+                          "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
+
     # ------------------------------------------------------------ small snapshots
     def put(self, key: str, value: Any, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -299,6 +476,32 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
                   condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"])
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated statements inside the open transaction.
+
+    Not executescript: it COMMITs first, which would split a migration.
+    """
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+def _make_dir(directory: str, mode: int = 0o2770) -> None:
+    """Create the database's directory shared by owner and group (setgid: new files keep its group).
+
+    Explicit chmod, because makedirs' mode is filtered by the umask. A directory
+    that already exists is left as it is (bootstrap creates the real one).
+    """
+    try:
+        os.makedirs(directory, mode=mode)
+    except FileExistsError:
+        return
+    try:
+        os.chmod(directory, mode)
+    except OSError:
+        pass
 
 
 def _group_writable(path: str) -> None:

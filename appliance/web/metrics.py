@@ -2,8 +2,9 @@
 
 The scheduler daemon is a separate process from gunicorn, so nothing here counts
 in memory: gauges come from the same ops functions as cloud_status, counters
-from the events table (every transition is an event, so "launched" is the count
-of transitions into booting), and the cycle-duration histogram from the
+from the store's transition counts (bumped with each transition's event, so
+"launched" is the number of transitions into booting; kept when old events are
+pruned, so they never go down), and the cycle-duration histogram from the
 cumulative buckets the daemon keeps in the store.
 """
 from __future__ import annotations
