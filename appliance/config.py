@@ -11,15 +11,17 @@ import math
 import os
 import re
 import reprlib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
+from .clouds import registry  # imports no driver and no cloud SDK
+
 DEFAULT_PATH = "/etc/appliance/appliance.yaml"
 
-CLOUD_TYPES = ("local", "docker", "swarm", "ec2")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 POOL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -36,6 +38,7 @@ class ConfigError(Exception):
 
 # ---------------------------------------------------------------- value checks
 # A check takes (value, path) and returns the cleaned value or raises _Bad.
+# Each also carries a `type_name` ("int", "list[str]"...) for the generated docs.
 
 class _Bad(Exception):
     def __init__(self, path: str, problem: str):
@@ -53,6 +56,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _described(check: Callable, type_name: str) -> Callable:
+    check.type_name = type_name
+    return check
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Callable:
     def check(value, path):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -60,7 +68,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Callable:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise _Bad(path, f"must be a whole number{_range(lo, hi)}, got {value}")
         return value
-    return check
+    return _described(check, "int")
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Callable:
@@ -70,7 +78,7 @@ def number(lo: float | None = None, hi: float | None = None) -> Callable:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise _Bad(path, f"must be a number{_range(lo, hi)}, got {value}")
         return float(value)
-    return check
+    return _described(check, "float")
 
 
 def _range(lo, hi) -> str:
@@ -89,6 +97,9 @@ def boolean(value, path):
     return value
 
 
+_described(boolean, "bool")
+
+
 def text(pattern: re.Pattern | None = None, what: str = "", choices: tuple = ()) -> Callable:
     def check(value, path):
         if not isinstance(value, str) or not value.strip():
@@ -98,7 +109,7 @@ def text(pattern: re.Pattern | None = None, what: str = "", choices: tuple = ())
         if pattern is not None and not pattern.match(value):
             raise _Bad(path, f"must be {what}, got {_shown(value)}")
         return value
-    return check
+    return _described(check, "str")
 
 
 def text_list(item: Callable) -> Callable:
@@ -108,7 +119,7 @@ def text_list(item: Callable) -> Callable:
         if not isinstance(value, list):
             raise _Bad(path, f"expected a list, got {_shown(value)}")
         return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
-    return check
+    return _described(check, f"list[{getattr(item, 'type_name', 'str')}]")
 
 
 def text_map(value, path):
@@ -122,6 +133,9 @@ def text_map(value, path):
             raise _Bad(f"{path}.{k}", f"expected a string, got {_shown(v)}")
         out[k] = str(v)
     return MappingProxyType(out)
+
+
+_described(text_map, "dict[str, str]")
 
 
 def classad_attributes(value, path):
@@ -207,6 +221,14 @@ SCHEDULER_KEYS = {
     "backoff_base": Key(number(1, 600), 10.0),
 }
 
+# How long the store keeps history, so a pool that runs for a year does not grow
+# without bound. Counters (/metrics) are kept apart and survive pruning.
+RETENTION_KEYS = {
+    "event_days": Key(number(1, 36500), 30.0),
+    "max_events": Key(integer(1000, 100_000_000), 100_000),
+    "worker_days": Key(number(1, 36500), 30.0),      # rows of retired and failed workers
+}
+
 WORKER_KEYS = {
     "cpus": Key(integer(1, 1024), 1),
     "memory": Key(integer(128, 16 * 1024 * 1024), 1024),      # MB
@@ -216,47 +238,28 @@ WORKER_KEYS = {
 
 COMMON_CLOUD_KEYS = {
     "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
-    "type": Key(text(choices=CLOUD_TYPES), required=True),
+    "type": Key(text(), required=True),    # checked against the registry first, in _parse_cloud
     "enabled": Key(boolean, True),
     "priority": Key(integer(-1000, 1000), 0),
     "max_workers": Key(integer(0, 100000), 10),
     "worker": Key(lambda v, p: v, None),   # checked with WORKER_KEYS below
 }
 
-_image = Key(text(), "appliance:latest")
-CLOUD_OPTION_KEYS: dict[str, dict[str, Key]] = {
-    "local": {},
-    "docker": {
-        "url": Key(text(), "unix:///var/run/docker.sock"),
-        "image": _image,
-        "network": Key(text(), "auto"),           # auto: the appliance's own network
-        "labels": Key(text_map, MappingProxyType({})),
-    },
-    "swarm": {
-        "url": Key(text(), "unix:///var/run/docker.sock"),
-        "image": _image,
-        "network": Key(text(), "auto"),
-        "labels": Key(text_map, MappingProxyType({})),
-        "constraints": Key(text_list(text()), ()),
-    },
-    "ec2": {
-        "region": Key(text(), required=True),
-        "ami": Key(text(re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id like ami-0123456789abcdef0"), required=True),
-        "instance_type": Key(text(), required=True),
-        "subnet": Key(text(), None),
-        "security_groups": Key(text_list(text()), ()),
-        "key_name": Key(text(), None),
-        "iam_instance_profile": Key(text(), None),
-        "endpoint_url": Key(text(re.compile(r"^https?://"), "an http(s):// URL"), None),
-        "env_file": Key(text(), None),
-        "market": Key(text(choices=("on-demand", "spot")), "on-demand"),
-        "spot_max_price": Key(text(re.compile(r"^[0-9]+(\.[0-9]+)?$"), "a price like '0.05'"), None),
-        "tags": Key(text_map, MappingProxyType({})),
-        "user_data": Key(text(), None),
-        "worker_image": Key(text(), None),
-        "max_lifetime": Key(number(60, 365 * 86400), 86400.0),
-    },
-}
+# Each cloud type's own keys are declared by its options dataclass beside its driver
+# (appliance/clouds/*_options.py) and found through appliance.clouds.registry.
+
+
+def __getattr__(name: str) -> Any:
+    # CLOUD_TYPES is asked of the registry on first use, not at import: the options
+    # modules import this module's checks, so they cannot load while it loads
+    if name == "CLOUD_TYPES":
+        return registry.types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def option_keys(ctype: str) -> dict[str, Key]:
+    """The type-specific keys of a cloud type, as the loader checks them."""
+    return {f.key: Key(f.check, f.default, f.required) for f in registry.lookup(ctype).fields}
 
 
 # ---------------------------------------------------------------- typed result
@@ -280,6 +283,13 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    event_days: float = 30.0
+    max_events: int = 100_000
+    worker_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class WorkerSize:
     cpus: int = 1
     memory: int = 1024   # MB
@@ -296,6 +306,13 @@ class CloudConfig:
     max_workers: int = 10
     worker: WorkerSize = WorkerSize()
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # the same options, typed: an instance of the type's options dataclass (DockerOptions...).
+    # None when a CloudConfig is built by hand; drivers then validate `options` themselves.
+    settings: Any = None
+
+    def __post_init__(self):
+        if self.settings is not None and not self.options:
+            object.__setattr__(self, "options", MappingProxyType(self.settings.as_dict()))
 
     def opt(self, key: str) -> Any:
         return self.options[key]
@@ -307,6 +324,7 @@ class Config:
     scheduler: SchedulerConfig
     clouds: tuple[CloudConfig, ...]
     source: str = "<defaults>"
+    retention: RetentionConfig = RetentionConfig()
 
     def cloud(self, name: str) -> CloudConfig:
         for c in self.clouds:
@@ -332,9 +350,11 @@ def parse(data: Any, source: str = "<string>") -> Config:
 def _parse(data: Any) -> Config:
     top = _section(data, "", {
         "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
+        "retention": Key(lambda v, p: v),
     })
     pool = PoolConfig(**_section(top["pool"], "pool", POOL_KEYS))
     sched = SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS))
+    retention = RetentionConfig(**_section(top["retention"], "retention", RETENTION_KEYS))
     raw_clouds = top["clouds"]
     if raw_clouds is None:
         raw_clouds = [{"name": "local", "type": "local", "max_workers": 2}]
@@ -347,28 +367,49 @@ def _parse(data: Any) -> Config:
             raise _Bad(f"clouds[{i}].name", f"duplicate cloud name {cloud.name!r}")
         seen.add(cloud.name)
         clouds.append(cloud)
-        if cloud.type == "ec2" and pool.condor_host == "auto":
+        if cloud.settings.needs_condor_host and pool.condor_host == "auto":
             raise _Bad("pool.condor_host", f"must be the central manager's public address (a host name or IP "
-                                           f"that instances reach on port 9618) when an ec2 cloud is configured "
-                                           f"(clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
-    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds))
+                                           f"that instances reach on port 9618) when an {cloud.type} cloud is "
+                                           f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
+    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention)
 
 
 def _parse_cloud(raw: Any, path: str) -> CloudConfig:
     if not isinstance(raw, dict):
         raise _Bad(path, f"expected a mapping with at least name and type, got {_shown(raw)}")
     ctype = raw.get("type")
+    known = registry.types()
     if ctype is None:
-        raise _Bad(f"{path}.type", f"is required (one of {', '.join(CLOUD_TYPES)})")
-    if ctype not in CLOUD_TYPES:
-        raise _Bad(f"{path}.type", f"unknown cloud type {_shown(ctype)} (known: {', '.join(CLOUD_TYPES)})")
-    keys = {**COMMON_CLOUD_KEYS, **CLOUD_OPTION_KEYS[ctype]}
+        raise _Bad(f"{path}.type", f"is required (one of {', '.join(known)})")
+    if not isinstance(ctype, str) or ctype not in known:
+        raise _Bad(f"{path}.type", f"unknown cloud type {_shown(ctype)} (known: {', '.join(known)})")
+    keys = {**COMMON_CLOUD_KEYS, **option_keys(ctype)}
     values = _section(raw, path, keys)
     worker = WorkerSize(**_section(values.pop("worker"), f"{path}.worker", WORKER_KEYS))
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k != "worker"}
-    if ctype == "ec2" and values["market"] == "on-demand" and values["spot_max_price"]:
-        raise _Bad(f"{path}.spot_max_price", "only applies when market is spot")
-    return CloudConfig(worker=worker, options=MappingProxyType(values), **common)
+    settings = _settings(ctype, values, path)
+    return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, **common)
+
+
+def _settings(ctype: str, values: dict, path: str) -> Any:
+    """Checked option values as the type's options dataclass, cross-checked by its validate()."""
+    settings = registry.lookup(ctype).options(**values)
+    try:
+        settings.validate()
+    except registry.OptionError as err:
+        raise _Bad(_join(path, err.key), err.problem) from None
+    return settings
+
+
+def cloud_settings(cloud: CloudConfig) -> Any:
+    """A cloud's typed options: its own, or (built by hand) its `options` checked now."""
+    if cloud.settings is not None:
+        return cloud.settings
+    path = f"clouds[{cloud.name!r}]"
+    try:
+        return _settings(cloud.type, _section(dict(cloud.options), path, option_keys(cloud.type)), path)
+    except _Bad as bad:
+        raise ConfigError("<CloudConfig>", bad.path, bad.problem) from None
 
 
 def loads(text_: str, source: str = "<string>") -> Config:
@@ -380,7 +421,7 @@ def loads(text_: str, source: str = "<string>") -> Config:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(source, where, f"not valid YAML: {problem}") from None
     cfg = parse(data, source)
-    return Config(pool=cfg.pool, scheduler=cfg.scheduler, clouds=cfg.clouds, source=source)
+    return replace(cfg, source=source)
 
 
 def load(path: str | None = None) -> Config:

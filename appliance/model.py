@@ -4,8 +4,10 @@ Nothing here does I/O; these are the nouns the scheduler reasons about.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from enum import StrEnum
+from typing import Any
 
 from .lifecycle import State
 
@@ -36,14 +38,43 @@ class SlotSummary:
     total_cpus: int = 0
 
 
-@dataclass(frozen=True)
+class ResourceState(StrEnum):
+    """What a cloud says about a worker's resource. A StrEnum (a str Enum that
+    prints as its value), so it compares with and formats as plain strings."""
+    RUNNING = "running"    # starting or running: the worker may be alive
+    EXITED = "exited"      # exists but exited/stopped: needs only cleanup
+    GONE = "gone"          # only a record is left (a terminated instance): nothing to clean up
+
+
+@dataclass(frozen=True, init=False)
 class Resource:
     """What a cloud says exists for a worker (a process, container, service, instance)."""
     worker_id: str
     resource_id: str
-    alive: bool = True     # False: exists but exited/stopped, needs only cleanup
+    state: ResourceState = ResourceState.RUNNING
     detail: str = ""
-    gone: bool = False     # only a record is left (a terminated instance): nothing to clean up
+
+    def __init__(self, worker_id: str, resource_id: str, state: ResourceState | str = ResourceState.RUNNING,
+                 detail: str = "", *, alive: bool | None = None, gone: bool | None = None):
+        # alive=/gone= are the old booleans, still accepted so existing callers keep
+        # working; they must agree with `state` if both are given
+        if alive is not None or gone is not None:
+            old = ResourceState.GONE if gone else ResourceState.EXITED if alive is False else ResourceState.RUNNING
+            if (gone and alive) or (state != ResourceState.RUNNING and state != old):
+                raise ValueError(f"contradictory resource state: state={state!r}, alive={alive!r}, gone={gone!r}")
+            state = old
+        object.__setattr__(self, "worker_id", worker_id)
+        object.__setattr__(self, "resource_id", resource_id)
+        object.__setattr__(self, "state", ResourceState(state))   # a misspelt state raises ValueError
+        object.__setattr__(self, "detail", detail)
+
+    @property
+    def alive(self) -> bool:
+        return self.state is ResourceState.RUNNING
+
+    @property
+    def gone(self) -> bool:
+        return self.state is ResourceState.GONE
 
 
 @dataclass(frozen=True)

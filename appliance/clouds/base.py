@@ -7,26 +7,46 @@ terminates. The daemon owns the worker rows; drivers are told everything.
 from __future__ import annotations
 
 import abc
-from typing import Mapping
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
 
-from ..config import CloudConfig
+from ..config import CloudConfig, cloud_settings
 from ..model import Resource
 from ..workerconf import WorkerSpec
+from . import registry
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, which decides what the daemon does (appliance/backoff.py).
+
+    A StrEnum (a str Enum whose str() and format() are the value): code that
+    compares with or looks up by "capacity", or writes f"{kind}: ...", sees the
+    same strings as before. A plain (str, Enum) would print as ErrorKind.CAPACITY.
+    """
+    CAPACITY = "capacity"        # back off and let other clouds take the demand
+    LIMIT = "limit"              # ditto: a quota
+    THROTTLE = "throttle"        # ditto: too many requests
+    AUTH = "auth"                # back off longer: an operator must act
+    CONFIG = "config"            # ditto
+    IMAGE = "image"              # ditto
+    UNAVAILABLE = "unavailable"  # the endpoint is down; back off
+    OTHER = "other"
 
 
 class CloudError(Exception):
-    """A cloud refused or failed. `kind` drives the response:
+    """A cloud refused or failed; `kind` (an ErrorKind) drives the response."""
 
-    capacity, limit, throttle -> back off and let other clouds take the demand
-    auth, config, image       -> back off (longer); an operator must act
-    unavailable               -> the endpoint is down; back off
-    """
+    Kind = ErrorKind
+    KINDS = tuple(k.value for k in ErrorKind)
 
-    KINDS = ("capacity", "limit", "throttle", "auth", "config", "image", "unavailable", "other")
-
-    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+    def __init__(self, kind: ErrorKind | str, message: str, retry_after: float | None = None):
         super().__init__(message)
-        self.kind = kind if kind in self.KINDS else "other"
+        try:
+            # a misspelt kind must fail where it is written, not back off as 'other'
+            self.kind = ErrorKind(kind)
+        except ValueError:
+            raise ValueError(f"unknown CloudError kind {kind!r} (known: {', '.join(self.KINDS)})") from None
         self.retry_after = retry_after
 
 
@@ -35,6 +55,8 @@ class Driver(abc.ABC):
         self.cloud = cloud
         self.pool = pool          # the pool name (trust domain)
         self.pool_id = pool_id    # unique per appliance install: labels our resources
+        # the type's options dataclass (DockerOptions...): typed access to the cloud's keys
+        self.settings: Any = cloud_settings(cloud)
 
     @abc.abstractmethod
     def condor_host(self) -> str:
@@ -52,29 +74,16 @@ class Driver(abc.ABC):
     def terminate(self, worker_id: str, resource_id: str) -> None:
         """Remove a worker's resource. Idempotent: a missing resource is success."""
 
-    def shutdown(self, worker_ids: list[str]) -> None:
-        """The appliance is stopping and on_shutdown is `remove`: remove these workers."""
-        for wid in worker_ids:
-            try:
-                self.terminate(wid, "")
-            except CloudError:
-                pass
-
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional: only drivers that hold a client need it
+        """Release what the driver holds (a client's connections)."""
 
 
 def make_driver(cloud: CloudConfig, pool: str, pool_id: str) -> Driver:
-    if cloud.type == "local":
-        from .local import LocalDriver
-        return LocalDriver(cloud, pool, pool_id)
-    if cloud.type == "docker":
-        from .docker import DockerDriver
-        return DockerDriver(cloud, pool, pool_id)
-    if cloud.type == "swarm":
-        from .swarm import SwarmDriver
-        return SwarmDriver(cloud, pool, pool_id)
-    if cloud.type == "ec2":
-        from .ec2 import Ec2Driver
-        return Ec2Driver(cloud, pool, pool_id)
-    raise ValueError(f"no driver for cloud type {cloud.type!r}")
+    try:
+        ctype = registry.lookup(cloud.type)
+    except KeyError:
+        raise ValueError(f"no driver for cloud type {cloud.type!r}") from None
+    cls = ctype.driver_class()
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise TypeError(f"cloud type {cloud.type!r} is registered with {cls!r}, not a Driver")
+    return cls(cloud, pool, pool_id)

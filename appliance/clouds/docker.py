@@ -9,16 +9,17 @@ its environment or in `docker inspect`.
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import docker
 import docker.errors
 
-from ..model import Resource
+from ..model import Resource, ResourceState
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
 from . import dockerutil as du
-from .base import CloudError
+from .base import CloudError, ErrorKind
+from .docker_options import DockerOptions
 
 # headroom over the condor-visible memory for the worker's own daemons
 DAEMON_MEMORY_MB = 256
@@ -28,20 +29,24 @@ NEVER_STARTED = 60.0
 
 
 class DockerDriver(du.EngineDriver):
+    settings: DockerOptions
+
     def _find_placement(self) -> tuple[str, str]:
-        wanted = self.cloud.opt("network")
+        wanted = self.settings.network
         me = du.own_container(self.client)
         nets = list((me.attrs.get("NetworkSettings", {}).get("Networks") or {}).keys())
         if wanted == "auto":
             user_defined = [n for n in nets if n not in ("bridge", "host", "none")]
             if not user_defined and "bridge" not in nets:
-                raise CloudError("config", f"the appliance is on no usable network ({', '.join(nets) or 'none'}); "
-                                           "set the cloud's network")
+                raise CloudError(ErrorKind.CONFIG,
+                                 f"the appliance is on no usable network ({', '.join(nets) or 'none'}); "
+                                 "set the cloud's network")
             wanted = user_defined[0] if user_defined else "bridge"
         ip = du.ip_on(me, wanted)
         if ip is None:
-            raise CloudError("config", f"the appliance's container is not attached to network {wanted!r} "
-                                       f"(it is on: {', '.join(nets) or 'none'})")
+            raise CloudError(ErrorKind.CONFIG,
+                             f"the appliance's container is not attached to network {wanted!r} "
+                             f"(it is on: {', '.join(nets) or 'none'})")
         return wanted, ip
 
     def launch(self, spec: WorkerSpec) -> str:
@@ -50,9 +55,9 @@ class DockerDriver(du.EngineDriver):
         files = worker_files(spec, "/var/lib/condor-worker")
         try:
             container = self.client.containers.create(
-                self.cloud.opt("image"), command=["worker"], name=self.name_for(spec.worker_id),
+                self.settings.image, command=["worker"], name=self.name_for(spec.worker_id),
                 hostname=spec.worker_id, detach=True, network=network,
-                labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.cloud.opt("labels")),
+                labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels),
                 environment={"APPLIANCE_WORKER_ID": spec.worker_id},
                 nano_cpus=int(size.cpus * 1e9), mem_limit=f"{size.memory + DAEMON_MEMORY_MB}m",
                 restart_policy={"Name": "no"}, stop_signal="SIGQUIT",
@@ -77,7 +82,7 @@ class DockerDriver(du.EngineDriver):
         except docker.errors.DockerException as err:
             raise du.translate(err, f"find container for {worker_id}") from None
         if c.labels.get(du.LABEL_POOL) != self.pool_id:
-            raise CloudError("config", f"a container named {self.name_for(worker_id)} exists but is not ours")
+            raise CloudError(ErrorKind.CONFIG, f"a container named {self.name_for(worker_id)} exists but is not ours")
         return c.id[:12]
 
     def list(self) -> Mapping[str, Resource]:
@@ -92,12 +97,14 @@ class DockerDriver(du.EngineDriver):
             if not wid:
                 continue
             state = c.attrs.get("State", "")
-            alive = state in ALIVE
-            detail = "" if alive else f"its container is {state} ({c.attrs.get('Status', '')})"
+            if state in ALIVE:
+                res_state, detail = ResourceState.RUNNING, ""
+            else:
+                res_state, detail = ResourceState.EXITED, f"its container is {state} ({c.attrs.get('Status', '')})"
             if state == "created" and time.time() - float(c.attrs.get("Created") or 0) > NEVER_STARTED:
                 # the scheduler stopped between creating and starting it: it never will start
-                alive, detail = False, "its container was created but never started"
-            out[wid] = Resource(wid, c.id[:12], alive=alive, detail=detail)
+                res_state, detail = ResourceState.EXITED, "its container was created but never started"
+            out[wid] = Resource(wid, c.id[:12], res_state, detail)
         return out
 
     def terminate(self, worker_id: str, resource_id: str) -> None:

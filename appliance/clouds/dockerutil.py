@@ -11,7 +11,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .base import CloudError, Driver
+from .base import CloudError, Driver, ErrorKind
 
 LABEL_POOL = "appliance.pool"
 LABEL_WORKER = "appliance.worker"
@@ -30,7 +30,7 @@ def client(url: str) -> docker.DockerClient:
     try:
         return docker.DockerClient(base_url=url, timeout=20)
     except docker.errors.DockerException as err:
-        raise CloudError("unavailable", f"cannot reach the Docker engine at {url}: {_short(err)}") from None
+        raise CloudError(ErrorKind.UNAVAILABLE, f"cannot reach the Docker engine at {url}: {_short(err)}") from None
 
 
 def own_container_id() -> str | None:
@@ -46,13 +46,15 @@ def own_container_id() -> str | None:
 def own_container(cli: docker.DockerClient):
     cid = own_container_id()
     if cid is None:
-        raise CloudError("config", "the appliance does not run in a container here: set pool.condor_host "
-                                   "and the cloud's network explicitly")
+        raise CloudError(ErrorKind.CONFIG,
+                         "the appliance does not run in a container here: set pool.condor_host "
+                         "and the cloud's network explicitly")
     try:
         return cli.containers.get(cid)
     except docker.errors.NotFound:
-        raise CloudError("config", f"the appliance's container {cid[:12]} is not on this Docker engine: "
-                                   "set pool.condor_host and the cloud's network explicitly") from None
+        raise CloudError(ErrorKind.CONFIG,
+                         f"the appliance's container {cid[:12]} is not on this Docker engine: "
+                         "set pool.condor_host and the cloud's network explicitly") from None
     except docker.errors.DockerException as err:
         raise translate(err, "inspect the appliance's own container") from None
 
@@ -79,20 +81,20 @@ def translate(err: Exception, doing: str) -> CloudError:
     """A Docker SDK error as a CloudError whose kind drives the backoff."""
     text = _short(err)
     if isinstance(err, docker.errors.ImageNotFound) or "no such image" in text.lower():
-        return CloudError("image", f"{doing}: image not found ({text})")
+        return CloudError(ErrorKind.IMAGE, f"{doing}: image not found ({text})")
     if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or \
             "connection" in text.lower() and "refused" in text.lower():
-        return CloudError("unavailable", f"{doing}: the Docker engine is not reachable ({text})")
+        return CloudError(ErrorKind.UNAVAILABLE, f"{doing}: the Docker engine is not reachable ({text})")
     if isinstance(err, docker.errors.APIError):
         if _CAPACITY.search(text):
-            return CloudError("capacity", f"{doing}: {text}")
+            return CloudError(ErrorKind.CAPACITY, f"{doing}: {text}")
         if err.status_code in (401, 403):
-            return CloudError("auth", f"{doing}: {text}")
+            return CloudError(ErrorKind.AUTH, f"{doing}: {text}")
         if err.status_code == 400:
-            return CloudError("config", f"{doing}: {text}")
+            return CloudError(ErrorKind.CONFIG, f"{doing}: {text}")
     if isinstance(err, docker.errors.DockerException) and "Error while fetching server API version" in text:
-        return CloudError("unavailable", f"{doing}: the Docker engine is not reachable ({text})")
-    return CloudError("other", f"{doing}: {text}")
+        return CloudError(ErrorKind.UNAVAILABLE, f"{doing}: the Docker engine is not reachable ({text})")
+    return CloudError(ErrorKind.OTHER, f"{doing}: {text}")
 
 
 def _short(err: Exception) -> str:
@@ -112,13 +114,18 @@ class EngineDriver(Driver):
         super().__init__(cloud, pool, pool_id)
         self._client: docker.DockerClient | None = None
         self._where: tuple[str, str] | None = None    # (network, condor host)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()                  # guards _where
+        # guards _client: the act threads launch and terminate at once, and two first
+        # calls must not each make a client (one would leak its connections).
+        # Not _lock: placement() holds that while _find_placement() asks for the client.
+        self._client_lock = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = client(self.cloud.opt("url"))
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = client(self.settings.url)
+            return self._client
 
     def name_for(self, worker_id: str) -> str:
         return f"appliance-{self.pool_id}-{worker_id}"
@@ -137,5 +144,6 @@ class EngineDriver(Driver):
         return self.placement()[1]
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()

@@ -26,20 +26,22 @@ import os
 import re
 import shlex
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import botocore.loaders
+import botocore.parsers
 import botocore.session
 
-from ..model import Resource
+from ..model import Resource, ResourceState
 from ..worker_role import HOME as WORKER_HOME
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
-from .base import CloudError, Driver
+from .base import CloudError, Driver, ErrorKind
+from .ec2_options import DEFAULT_MAX_LIFETIME, Ec2Options
 
 # botocore's debug log would show request bodies, and so the user-data with the
 # worker's token: whatever APPLIANCE_LOG_LEVEL says, it stays quiet
@@ -76,12 +78,13 @@ NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 class Ec2Driver(Driver):
     PAGE_SIZE = 500       # DescribeInstances page size (EC2 allows 5..1000)
+    settings: Ec2Options
 
     def __init__(self, cloud, pool, pool_id, template: str | None = None):
         super().__init__(cloud, pool, pool_id)
         self._template = template        # tests may pass one; else user_data or the default
         self._client = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()    # guards _client: the act threads share it
         self._secrets: set[str] = set()  # values to scrub from any error text
 
     # ------------------------------------------------------------ client
@@ -93,8 +96,8 @@ class Ec2Driver(Driver):
             return self._client
 
     def _make_client(self):
-        o = self.cloud.options
-        creds = read_env_file(o["env_file"]) if o.get("env_file") else {}
+        o = self.settings
+        creds = read_env_file(o.env_file) if o.env_file else {}
         self._secrets.update(v for k, v in creds.items() if k != "AWS_PROFILE" and v)
         core = botocore.session.get_session()
         core.register_component("data_loader", _loader())   # parse EC2's API model once per process
@@ -104,16 +107,17 @@ class Ec2Driver(Driver):
             aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
             aws_session_token=creds.get("AWS_SESSION_TOKEN"),
             profile_name=creds.get("AWS_PROFILE"),
-            region_name=o["region"])
+            region_name=o.region)
         # No retries inside botocore: a retried RunInstances is only safe where
         # ClientToken is honoured, and the daemon's backoff is the retry policy.
         cfg = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1},
                                      connect_timeout=10, read_timeout=30,
                                      user_agent_extra="htcondor-appliance")
         try:
-            return session.client("ec2", endpoint_url=o.get("endpoint_url"), config=cfg)
+            return session.client("ec2", endpoint_url=o.endpoint_url, config=cfg)
         except botocore.exceptions.BotoCoreError as err:
-            raise CloudError("config", f"cannot make an EC2 client: {_clean(str(err), self._secrets)}") from None
+            raise CloudError(ErrorKind.CONFIG,
+                             f"cannot make an EC2 client: {_clean(str(err), self._secrets)}") from None
 
     def _call(self, operation: str, secrets: Iterable[str] = (), **params):
         try:
@@ -123,7 +127,7 @@ class Ec2Driver(Driver):
 
     def _translate(self, err: Exception, operation: str, secrets: Iterable[str] = ()) -> CloudError:
         kind, text = classify(err)
-        if kind == "auth":
+        if kind is ErrorKind.AUTH:
             with self._lock:        # credentials may have been rotated: re-read them next call
                 self._client = None
         return CloudError(kind, f"{operation}: {_short(_clean(text, {*self._secrets, *secrets}))}")
@@ -131,11 +135,11 @@ class Ec2Driver(Driver):
     # ------------------------------------------------------------ Driver
     def condor_host(self) -> str:
         # the daemon uses pool.condor_host when it is set, which config.py insists on for ec2
-        raise CloudError("config", "pool.condor_host is auto, but EC2 instances need the central manager's "
-                                   "public address: set pool.condor_host")
+        raise CloudError(ErrorKind.CONFIG, "pool.condor_host is auto, but EC2 instances need the central "
+                                           "manager's public address: set pool.condor_host")
 
     def tags(self, worker_id: str) -> dict[str, str]:
-        return {**dict(self.cloud.opt("tags")), "Name": f"{self.pool}-{worker_id}",
+        return {**dict(self.settings.tags), "Name": f"{self.pool}-{worker_id}",
                 TAG_POOL: self.pool_id, TAG_CLOUD: self.cloud.name, TAG_WORKER: worker_id}
 
     def client_token(self, worker_id: str) -> str:
@@ -152,10 +156,10 @@ class Ec2Driver(Driver):
         return reply["Instances"][0]["InstanceId"]
 
     def run_params(self, worker_id: str, user_data: str) -> dict:
-        o = self.cloud.options
+        o = self.settings
         tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id).items()]
         params: dict = {
-            "ImageId": o["ami"], "InstanceType": o["instance_type"], "MinCount": 1, "MaxCount": 1,
+            "ImageId": o.ami, "InstanceType": o.instance_type, "MinCount": 1, "MaxCount": 1,
             "ClientToken": self.client_token(worker_id), "UserData": user_data,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
@@ -163,24 +167,24 @@ class Ec2Driver(Driver):
             # IMDSv2 only: the user-data (which holds the worker's token) is not served to a plain GET
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
         }
-        if o.get("subnet"):
-            params["SubnetId"] = o["subnet"]
-        groups = list(o.get("security_groups") or ())
+        if o.subnet:
+            params["SubnetId"] = o.subnet
+        groups = list(o.security_groups or ())
         ids = [g for g in groups if g.startswith("sg-")]
         names = [g for g in groups if not g.startswith("sg-")]
         if ids:
             params["SecurityGroupIds"] = ids
         if names:
             params["SecurityGroups"] = names
-        if o.get("key_name"):
-            params["KeyName"] = o["key_name"]
-        profile = o.get("iam_instance_profile")
+        if o.key_name:
+            params["KeyName"] = o.key_name
+        profile = o.iam_instance_profile
         if profile:
             params["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-        if o.get("market") == "spot":
+        if o.market == "spot":
             spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-            if o.get("spot_max_price"):
-                spot["MaxPrice"] = o["spot_max_price"]
+            if o.spot_max_price:
+                spot["MaxPrice"] = o.spot_max_price
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         return params
 
@@ -216,8 +220,9 @@ class Ec2Driver(Driver):
                 continue
             res = resource(wid, inst)
             old = out.get(wid)
-            # one worker, several instances (should not happen): the live one speaks for it
-            if old is None or (res.alive and not old.alive) or (not old.alive and old.gone and not res.gone):
+            # one worker, several instances (should not happen): the live one speaks for it,
+            # else one that still needs cleanup (running > exited > gone)
+            if old is None or _RANK[res.state] > _RANK[old.state]:
                 out[wid] = res
         return out
 
@@ -235,29 +240,30 @@ class Ec2Driver(Driver):
             raise
 
     def close(self) -> None:
-        self._client = None
+        with self._lock:
+            self._client = None
 
     # ------------------------------------------------------------ user-data
     def template_text(self) -> tuple[str, str]:
         if self._template is not None:
             return "<given>", self._template
-        path = self.cloud.options.get("user_data") or os.environ.get("APPLIANCE_EC2_USER_DATA") or (
+        path = self.settings.user_data or os.environ.get("APPLIANCE_EC2_USER_DATA") or (
             DEFAULT_TEMPLATE if os.path.exists(DEFAULT_TEMPLATE) else str(REPO_TEMPLATE))
         try:
             with open(path, encoding="utf-8") as f:
                 return path, f.read()
         except (OSError, UnicodeDecodeError) as err:
-            raise CloudError("config", f"cannot read the user-data template {path}: "
-                                       f"{getattr(err, 'strerror', None) or err}") from None
+            raise CloudError(ErrorKind.CONFIG, f"cannot read the user-data template {path}: "
+                                               f"{getattr(err, 'strerror', None) or err}") from None
 
     def user_data(self, spec: WorkerSpec) -> str:
         """The boot script that makes a fresh instance this worker (holds its secrets)."""
         source, template = self.template_text()
-        image = self.cloud.options.get("worker_image") or ""
+        image = self.settings.worker_image or ""
         values = {
             "worker_id": spec.worker_id, "cloud": spec.cloud.name, "pool": spec.pool,
             "condor_host": spec.condor_host, "worker_image": image, "worker_home": WORKER_HOME,
-            "max_lifetime": str(int(self.cloud.options.get("max_lifetime") or 86400)),
+            "max_lifetime": str(int(self.settings.max_lifetime or DEFAULT_MAX_LIFETIME)),
             "noclaim_shutdown": str(spec.noclaim_shutdown),
         }
         files = worker_files(spec, WORKER_HOME)
@@ -266,7 +272,8 @@ class Ec2Driver(Driver):
         text = render(template, values, write_files_script(files), source)
         size = len(text.encode())
         if size > USER_DATA_LIMIT:
-            raise CloudError("config", f"the user-data from {source} is {size} bytes; EC2 allows {USER_DATA_LIMIT}")
+            raise CloudError(ErrorKind.CONFIG,
+                             f"the user-data from {source} is {size} bytes; EC2 allows {USER_DATA_LIMIT}")
         return text
 
 
@@ -296,8 +303,8 @@ def render(template: str, values: Mapping[str, str], files_script: str, source: 
         if name == "write_worker_files":
             return files_script
         if name not in values:
-            raise CloudError("config", f"user-data template {source}: unknown placeholder {{{{ {name} }}}} "
-                                       f"(known: {', '.join(known)})")
+            raise CloudError(ErrorKind.CONFIG, f"user-data template {source}: unknown placeholder "
+                                               f"{{{{ {name} }}}} (known: {', '.join(known)})")
         return shlex.quote(values[name])
     return _PLACEHOLDER.sub(sub, template)
 
@@ -314,17 +321,21 @@ def write_files_script(files: Mapping[str, tuple[bytes, int]]) -> str:
     return "\n".join(lines)
 
 
+_RANK = {ResourceState.GONE: 0, ResourceState.EXITED: 1, ResourceState.RUNNING: 2}
+
+
 def resource(worker_id: str, inst: Mapping) -> Resource:
     state = inst.get("State", {}).get("Name", "unknown")
     iid = inst.get("InstanceId", "")
     why = (inst.get("StateReason") or {}).get("Message") or inst.get("StateTransitionReason") or ""
     detail = f"its instance {iid} is {state}" + (f" ({why})" if why else "")
     if state in ALIVE:
-        return Resource(worker_id, iid)
-    return Resource(worker_id, iid, alive=False, detail=detail, gone=state == "terminated")
+        return Resource(worker_id, iid, ResourceState.RUNNING)
+    # terminated: only a record is left; any other state still needs a TerminateInstances
+    return Resource(worker_id, iid, ResourceState.GONE if state == "terminated" else ResourceState.EXITED, detail)
 
 
-def classify(err: Exception) -> tuple[str, str]:
+def classify(err: Exception) -> tuple[ErrorKind, str]:
     """(CloudError kind, short text) for a boto3/botocore exception."""
     if isinstance(err, botocore.exceptions.ClientError):
         e = err.response.get("Error", {})
@@ -332,34 +343,37 @@ def classify(err: Exception) -> tuple[str, str]:
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         text = f"{code}: {message}" if message else code
         if code in CAPACITY:
-            return "capacity", text
+            return ErrorKind.CAPACITY, text
         if code in LIMIT:
-            return "limit", text
+            return ErrorKind.LIMIT, text
         if code in THROTTLE:
-            return "throttle", text
+            return ErrorKind.THROTTLE, text
         if code in AUTH or status in (401, 403):
-            return "auth", text
+            return ErrorKind.AUTH, text
         if code.startswith("InvalidAMIID"):
-            return "image", text
+            return ErrorKind.IMAGE, text
         if code in UNAVAILABLE or status >= 500:
-            return "unavailable", text
+            return ErrorKind.UNAVAILABLE, text
         if code.startswith(("Invalid", "Missing", "Unknown")) or code in ("UnsupportedOperation",):
-            return "config", text
-        return "other", text
+            return ErrorKind.CONFIG, text
+        return ErrorKind.OTHER, text
     if isinstance(err, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
                         botocore.exceptions.ProfileNotFound)):
-        return "auth", f"no usable AWS credentials ({type(err).__name__}): set them for the appliance or use env_file"
+        return ErrorKind.AUTH, (f"no usable AWS credentials ({type(err).__name__}): "
+                                "set them for the appliance or use env_file")
     if isinstance(err, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
                         botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError,
                         botocore.exceptions.ProxyConnectionError)):
-        return "unavailable", f"the EC2 endpoint is not reachable ({type(err).__name__})"
-    if isinstance(err, botocore.exceptions.ResponseParserError):
-        return "unavailable", "the EC2 endpoint sent an answer that is not EC2's"
+        return ErrorKind.UNAVAILABLE, f"the EC2 endpoint is not reachable ({type(err).__name__})"
+    # it lives in botocore.parsers: botocore.exceptions has no such name, and asking it
+    # for one raised AttributeError here for every error not matched above
+    if isinstance(err, botocore.parsers.ResponseParserError):
+        return ErrorKind.UNAVAILABLE, "the EC2 endpoint sent an answer that is not EC2's"
     if isinstance(err, botocore.exceptions.ParamValidationError):
-        return "config", str(err).split("\n")[0]
+        return ErrorKind.CONFIG, str(err).split("\n")[0]
     if isinstance(err, botocore.exceptions.BotoCoreError):
-        return "other", f"{type(err).__name__}"
-    return "other", f"{type(err).__name__}: {err}"
+        return ErrorKind.OTHER, f"{type(err).__name__}"
+    return ErrorKind.OTHER, f"{type(err).__name__}: {err}"
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -370,7 +384,8 @@ def read_env_file(path: str) -> dict[str, str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise CloudError("auth", f"cannot read env_file {path}: {getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
+        raise CloudError(ErrorKind.AUTH, f"cannot read env_file {path}: "
+                                         f"{getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
     out: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
         line = line.strip()
@@ -381,15 +396,16 @@ def read_env_file(path: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
-            raise CloudError("config", f"env_file {path}, line {n}: expected KEY=VALUE")
+            raise CloudError(ErrorKind.CONFIG, f"env_file {path}, line {n}: expected KEY=VALUE")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         if key in ENV_KEYS:
             out[key] = value
         elif key not in ("AWS_REGION", "AWS_DEFAULT_REGION"):   # the region comes from the cloud's config
-            raise CloudError("config", f"env_file {path}, line {n}: unknown key {key} (known: {', '.join(ENV_KEYS)})")
+            raise CloudError(ErrorKind.CONFIG,
+                             f"env_file {path}, line {n}: unknown key {key} (known: {', '.join(ENV_KEYS)})")
     if bool(out.get("AWS_ACCESS_KEY_ID")) != bool(out.get("AWS_SECRET_ACCESS_KEY")):
-        raise CloudError("auth", f"env_file {path}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
+        raise CloudError(ErrorKind.AUTH, f"env_file {path}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
     return out
 
 

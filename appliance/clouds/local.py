@@ -11,12 +11,14 @@ import pwd
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
-from ..model import Resource
+from ..model import Resource, ResourceState
 from ..workerconf import WorkerSpec, worker_files
-from .base import CloudError, Driver
+from .base import CloudError, Driver, ErrorKind
+from .local_options import LocalOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,14 @@ CONDOR_OWNED = ("log", "spool", "execute", "lock", "run")
 
 
 class LocalDriver(Driver):
+    settings: LocalOptions
+
     def __init__(self, cloud, pool, pool_id, root: str = WORKERS_DIR):
         super().__init__(cloud, pool, pool_id)
         self.root = os.path.join(root, cloud.name)
         self._children: dict[str, subprocess.Popen] = {}
+        # launch/terminate run on the act threads while list() reaps: one dict, one lock
+        self._children_lock = threading.Lock()
 
     def condor_host(self) -> str:
         return "127.0.0.1"
@@ -67,18 +73,20 @@ class LocalDriver(Driver):
             )
             err.close()
         except FileExistsError:
-            raise CloudError("config", f"worker directory {home} already exists") from None
+            raise CloudError(ErrorKind.CONFIG, f"worker directory {home} already exists") from None
         except OSError as e:
-            raise CloudError("other", f"cannot start a local worker: {e}") from None
-        self._children[spec.worker_id] = proc
+            raise CloudError(ErrorKind.OTHER, f"cannot start a local worker: {e}") from None
+        with self._children_lock:
+            self._children[spec.worker_id] = proc
         with open(os.path.join(home, "pid"), "w") as f:
             f.write(f"{proc.pid} {_start_time(proc.pid)}\n")
         return f"pid:{proc.pid}"
 
     def list(self) -> Mapping[str, Resource]:
-        for wid, proc in list(self._children.items()):
-            if proc.poll() is not None:      # reap our exited masters
-                del self._children[wid]
+        with self._children_lock:
+            for wid, proc in list(self._children.items()):
+                if proc.poll() is not None:      # reap our exited masters
+                    del self._children[wid]
         out: dict[str, Resource] = {}
         try:
             names = os.listdir(self.root)
@@ -91,13 +99,13 @@ class LocalDriver(Driver):
                 # writing its pid file: find it by the config it was started with
                 found = _started_with(self.home(wid))
                 if found:
-                    out[wid] = Resource(wid, f"pid:{min(found)}")
+                    out[wid] = Resource(wid, f"pid:{min(found)}", ResourceState.RUNNING)
                 else:
-                    out[wid] = Resource(wid, "", alive=False, detail="its process was never started")
+                    out[wid] = Resource(wid, "", ResourceState.EXITED, "its process was never started")
             elif _alive(pid, started):
-                out[wid] = Resource(wid, f"pid:{pid}")
+                out[wid] = Resource(wid, f"pid:{pid}", ResourceState.RUNNING)
             else:
-                out[wid] = Resource(wid, f"pid:{pid}", alive=False, detail="its condor_master has exited")
+                out[wid] = Resource(wid, f"pid:{pid}", ResourceState.EXITED, "its condor_master has exited")
         return out
 
     def terminate(self, worker_id: str, resource_id: str) -> None:
@@ -117,9 +125,10 @@ class LocalDriver(Driver):
         shutil.rmtree(home, ignore_errors=True)
 
     def _reap(self, worker_id: str) -> None:
-        proc = self._children.get(worker_id)
-        if proc is not None and proc.poll() is not None:
-            del self._children[worker_id]
+        with self._children_lock:
+            proc = self._children.get(worker_id)
+            if proc is not None and proc.poll() is not None:
+                del self._children[worker_id]
 
 
 def _chown_to_condor(home: str, subdirs) -> None:

@@ -9,18 +9,19 @@ itself runs on, so they reach the central manager from any node.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import docker
 import docker.errors
 from docker.types import Healthcheck, Resources, RestartPolicy, SecretReference
 
-from ..model import Resource
+from ..model import Resource, ResourceState
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
 from . import dockerutil as du
-from .base import CloudError
+from .base import CloudError, ErrorKind
 from .docker import DAEMON_MEMORY_MB
+from .swarm_options import SwarmOptions
 
 # task states in which the worker is (or is about to be) running
 ALIVE = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
@@ -40,7 +41,8 @@ def overlay_placement(client: docker.DockerClient, wanted: str) -> tuple[str, st
         if wanted == "auto":
             overlays = [n for n in nets if _is_attachable_overlay(client, n)]
             if not overlays:
-                raise CloudError("config", "the appliance is on no attachable overlay network (it is on: "
+                raise CloudError(ErrorKind.CONFIG,
+                                 "the appliance is on no attachable overlay network (it is on: "
                                  f"{', '.join(nets) or 'none'}); create one with `docker network create -d overlay "
                                  "--attachable NAME` and run the appliance with `--network NAME`")
             wanted = overlays[0]
@@ -48,8 +50,9 @@ def overlay_placement(client: docker.DockerClient, wanted: str) -> tuple[str, st
         raise du.translate(err, "find the swarm's network") from None
     ip = du.ip_on(me, wanted)
     if ip is None:
-        raise CloudError("config", f"the appliance's container is not attached to network {wanted!r} "
-                                   f"(it is on: {', '.join(nets) or 'none'}); start it with `--network {wanted}`")
+        raise CloudError(ErrorKind.CONFIG,
+                         f"the appliance's container is not attached to network {wanted!r} "
+                         f"(it is on: {', '.join(nets) or 'none'}); start it with `--network {wanted}`")
     return wanted, ip
 
 
@@ -62,13 +65,15 @@ def _is_attachable_overlay(client: docker.DockerClient, name: str) -> bool:
 
 
 class SwarmDriver(du.EngineDriver):
+    settings: SwarmOptions
+
     def _find_placement(self) -> tuple[str, str]:
-        return overlay_placement(self.client, self.cloud.opt("network"))
+        return overlay_placement(self.client, self.settings.network)
 
     def launch(self, spec: WorkerSpec) -> str:
         network, _ = self.placement()
         size = self.cloud.worker
-        lab = du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.cloud.opt("labels"))
+        lab = du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels)
         name = self.name_for(spec.worker_id)
         try:
             existing = self.client.services.list(filters={"name": name})
@@ -76,7 +81,7 @@ class SwarmDriver(du.EngineDriver):
                 return next(s.id[:12] for s in existing if s.name == name)
             secret = self._secret(name, bundle(spec.worker_id, worker_files(spec, "/var/lib/condor-worker")), lab)
             service = self.client.services.create(
-                self.cloud.opt("image"), args=["worker"], name=name, hostname=spec.worker_id,
+                self.settings.image, args=["worker"], name=name, hostname=spec.worker_id,
                 labels=lab, container_labels=lab, networks=[network],
                 env=[f"APPLIANCE_WORKER_ID={spec.worker_id}"],
                 # reserved as well as limited: Swarm then places a worker only on a node
@@ -85,7 +90,7 @@ class SwarmDriver(du.EngineDriver):
                                     mem_limit=(size.memory + DAEMON_MEMORY_MB) * 1024 * 1024,
                                     mem_reservation=size.memory * 1024 * 1024),
                 restart_policy=RestartPolicy(condition="none"),
-                constraints=list(self.cloud.opt("constraints")),
+                constraints=list(self.settings.constraints),
                 secrets=[SecretReference(secret.id, secret.name, filename="appliance-worker", uid="0", gid="0",
                                          mode=0o400)],
                 stop_signal="SIGQUIT", healthcheck=Healthcheck(test=["NONE"]))
@@ -119,8 +124,11 @@ class SwarmDriver(du.EngineDriver):
             task = latest.get(s.id)
             state = task["Status"]["State"] if task else "new"
             err = task["Status"].get("Err", "") if task else ""
-            detail = "" if state in ALIVE else f"its task is {state}" + (f": {err}" if err else "")
-            out[wid] = Resource(wid, s.id[:12], alive=state in ALIVE, detail=detail)
+            if state in ALIVE:
+                out[wid] = Resource(wid, s.id[:12], ResourceState.RUNNING)
+            else:
+                out[wid] = Resource(wid, s.id[:12], ResourceState.EXITED,
+                                    f"its task is {state}" + (f": {err}" if err else ""))
         self._sweep_secrets({self.name_for(w) for w in out})
         return out
 

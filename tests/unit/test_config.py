@@ -57,12 +57,26 @@ clouds:
     assert cfg.cloud("swarm").opt("constraints") == ("node.role == worker",)
     aws = cfg.cloud("aws")
     assert aws.opt("security_groups") == ("sg-1", "sg-2") and aws.opt("market") == "spot"
+    # the same values, typed: each type's options dataclass
+    assert aws.settings.security_groups == ("sg-1", "sg-2") and aws.settings.spot_max_price == "0.05"
+    assert cfg.cloud("swarm").settings.constraints == ("node.role == worker",)
+    assert type(cfg.cloud("local").settings).__name__ == "LocalOptions"
+    for c in cfg.clouds:
+        assert dict(c.options) == c.settings.as_dict()
+
+
+def test_cloud_types_come_from_the_registry():
+    from appliance import config
+    from appliance.clouds import registry
+    assert config.CLOUD_TYPES == registry.types() == ("local", "docker", "swarm", "ec2")
+    assert list(config.option_keys("docker")) == ["url", "image", "network", "labels"]
+    assert not hasattr(config, "CLOUD_OPTION_KEYS")
 
 
 BAD = [
     ("pool: [1, 2", "<string>: line 1, column 12: not valid YAML: expected ',' or ']', but got '<stream end>'"),
     ("- a\n- b", "<string>: (top level): expected a mapping, got ['a', 'b']"),
-    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, pool, scheduler)"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, pool, retention, scheduler)"),
     ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
                                   "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),

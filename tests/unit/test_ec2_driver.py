@@ -8,14 +8,23 @@ import json
 import os
 import socket
 import subprocess
-from types import MappingProxyType
 
 import pytest
 
-from appliance.clouds.base import CloudError
-from appliance.clouds.ec2 import (TAG_CLOUD, TAG_POOL, TAG_WORKER, Ec2Driver, read_env_file, render,
-                                  write_files_script)
+from appliance.clouds.base import CloudError, ErrorKind
+from appliance.clouds.ec2 import (
+    TAG_CLOUD,
+    TAG_POOL,
+    TAG_WORKER,
+    Ec2Driver,
+    classify,
+    read_env_file,
+    render,
+    resource,
+    write_files_script,
+)
 from appliance.config import CloudConfig, WorkerSize, loads
+from appliance.model import ResourceState
 from appliance.workerconf import WorkerSpec, worker_files
 from tests.ec2_endpoint import FAKE_KEYS, Ec2Endpoint
 
@@ -137,7 +146,9 @@ def test_list_is_by_tag_paginated_and_terminate_is_idempotent(endpoint):
     listed = d.list()
     for wid in ("aws-000000", "aws-000001"):
         assert listed[wid].gone and not listed[wid].alive and "terminated" in listed[wid].detail
+        assert listed[wid].state is ResourceState.GONE
     assert not listed["aws-000002"].alive and not listed["aws-000002"].gone
+    assert listed["aws-000002"].state is ResourceState.EXITED
     assert "stopp" in listed["aws-000002"].detail
     assert listed["aws-000003"].alive
     assert "aws2-000000" not in listed and "aws-999999" not in listed
@@ -198,12 +209,41 @@ def test_launch_errors_map_to_kinds_and_launch_nothing(endpoint, code, kind):
     finally:
         endpoint.clear()
     assert err.value.kind == kind, err.value
+    assert err.value.kind is ErrorKind(kind)
     assert str(err.value).startswith(f"RunInstances: {code}: the endpoint says no")
     # the endpoint echoed the user-data back: the error must not carry it, nor any secret
     assert "[redacted]" in str(err.value)
     for secret in (TOKEN, KEY.decode(), "IyEvYmluL2Jhc2g"):
         assert secret not in str(err.value)
     assert endpoint.instances(**{"tag:appliance:pool": d.pool_id}) == []
+
+
+@pytest.mark.parametrize("state,expected", [("pending", ResourceState.RUNNING), ("running", ResourceState.RUNNING),
+                                            ("stopping", ResourceState.EXITED), ("stopped", ResourceState.EXITED),
+                                            ("shutting-down", ResourceState.EXITED),
+                                            ("terminated", ResourceState.GONE)])
+def test_instance_states_map_to_resource_states(state, expected):
+    res = resource("aws-1", {"InstanceId": "i-1", "State": {"Name": state}})
+    assert res.state is expected and res.resource_id == "i-1"
+    assert res.detail == ("" if expected is ResourceState.RUNNING else f"its instance i-1 is {state}")
+
+
+def test_several_instances_of_one_worker_the_liveliest_speaks(endpoint, monkeypatch):
+    d = driver(endpoint, "dupes")
+    tags = [{"Key": TAG_WORKER, "Value": "aws-1"}]
+    for order in (["terminated", "stopped", "running"], ["running", "terminated", "stopped"],
+                  ["terminated", "stopped"], ["stopped", "terminated"]):
+        insts = [{"InstanceId": f"i-{s}", "State": {"Name": s}, "Tags": tags} for s in order]
+        monkeypatch.setattr(d, "_describe", lambda filters, insts=insts: iter(insts))
+        best = "i-running" if "running" in order else "i-stopped"
+        assert d.list()["aws-1"].resource_id == best, order
+
+
+def test_classify_gives_error_kinds():
+    import botocore.parsers
+    assert classify(ValueError("boom")) == (ErrorKind.OTHER, "ValueError: boom")
+    assert classify(botocore.parsers.ResponseParserError("<html>")) == \
+        (ErrorKind.UNAVAILABLE, "the EC2 endpoint sent an answer that is not EC2's")
 
 
 def test_a_lost_answer_does_not_make_a_second_instance(endpoint):

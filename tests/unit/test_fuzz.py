@@ -15,7 +15,8 @@ import time
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance import config as config_mod
 from appliance.cli import cloud_admin, cloud_status

@@ -1,0 +1,52 @@
+"""Options of the `ec2` cloud (appliance/clouds/ec2.py).
+
+Kept apart from the driver so that loading the config never imports boto3.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import number, text, text_list, text_map
+from .registry import CloudOptions, OptionError, option, register
+
+DEFAULT_MAX_LIFETIME = 86400.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ec2Options(CloudOptions):
+    region: str = option(text(), doc="the AWS region")
+    ami: str = option(text(re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id like ami-0123456789abcdef0"),
+                      doc="the image (`ami-` and 8-17 hex digits): Debian 13 for the default boot script")
+    instance_type: str = option(text(), doc="e.g. `t3.large`")
+    subnet: str | None = option(text(), None, "`SubnetId`", shown="the default VPC")
+    security_groups: tuple[str, ...] = option(text_list(text()), (),
+                                              "ids (`sg-...`) or, in the default VPC, names",
+                                              shown="the VPC's default group")
+    key_name: str | None = option(text(), None, "an EC2 key pair, to log in and debug")
+    iam_instance_profile: str | None = option(text(), None, "a name or ARN; only if jobs need AWS access")
+    endpoint_url: str | None = option(text(re.compile(r"^https?://"), "an http(s):// URL"), None,
+                                      "an EC2-compatible endpoint (`http(s)://...`)", shown="AWS")
+    env_file: str | None = option(text(), None, "credentials file of `KEY=VALUE` lines; else the standard AWS chain")
+    market: str = option(text(choices=("on-demand", "spot")), "on-demand",
+                         "or `spot` (one-time, terminated on interruption)")
+    spot_max_price: str | None = option(text(re.compile(r"^[0-9]+(\.[0-9]+)?$"), "a price like '0.05'"), None,
+                                        "spot only, e.g. `\"0.05\"`", shown="the on-demand price")
+    tags: Mapping[str, str] = option(text_map, {}, "extra tags on instances and volumes")
+    user_data: str | None = option(text(), None, "your own boot script template",
+                                   shown="the image's `/etc/appliance/ec2-user-data.sh`")
+    worker_image: str | None = option(text(), None,
+                                      "run this image's `worker` role with Docker instead of installing htcondor")
+    max_lifetime: float = option(number(60, 365 * 86400), DEFAULT_MAX_LIFETIME,
+                                 "seconds, at least 60; the instance powers itself off after this")
+
+    # instances are outside the appliance's networks: 'auto' cannot find the address they reach
+    needs_condor_host = True
+
+    def validate(self) -> None:
+        if self.market == "on-demand" and self.spot_max_price:
+            raise OptionError("spot_max_price", "only applies when market is spot")
+
+
+register("ec2", "appliance.clouds.ec2:Ec2Driver", Ec2Options)
