@@ -8,6 +8,7 @@ Logs are one line per decision, with its reason, and never a secret.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -15,19 +16,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Callable, Mapping
 
-from . import backoff, lifecycle
+from . import lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ad
 from .model import CloudHealth, Observation
-from .scheduler import CloudView, Launch, Plan, decide, launch_block
-from .store import Store
+from .scheduler import CloudView, Launch, Plan, RedrainEntry, Terminate, decide
+from .store import SchemaTooNew, Store
 from .workerconf import WorkerSpec
 
 log = logging.getLogger("appliance")
@@ -38,10 +39,14 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+PRUNE_EVERY = 3600.0   # seconds between applications of the store's retention
 EX_CONFIG = 78   # sysexits: configuration error; supervisord does not restart on it
 
 
 class Daemon:
+    """Runs the cycle. Every decision is made by pure code (scheduler.decide,
+    outcomes.*); this class only observes, executes and writes."""
+
     def __init__(self, cfg: Config, store: Store, condor: Condor, drivers: Mapping[str, Driver],
                  clock: Callable[[], float] = time.time):
         self.cfg = cfg
@@ -54,12 +59,13 @@ class Daemon:
         self.stopping = threading.Event()
         self.cycles = 0
         self.started = clock()     # workers get their full boot/lost grace from here
+        self.last_prune = 0.0
         self._warned: dict[str, str] = {}
         self._failing: str | None = None
-        # drains to (re)send: worker id -> (not before, failures so far). After a
-        # restart every draining worker gets its drain again: it is idempotent.
-        self._redrain: dict[str, tuple[float, int]] = {
-            w.id: (0.0, 0) for w in store.workers() if w.state is State.DRAINING}
+        # drains to (re)send. After a restart every draining worker gets its drain
+        # again: it is idempotent, and the old process may have died before sending it.
+        self.redrain: dict[str, RedrainEntry] = {
+            w.id: RedrainEntry(0.0, 0) for w in store.workers() if w.state is State.DRAINING}
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -101,24 +107,36 @@ class Daemon:
         now = self.clock()
         t0 = time.monotonic()
         obs = self.observe(now)
-        workers = self.store.workers()
         views = self.views()
-        live_ids = {w.id for w in workers}
-        kills = self.store.pending_kills()
-        unknown = [k for k in kills if k not in live_ids]
-        if unknown:
-            self.store.clear_kills(unknown)
-        kills = {k: v for k, v in kills.items() if k in live_ids}
-        plan = decide(obs, workers, views, self.cfg.scheduler, kills, self.templates)
-        self.act(plan, obs, now)
-        self.store.clear_kills(kills)
+        plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
+                      self.templates, self.redrain)
+        health = {v.name: v.health for v in views}
+        launches = self.record_plan(plan, health, now)
+        health.update(plan.health)
+
+        # act: execute the plan, nothing else
+        drained = self.send_drains(plan)
+        removed = self.remove(plan.terminations + plan.orphans)
+        launched = self.launch(launches) if launches else []
+        if plan.reschedule:
+            self.condor.reschedule()
+
+        # what the results mean (pure), then one write
+        followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base)
+        self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
         self.cycles += 1
-        duration = time.monotonic() - t0
-        self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
-                                     "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
-                                     "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
-        self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
-        self.store.put("demand", [asdict(g) for g in plan.groups])
+        with self.store.tx():
+            self.write(followup.records, now)
+            self.save_health(health, followup.health, now)
+            self.note(drain_notes + outcomes.judge_removals(removed) + followup.notes, now)
+            self.store.clear_kills(plan.requests_done)
+            duration = time.monotonic() - t0
+            self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
+                                         "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
+                                         "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
+            self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
+            self.store.put("demand", [asdict(g) for g in plan.groups])
+        self.housekeeping(now)
         return plan
 
     def views(self) -> list[CloudView]:
@@ -158,168 +176,134 @@ class Daemon:
         if self._warned.pop(key, None) is not None:
             log.info("%s: reachable again", key)
 
-    # ------------------------------------------------------------ act + record
-    def act(self, plan: Plan, obs: Observation, now: float) -> None:
-        self.store.mark_seen(plan.seen, now)
-        workers = {w.id: w for w in self.store.workers()}
-        health = {h.name: h for h in self.store.cloud_health(self.cfg)}
-        joined = False
+    # ------------------------------------------------------------ record
+    def record_plan(self, plan: Plan, health: Mapping[str, CloudHealth], now: float) -> list[tuple[str, Launch]]:
+        """Write the decision before acting on it: a launch's row exists before
+        the cloud call, so a scheduler that dies during it finds the row and
+        adopts (or fails) the worker."""
+        with self.store.tx():
+            self.store.mark_seen(plan.seen, now)
+            self.write([outcomes.Record(t.worker_id, t.to, t.reason) for t in plan.transitions], now)
+            self.save_health(health, plan.health, now)
+            rows = []
+            for launch in plan.launches:
+                wid = self._new_id(launch.cloud)
+                self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now)
+                rows.append((wid, launch))
+        return rows
 
-        for t in plan.transitions:
-            w = workers.get(t.worker_id)
-            if w is None:
+    def write(self, records: list[outcomes.Record], now: float) -> None:
+        for r in records:
+            before = self.store.worker(r.worker_id)
+            if before is None:
                 continue
-            workers[w.id] = self.store.transition(t.worker_id, t.to, t.reason, now)
-            log.info("worker %s (%s): %s -> %s: %s", w.id, w.cloud, w.state, t.to, t.reason)
-            h = health.get(w.cloud)
-            if h is None:
-                continue
-            if w.state in lifecycle.STARTING and t.to in (State.IDLE, State.BUSY):
-                joined = True
-                health[w.cloud] = self._save(h, backoff.after_join(h))
-            elif w.state in lifecycle.STARTING and t.to is State.FAILED:
-                health[w.cloud] = self._save(h, backoff.after_quick_failure(
-                    h, t.reason, now, self.cfg.scheduler.backoff_base))
+            self.store.transition(r.worker_id, r.to, r.reason, now, resource_id=r.resource_id)
+            if not r.quiet:
+                log.info("worker %s (%s): %s -> %s: %s", r.worker_id, before.cloud, before.state, r.to, r.reason)
 
-        self._drain(plan, workers, now)
+    def save_health(self, old: Mapping[str, CloudHealth], new: Mapping[str, CloudHealth], now: float) -> None:
+        for name, h in new.items():
+            self.store.save_health(h)
+            self.note(outcomes.health_notes(old[name], h, now), now)
 
-        self._terminate(plan.terminations + plan.orphans)
-        # a cloud whose workers just failed is backing off from now: no replacements this cycle
-        launches = [l for l in plan.launches
-                    if launch_block(CloudView(self.cfg.cloud(l.cloud), health[l.cloud]), now) is None]
-        if launches:
-            self._launch(launches, health, now)
-        if joined:
-            self.condor.reschedule()
+    def note(self, notes: list[outcomes.Note], now: float) -> None:
+        for n in notes:
+            log.log(n.level, "%s", n.text)
+            if n.kind:
+                self.store.event(n.kind, n.event_text or n.text, n.worker_id, n.cloud, now)
 
-    def _drain(self, plan: Plan, workers: dict, now: float) -> None:
-        for d in plan.drains:
-            self._redrain.setdefault(d.worker_id, (0.0, 0))
-        due = [workers[wid] for wid, (when, _) in self._redrain.items()
-               if wid in workers and when <= now and (wid in plan.seen or workers[wid].condor_name)]
-        for wid in [w for w in self._redrain if w not in workers]:
-            del self._redrain[wid]      # ended meanwhile
-        futures = [(w, self.pool.submit(self.condor.drain, w.id, plan.seen.get(w.id) or w.condor_name))
-                   for w in due]
-        for w, fut in futures:
+    def housekeeping(self, now: float) -> None:
+        if now - self.last_prune < PRUNE_EVERY:
+            return
+        self.last_prune = now
+        r = self.cfg.retention
+        removed = self.store.prune(now, event_days=r.event_days, max_events=r.max_events,
+                                   worker_days=r.worker_days)
+        if any(removed.values()):
+            log.info("store: pruned %s (retention: events %.0f days or %d at most, ended workers %.0f days)",
+                     ", ".join(f"{n} {what}" for what, n in removed.items()), r.event_days, r.max_events,
+                     r.worker_days)
+
+    # ------------------------------------------------------------ act: executes, never decides
+    def send_drains(self, plan: Plan) -> list[outcomes.DrainResult]:
+        cloud = {w.id: w.cloud for w in self.store.workers()}
+        futures = [(d, self.pool.submit(self.condor.drain, d.worker_id, d.condor_name)) for d in plan.drains]
+        results = []
+        for d, fut in futures:
             try:
                 fut.result()
-                del self._redrain[w.id]
-                log.info("worker %s: drain sent (condor_off -peaceful)", w.id)
+                results.append(outcomes.DrainResult(d.worker_id, cloud.get(d.worker_id, "")))
             except (CondorError, OSError) as err:
-                failures = self._redrain[w.id][1] + 1
-                self._redrain[w.id] = (now + min(5 * 2 ** failures, 300), failures)
-                log.warning("worker %s: drain failed (attempt %d), will retry: %s", w.id, failures, err)
-                if failures == 1:
-                    self.store.event("worker", f"drain failed, will retry: {err}", w.id, w.cloud)
+                results.append(outcomes.DrainResult(d.worker_id, cloud.get(d.worker_id, ""), str(err)))
+        return results
 
-    def _terminate(self, items) -> None:
+    def remove(self, orders: list[Terminate]) -> list[outcomes.RemovalResult]:
         jobs = []
-        for t in items:
+        for t in orders:
             driver = self.drivers.get(t.cloud)
             if driver is None:
                 log.warning("worker %s: cloud %s is no longer configured; cannot remove it", t.worker_id, t.cloud)
                 continue
-            row = self.store.worker(t.worker_id)
-            # a worker that joined (or an unknown orphan) may have left ads behind
-            withdraw = row is None or row.last_seen > 0
-            jobs.append((t, self.pool.submit(self._remove, driver, t, withdraw)))
+            jobs.append((t, self.pool.submit(self._remove, driver, t)))
+        results = []
         for t, fut in jobs:
             try:
-                requeued = fut.result()
-                if requeued:
-                    log.info("worker %s: %d job(s) it was running put back in the queue", t.worker_id, requeued)
-                    self.store.event("worker", f"{requeued} job(s) it was running put back in the queue",
-                                     t.worker_id, t.cloud)
-                if t.reason.startswith("orphan"):
-                    log.info("cloud %s: removed orphan %s (%s)", t.cloud, t.worker_id, t.resource_id)
-                    self.store.event("cloud", f"removed orphan {t.worker_id}: {t.reason}", t.worker_id, t.cloud)
-                else:
-                    log.info("worker %s: removed from %s", t.worker_id, t.cloud)
-            except Exception as err:   # retried: an ended worker's leftover is an orphan next cycle
-                log.warning("worker %s: removal from %s failed, will retry: %s", t.worker_id, t.cloud, err)
-                self.store.event("cloud", f"removal of {t.worker_id} failed, will retry: {err}", t.worker_id, t.cloud)
+                results.append(fut.result())
+            except Exception as err:
+                results.append(outcomes.RemovalResult(t, error=str(err)))
+        return results
 
-    def _remove(self, driver: Driver, t, withdraw: bool) -> int:
+    def _remove(self, driver: Driver, t: Terminate) -> outcomes.RemovalResult:
         """Runs in a pool thread: no store access here (SQLite connections are per thread)."""
         driver.terminate(t.worker_id, t.resource_id)
-        requeued = 0
-        if withdraw:
-            # a worker that died without withdrawing its ads must not keep attracting
-            # matches, and jobs it was running must not wait for it to come back
+        requeued, cleanup_error = 0, ""
+        if t.withdraw:
             try:
                 self.condor.invalidate(t.worker_id)
                 requeued = self.condor.requeue(t.worker_id)
             except CondorError as err:
-                log.warning("worker %s: cleanup in the pool failed: %s", t.worker_id, err)
+                cleanup_error = str(err)
         self.condor.drop_worker_key(t.worker_id)
-        return requeued
+        return outcomes.RemovalResult(t, requeued, cleanup_error=cleanup_error)
 
-    def _launch(self, launches: list[Launch], health: dict[str, CloudHealth], now: float) -> None:
-        failed_clouds: set[str] = set()
+    def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
         lock = threading.Lock()
-        rows = []
-        for launch in launches:
-            wid = self._new_id(launch.cloud)
-            self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now)
-            rows.append((wid, launch))
+        stopped: dict[str, str] = {}      # cloud name or "*" -> why the rest is not attempted
 
-        def start(wid: str, cloud: str) -> str:
+        def start(wid: str, launch: Launch) -> outcomes.LaunchResult:
+            result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason)
             with lock:
-                if cloud in failed_clouds:
-                    raise _Skipped()
-            driver = self.drivers[cloud]
-            cfg = self.cfg.cloud(cloud)
-            spec = WorkerSpec(worker_id=wid, cloud=cfg, pool=self.cfg.pool.name,
-                              condor_host=self.condor_host(driver),
-                              token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
-                              noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900))
+                skip = stopped.get("*") or stopped.get(launch.cloud)
+            if skip:
+                return result(blame=outcomes.Blame.SKIPPED, error=skip)
             try:
-                return driver.launch(spec)
-            except CloudError:
-                with lock:
-                    failed_clouds.add(cloud)
-                raise
-
-        futures = [(wid, launch, self.pool.submit(start, wid, launch.cloud)) for wid, launch in rows]
-        for wid, launch, fut in futures:
-            try:
-                resource_id = fut.result()
-            except _Skipped:
-                self.store.transition(wid, State.RETIRED, "not launched: an earlier launch on this cloud failed", now)
-                continue
+                spec = self.worker_spec(wid, launch.cloud)
             except Exception as err:
-                self._launch_failed(wid, launch.cloud, err, health, now)
-                continue
-            self.store.transition(wid, State.BOOTING, f"launched ({resource_id})", now, resource_id=resource_id)
-            log.info("worker %s (%s): requested -> booting: %s; launched %s",
-                     wid, launch.cloud, launch.reason, resource_id)
+                r = result(blame=outcomes.Blame.APPLIANCE, error=str(err))
+            else:
+                try:
+                    return result(resource_id=self.drivers[launch.cloud].launch(spec))
+                except CloudError as err:
+                    r = result(blame=outcomes.Blame.CLOUD, error=str(err), kind=str(err.kind),
+                               retry_after=err.retry_after)
+                except Exception as err:
+                    r = result(blame=outcomes.Blame.CRASH, error=repr(err))
+            self.condor.drop_worker_key(wid)
+            scope = outcomes.stops_batch(r.blame)
+            if scope:
+                with lock:
+                    stopped.setdefault("*" if scope == "all" else launch.cloud, outcomes.skip_reason(r.blame))
+            return r
 
-    def _launch_failed(self, wid: str, cloud: str, err: Exception, health: dict[str, CloudHealth],
-                       now: float) -> None:
-        self.store.transition(wid, State.FAILED, f"launch failed: {err}", now)
-        self.condor.drop_worker_key(wid)
-        if not isinstance(err, (CloudError, CondorError)):
-            log.error("worker %s (%s): launch crashed: %r", wid, cloud, err)
-        kind = err.kind if isinstance(err, CloudError) else "other"
-        log.warning("worker %s (%s): requested -> failed: launch failed (%s): %s", wid, cloud, kind, err)
-        h = health[cloud]
-        retry = err.retry_after if isinstance(err, CloudError) else None
-        health[cloud] = self._save(h, backoff.after_launch_error(
-            h, kind, str(err), now, retry, self.cfg.scheduler.backoff_base))
-        log.warning("cloud %s: backing off %.0fs after %s error", cloud, health[cloud].backoff_until - now, kind)
+        futures = [self.pool.submit(start, wid, launch) for wid, launch in rows]
+        return [f.result() for f in futures]
 
-    def _save(self, old: CloudHealth, new: CloudHealth) -> CloudHealth:
-        if new != old:
-            self.store.save_health(new)
-            if new.breaker_open and not old.breaker_open:
-                msg = f"breaker open after {new.failures} quick failures: no launches until re-enabled ({new.last_error})"
-                log.error("cloud %s: %s", new.name, msg)
-                self.store.event("cloud", msg, cloud=new.name)
-            elif new.backoff_until > old.backoff_until:
-                self.store.event("cloud", f"backing off {new.backoff_until - self.clock():.0f}s: {new.last_error}",
-                                 cloud=new.name)
-        return new
+    def worker_spec(self, wid: str, cloud: str) -> WorkerSpec:
+        """The worker's own token and key: the appliance's part of a launch."""
+        return WorkerSpec(worker_id=wid, cloud=self.cfg.cloud(cloud), pool=self.cfg.pool.name,
+                          condor_host=self.condor_host(self.drivers[cloud]),
+                          token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
+                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900))
 
     def condor_host(self, driver: Driver) -> str:
         host = self.cfg.pool.condor_host
@@ -333,39 +317,29 @@ class Daemon:
 
     # ------------------------------------------------------------ stop
     def shutdown(self) -> None:
-        """Local workers live inside the appliance and stop with it; the others
-        are kept (and re-adopted on restart) or removed, per on_shutdown.
-
-        Removals run in parallel: `docker stop` gives the whole appliance 10 s
-        by default, and removing workers one after the other would not fit."""
+        """Execute the shutdown plan. Removals run in parallel: `docker stop` gives
+        the whole appliance 10 s by default, and one after the other would not fit."""
         now = self.clock()
-        doomed = []
-        for w in self.store.workers():
-            driver = self.drivers.get(w.cloud)
-            if driver is None:
-                continue
-            local = self.cfg.cloud(w.cloud).type == "local"
-            if not local and self.cfg.scheduler.on_shutdown == "keep":
-                log.info("worker %s (%s): kept while the appliance is stopped (on_shutdown: keep)", w.id, w.cloud)
-                continue
-            doomed.append((w, self.pool.submit(driver.terminate, w.id, w.resource_id)))
-        for w, fut in doomed:
-            try:
-                fut.result(timeout=15)
-                self.condor.drop_worker_key(w.id)
-                to = State.FAILED if w.state is State.BUSY else State.RETIRED
-                self.store.transition(w.id, to, "the appliance is stopping", now)
-                log.info("worker %s (%s): removed: the appliance is stopping", w.id, w.cloud)
-            except Exception as err:
-                log.warning("worker %s: could not remove at shutdown: %s", w.id, err)
+        types = {name: self.cfg.cloud(name).type for name in self.drivers}
+        steps = outcomes.shutdown_plan(self.store.workers(), types, self.cfg.scheduler.on_shutdown)
+        futures = {id(s): self.pool.submit(self.drivers[s.worker.cloud].terminate, s.worker.id, s.worker.resource_id)
+                   for s in steps if s.remove}
+        for s in steps:
+            error = ""
+            if s.remove:
+                try:
+                    futures[id(s)].result(timeout=15)
+                    self.condor.drop_worker_key(s.worker.id)
+                except Exception as err:
+                    error = str(err) or type(err).__name__
+            record, note = outcomes.judge_shutdown(s, error)
+            if record is not None:
+                self.store.transition(record.worker_id, record.to, record.reason, now)
+            self.note([note], now)
         self.pool.shutdown(wait=False, cancel_futures=True)
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
-
-
-class _Skipped(Exception):
-    """A launch not attempted because an earlier one on the same cloud failed."""
 
 
 def pool_id() -> str:
@@ -383,7 +357,11 @@ def setup_logging() -> None:
 
 def main() -> int:
     setup_logging()
-    store = Store()
+    try:
+        store = Store()
+    except SchemaTooNew as err:      # a downgrade: refuse rather than damage the newer state
+        log.error("the scheduler does not start: %s", err)
+        return EX_CONFIG
     try:
         cfg = load()
     except ConfigError as err:

@@ -255,7 +255,18 @@ def test_boot_timeout_fails_and_terminates():
     assert moved(plan)["a"] is State.FAILED
     assert "boot_timeout (300s)" in plan.transitions[0].reason
     assert "a" in [t.worker_id for t in plan.terminations]
-    assert launches(plan) == {"local": 1}   # the demand is still there: a replacement
+    # a failure before joining backs the cloud off from now: no replacement on it this cycle
+    assert plan.health["local"].failures == 1 and plan.health["local"].backoff_until > NOW
+    assert launches(plan) == {}
+    assert plan.groups[0].status == "waiting" and "local: backing off" in plan.groups[0].reason
+
+
+def test_boot_timeout_on_one_cloud_sends_the_demand_to_the_next_at_once():
+    w = worker("a", state=State.BOOTING, created=NOW - 301, since=NOW - 301)
+    plan = decide(observe([group(1)], resources=[("local", "a")], clouds=("local", "docker")), [w],
+                  [cloud(), cloud("docker", "docker", priority=1)], SETTINGS)
+    assert moved(plan)["a"] is State.FAILED
+    assert launches(plan) == {"docker": 1}
 
 
 def test_vanished_resource_fails_the_worker():

@@ -1,0 +1,239 @@
+"""What the results of acting mean. Pure functions, like the scheduler's.
+
+The daemon's act step executes a Plan and reports plain results (a launch
+returned this resource id or raised that error; a drain was sent or not; a
+removal requeued N jobs). These functions turn results into what to record:
+worker transitions, cloud health, the retry schedule of failed drains, and
+the one-line notes operators read in the log and the events. The shutdown
+policy lives here too.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import backoff
+from .lifecycle import State
+from .model import CloudHealth, Worker
+from .scheduler.drains import after_drain
+from .scheduler.plan import RedrainEntry, Terminate
+
+INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
+
+
+class Blame(str, Enum):
+    """Whose failure a launch was: it decides whether the cloud backs off."""
+    CLOUD = "cloud"          # the cloud refused or failed (CloudError): back the cloud off
+    CRASH = "crash"          # the driver raised something unexpected: a bug; back off too
+    APPLIANCE = "appliance"  # preparing the worker failed (token, key): the cloud is not at fault
+    SKIPPED = "skipped"      # not attempted: an earlier launch in this batch failed
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    worker_id: str
+    cloud: str
+    reason: str                      # why it was launched
+    resource_id: str = ""
+    blame: Blame | None = None       # None: launched
+    error: str = ""
+    kind: str = ""                   # the cloud's error kind (CloudError.kind)
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    worker_id: str
+    cloud: str
+    error: str = ""                  # empty: sent
+
+
+@dataclass(frozen=True)
+class RemovalResult:
+    order: Terminate
+    requeued: int = 0
+    error: str = ""                  # the cloud could not remove it: retried as an orphan
+    cleanup_error: str = ""          # withdrawing its ads or requeueing failed
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line for operators: logged, and kept as an event when `kind` is set."""
+    level: int
+    text: str
+    kind: str = ""                   # event kind (worker, cloud, scheduler); empty: log only
+    event_text: str = ""             # the event's wording when it differs from the log line
+    worker_id: str | None = None
+    cloud: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A worker transition to write: (worker, new state, reason[, resource id])."""
+    worker_id: str
+    to: State
+    reason: str
+    resource_id: str | None = None
+    quiet: bool = False      # a note of its own says it better in the log
+
+
+@dataclass
+class Followup:
+    records: list[Record] = field(default_factory=list)
+    health: dict[str, CloudHealth] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ health
+
+def health_notes(old: CloudHealth, new: CloudHealth, now: float) -> list[Note]:
+    if new.breaker_open and not old.breaker_open:
+        msg = f"breaker open after {new.failures} quick failures: no launches until re-enabled ({new.last_error})"
+        return [Note(ERROR, f"cloud {new.name}: {msg}", "cloud", msg, cloud=new.name)]
+    if new.backoff_until > old.backoff_until:
+        msg = f"backing off {new.backoff_until - now:.0f}s: {new.last_error}"
+        return [Note(WARNING, f"cloud {new.name}: {msg}", "cloud", msg, cloud=new.name)]
+    return []
+
+
+# ------------------------------------------------------------------ launches
+
+def judge_launches(results: Sequence[LaunchResult], health: Mapping[str, CloudHealth], now: float,
+                   backoff_base: float) -> Followup:
+    out = Followup()
+    current = dict(health)
+    for r in results:
+        if r.blame is None:
+            out.records.append(Record(r.worker_id, State.BOOTING, f"launched ({r.resource_id})", r.resource_id,
+                                      quiet=True))
+            out.notes.append(Note(INFO, f"worker {r.worker_id} ({r.cloud}): requested -> booting: {r.reason}; "
+                                        f"launched {r.resource_id}"))
+        elif r.blame is Blame.SKIPPED:
+            out.records.append(Record(r.worker_id, State.RETIRED, f"not launched: {r.error}"))
+        elif r.blame is Blame.APPLIANCE:
+            # our own failure: the cloud is healthy and must not back off for it
+            out.records.append(Record(r.worker_id, State.FAILED, f"not launched: the appliance failed: {r.error}",
+                                      quiet=True))
+            out.notes.append(Note(ERROR, f"worker {r.worker_id} ({r.cloud}): not launched: the appliance could not "
+                                         f"prepare it: {r.error}", "scheduler",
+                                  f"could not prepare a worker (its token or key): {r.error}",
+                                  r.worker_id, r.cloud))
+        else:
+            kind = r.kind if r.blame is Blame.CLOUD and r.kind else "other"
+            out.records.append(Record(r.worker_id, State.FAILED, f"launch failed: {r.error}", quiet=True))
+            if r.blame is Blame.CRASH:
+                out.notes.append(Note(ERROR, f"worker {r.worker_id} ({r.cloud}): launch crashed: {r.error}"))
+            out.notes.append(Note(WARNING, f"worker {r.worker_id} ({r.cloud}): requested -> failed: "
+                                           f"launch failed ({kind}): {r.error}"))
+            h = current.get(r.cloud)
+            if h is not None:
+                current[r.cloud] = backoff.after_launch_error(h, kind, r.error, now, r.retry_after, backoff_base)
+                out.notes.append(Note(WARNING, f"cloud {r.cloud}: backing off "
+                                               f"{current[r.cloud].backoff_until - now:.0f}s after {kind} error"))
+    out.health = {name: h for name, h in current.items() if h != health[name]}
+    return out
+
+
+def skip_reason(blame: Blame) -> str:
+    """Why the rest of a batch is not attempted after a failure of this kind."""
+    if blame is Blame.APPLIANCE:
+        return "an earlier launch failed: the appliance could not prepare a worker"
+    return "an earlier launch on this cloud failed"
+
+
+def stops_batch(blame: Blame | None) -> str:
+    """Which launches still queued in this cycle a failure stops: 'cloud' (the
+    rest on the same cloud: it would refuse them too), 'all' (our own failure
+    would fail every launch), or '' (none)."""
+    if blame is Blame.CLOUD:
+        return "cloud"
+    if blame is Blame.APPLIANCE:
+        return "all"
+    return ""
+
+
+# ------------------------------------------------------------------ drains
+
+def judge_drains(schedule: Mapping[str, RedrainEntry], results: Iterable[DrainResult],
+                 now: float) -> tuple[dict[str, RedrainEntry], list[Note]]:
+    """The drain retry schedule after sending: sent drains are done, failed ones wait longer."""
+    schedule = dict(schedule)
+    notes = []
+    for r in results:
+        if r.worker_id not in schedule:
+            continue
+        if not r.error:
+            del schedule[r.worker_id]
+            notes.append(Note(INFO, f"worker {r.worker_id}: drain sent (condor_off -peaceful)"))
+            continue
+        schedule[r.worker_id] = entry = after_drain(schedule[r.worker_id], now)
+        notes.append(Note(WARNING, f"worker {r.worker_id}: drain failed (attempt {entry.failures}), "
+                                   f"will retry: {r.error}",
+                          "worker" if entry.failures == 1 else "",
+                          f"drain failed, will retry: {r.error}", r.worker_id, r.cloud))
+    return schedule, notes
+
+
+# ------------------------------------------------------------------ removals
+
+def judge_removals(results: Iterable[RemovalResult]) -> list[Note]:
+    notes = []
+    for r in results:
+        t = r.order
+        if r.error:   # retried: an ended worker's leftover is an orphan next cycle
+            notes.append(Note(WARNING, f"worker {t.worker_id}: removal from {t.cloud} failed, will retry: {r.error}",
+                              "cloud", f"removal of {t.worker_id} failed, will retry: {r.error}",
+                              t.worker_id, t.cloud))
+            continue
+        if r.cleanup_error:
+            notes.append(Note(WARNING, f"worker {t.worker_id}: cleanup in the pool failed: {r.cleanup_error}"))
+        if r.requeued:
+            msg = f"{r.requeued} job(s) it was running put back in the queue"
+            notes.append(Note(INFO, f"worker {t.worker_id}: {msg}", "worker", msg, t.worker_id, t.cloud))
+        if t.orphan:
+            notes.append(Note(INFO, f"cloud {t.cloud}: removed orphan {t.worker_id} ({t.resource_id})", "cloud",
+                              f"removed orphan {t.worker_id}: {t.reason}", t.worker_id, t.cloud))
+        else:
+            notes.append(Note(INFO, f"worker {t.worker_id}: removed from {t.cloud}"))
+    return notes
+
+
+# ------------------------------------------------------------------ shutdown
+
+STOPPING = "the appliance is stopping"
+
+
+@dataclass(frozen=True)
+class ShutdownStep:
+    worker: Worker
+    remove: bool
+    reason: str
+
+
+def shutdown_plan(workers: Iterable[Worker], cloud_types: Mapping[str, str], on_shutdown: str) -> list[ShutdownStep]:
+    """Local workers live inside the appliance and stop with it; the others are
+    kept (and re-adopted on restart) or removed, per on_shutdown. Workers of a
+    cloud no longer configured cannot be reached and are left alone."""
+    steps = []
+    for w in workers:
+        ctype = cloud_types.get(w.cloud)
+        if ctype is None:
+            continue
+        if ctype != "local" and on_shutdown == "keep":
+            steps.append(ShutdownStep(w, False, "kept while the appliance is stopped (on_shutdown: keep)"))
+        else:
+            steps.append(ShutdownStep(w, True, STOPPING))
+    return steps
+
+
+def judge_shutdown(step: ShutdownStep, error: str = "") -> tuple[Record | None, Note]:
+    w = step.worker
+    if not step.remove:
+        return None, Note(INFO, f"worker {w.id} ({w.cloud}): {step.reason}")
+    if error:
+        return None, Note(WARNING, f"worker {w.id}: could not remove at shutdown: {error}")
+    # a busy worker's jobs were cut short: that is a failure, not a retirement
+    to = State.FAILED if w.state is State.BUSY else State.RETIRED
+    return Record(w.id, to, STOPPING, quiet=True), Note(INFO, f"worker {w.id} ({w.cloud}): removed: {STOPPING}")

@@ -1,0 +1,95 @@
+"""The nouns of one decision: what the scheduler looked at and what it wants done.
+
+decide() returns a Plan; the daemon's act step executes it without deciding
+anything further, and its record step writes what happened.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import CloudConfig
+from ..lifecycle import State
+from ..model import CloudHealth
+
+
+@dataclass(frozen=True)
+class CloudView:
+    """One configured cloud with its runtime settings and health."""
+    config: CloudConfig
+    health: CloudHealth
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Transition:
+    worker_id: str
+    to: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    cloud: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Send `condor_off -peaceful` to a worker (new, or a retry of a failed one)."""
+    worker_id: str
+    reason: str
+    condor_name: str = ""     # the startd to address; filled in by plan_drains
+
+
+@dataclass(frozen=True)
+class Terminate:
+    worker_id: str
+    cloud: str
+    resource_id: str
+    reason: str
+    # the worker may have ads in the collector and jobs in the queue (it joined,
+    # or it is an orphan we know nothing of): withdraw them and requeue its jobs
+    withdraw: bool = True
+    orphan: bool = False
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    key: str
+    count: int
+    cpus: int
+    memory: int
+    disk: int
+    requirements: str
+    target_clouds: tuple[str, ...] | None
+    clouds: tuple[str, ...]      # enabled clouds whose workers could run these jobs
+    status: str                  # served | launching | waiting | unschedulable
+    reason: str
+
+
+@dataclass(frozen=True)
+class RedrainEntry:
+    """A drain that failed to send: when to try again, and how often it failed."""
+    not_before: float
+    failures: int = 0
+
+
+@dataclass
+class Plan:
+    transitions: list[Transition] = field(default_factory=list)
+    launches: list[Launch] = field(default_factory=list)
+    # every drain to send this cycle: new ones and retries that are due
+    drains: list[Drain] = field(default_factory=list)
+    terminations: list[Terminate] = field(default_factory=list)
+    orphans: list[Terminate] = field(default_factory=list)
+    seen: dict[str, str] = field(default_factory=dict)     # worker id -> condor name, seen now
+    groups: list[GroupReport] = field(default_factory=list)
+    # cloud health changed by what this cycle saw (joins, quick failures)
+    health: dict[str, CloudHealth] = field(default_factory=dict)
+    # drains still to (re)send after this cycle's, by worker id
+    redrain: dict[str, RedrainEntry] = field(default_factory=dict)
+    requests_done: list[str] = field(default_factory=list)   # operator requests consumed
+    reschedule: bool = False    # a worker joined: ask the negotiator to match now

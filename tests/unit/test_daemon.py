@@ -1,0 +1,529 @@
+"""The whole daemon loop in milliseconds: observe -> decide -> act -> record.
+
+A fake Condor and fake drivers stand where HTCondor and the clouds run in the
+integration tests; the store is a real SQLite file in a temporary directory and
+the clock is injected, so each scenario runs whole cycles without waiting.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from appliance import backoff
+from appliance.clouds.base import CloudError, Driver
+from appliance.condor import CondorError
+from appliance.config import CloudConfig, Config, PoolConfig, RetentionConfig, SchedulerConfig, WorkerSize
+from appliance.daemon import PRUNE_EVERY, Daemon
+from appliance.lifecycle import State
+from appliance.model import JobGroup, Resource, SlotSummary
+from appliance.store import Store
+
+T0 = 1_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeCondor:
+    """What the daemon asks of HTCondor, answered from plain fields."""
+
+    def __init__(self):
+        self.groups: tuple[JobGroup, ...] = ()
+        self.slots: dict[str, SlotSummary] = {}
+        self.schedd_down = False
+        self.collector_down = False
+        self.token_error: str | None = None
+        self.drain_failures = 0          # the next N drains fail
+        self.drained: list[str] = []
+        self.invalidated: list[str] = []
+        self.requeue_counts: dict[str, int] = {}
+        self.keys: set[str] = set()
+        self.reschedules = 0
+        self.tokens_minted = 0
+
+    def demand(self):
+        if self.schedd_down:
+            raise CondorError("schedd unreachable")
+        return self.groups
+
+    def supply(self):
+        if self.collector_down:
+            raise CondorError("collector unreachable")
+        return dict(self.slots)
+
+    def reschedule(self):
+        self.reschedules += 1
+
+    def mint_worker_token(self, worker_id):
+        self.tokens_minted += 1
+        if self.token_error:
+            raise CondorError(self.token_error)
+        return "secret-token"
+
+    def new_worker_key(self, worker_id):
+        self.keys.add(worker_id)
+        return b"secret-key"
+
+    def drop_worker_key(self, worker_id):
+        self.keys.discard(worker_id)
+
+    def drain(self, worker_id, condor_name):
+        if self.drain_failures:
+            self.drain_failures -= 1
+            raise CondorError("condor_off: connection refused")
+        self.drained.append(worker_id)
+
+    def invalidate(self, worker_id):
+        self.invalidated.append(worker_id)
+
+    def requeue(self, worker_id):
+        return self.requeue_counts.get(worker_id, 0)
+
+    # the test's view of a worker joining the pool
+    def join(self, worker_id, claimed=0, cpus=1):
+        self.slots[worker_id] = SlotSummary(worker_id, f"{worker_id}@host", claimed, cpus - claimed, 1024,
+                                            4 * 1024 * 1024, cpus)
+
+
+class FakeDriver(Driver):
+    """A cloud that keeps its resources in a dict."""
+
+    def __init__(self, cloud: CloudConfig):
+        super().__init__(cloud, "appliance", "test-pool")
+        self.resources: dict[str, Resource] = {}
+        self.fail_with: CloudError | None = None
+        self.crash_with: Exception | None = None
+        self.list_error: CloudError | None = None
+        self.launched: list[str] = []
+        self.terminated: list[str] = []
+        self.terminate_error: Exception | None = None
+        self.lock = threading.Lock()
+
+    def condor_host(self):
+        return "appliance"
+
+    def launch(self, spec):
+        if self.crash_with:
+            raise self.crash_with
+        if self.fail_with:
+            raise self.fail_with
+        with self.lock:
+            self.launched.append(spec.worker_id)
+            self.resources[spec.worker_id] = Resource(spec.worker_id, f"res-{spec.worker_id}")
+        return f"res-{spec.worker_id}"
+
+    def list(self):
+        if self.list_error:
+            raise self.list_error
+        return dict(self.resources)
+
+    def terminate(self, worker_id, resource_id):
+        if self.terminate_error:
+            raise self.terminate_error
+        with self.lock:
+            self.terminated.append(worker_id)
+            self.resources.pop(worker_id, None)
+
+
+def group(count=1, cpus=1, key="g"):
+    return JobGroup(key, count, cpus, 128, 1024, "true")
+
+
+class Rig:
+    """A daemon on fakes, with the helpers the scenarios need."""
+
+    def __init__(self, tmp_path, clouds=None, **sched):
+        clouds = clouds or [CloudConfig("local", "local", max_workers=3, worker=WorkerSize())]
+        settings = {"interval": 1, "idle_timeout": 60, "boot_timeout": 120, "lost_timeout": 60,
+                    "backoff_base": 10, **sched}
+        self.cfg = Config(PoolConfig(), SchedulerConfig(**settings), tuple(clouds))
+        self.clock = Clock()
+        self.store = Store(str(tmp_path / "state.db"))
+        self.condor = FakeCondor()
+        self.drivers = {c.name: FakeDriver(c) for c in clouds}
+        self.daemon = Daemon(self.cfg, self.store, self.condor, self.drivers, clock=self.clock)
+
+    def restart(self) -> Daemon:
+        self.daemon.pool.shutdown(wait=True)
+        self.daemon = Daemon(self.cfg, self.store, self.condor, self.drivers, clock=self.clock)
+        return self.daemon
+
+    def cycle(self, advance: float = 1.0):
+        self.clock.advance(advance)
+        return self.daemon.cycle()
+
+    def states(self) -> dict[str, State]:
+        return {w.id: w.state for w in self.store.workers(live_only=False)}
+
+    def live(self, state: State | None = None) -> list[str]:
+        return [w.id for w in self.store.workers() if state is None or w.state is state]
+
+    def health(self, name="local"):
+        return {h.name: h for h in self.store.cloud_health(self.cfg)}[name]
+
+    def reasons(self) -> list[str]:
+        return [e["reason"] for e in self.store.events(limit=1000)]
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.daemon.pool.shutdown(wait=True)
+    r.store.close()
+
+
+def two_clouds(tmp_path, **sched):
+    return Rig(tmp_path, [CloudConfig("first", "docker", priority=0, max_workers=2),
+                          CloudConfig("second", "local", priority=1, max_workers=2)], **sched)
+
+
+# ------------------------------------------------------------------ the happy path
+
+def test_demand_launches_joins_and_drains_when_idle(rig):
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    booting = rig.live(State.BOOTING)
+    assert len(booting) == 2 and sorted(rig.drivers["local"].launched) == sorted(booting)
+    assert rig.condor.keys == set(booting)          # each worker got its own key
+    for wid in booting:
+        rig.condor.join(wid, claimed=1)
+    rig.cycle()
+    assert rig.live(State.BUSY) == booting and rig.condor.reschedules == 1
+    rig.condor.groups = ()
+    for wid in booting:
+        rig.condor.join(wid, claimed=0)
+    rig.cycle()
+    assert sorted(rig.live(State.IDLE)) == sorted(booting)
+    rig.cycle(advance=61)
+    assert sorted(rig.live(State.DRAINING)) == sorted(booting)
+    assert sorted(rig.condor.drained) == sorted(booting)
+    for wid in booting:                               # they finish and exit
+        rig.drivers["local"].resources.pop(wid)
+        rig.condor.slots.pop(wid)
+    rig.cycle()
+    assert rig.live() == [] and set(rig.states().values()) == {State.RETIRED}
+    heartbeat, _ = rig.store.get("heartbeat")
+    assert heartbeat["cycle"] == rig.daemon.cycles == 5
+
+
+# ------------------------------------------------------------------ launch failures, backoff, breaker
+
+LAUNCH_ERRORS = [
+    # (error kind, retry_after, expected first backoff)
+    ("capacity", None, 10.0),
+    ("throttle", 45.0, 45.0),
+    ("auth", None, 120.0),
+    ("image", None, 60.0),
+]
+
+
+@pytest.mark.parametrize("kind, retry_after, delay", LAUNCH_ERRORS)
+def test_launch_error_backs_the_cloud_off_and_skips_the_rest_of_the_batch(rig, kind, retry_after, delay):
+    rig.drivers["local"].fail_with = CloudError(kind, f"no {kind}", retry_after=retry_after)
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    states = sorted(rig.states().values())
+    assert states.count(State.FAILED) >= 1 and set(states) <= {State.FAILED, State.RETIRED}
+    h = rig.health()
+    assert h.failures == 1 and h.backoff_until == pytest.approx(rig.clock.now + delay)
+    assert h.last_error.startswith(f"{kind}: no {kind}")
+    assert rig.condor.keys == set()                   # failed launches keep no key
+    assert any(r.startswith(f"backing off {delay:.0f}s") for r in rig.reasons())
+    # while backing off, nothing is launched
+    before = len(rig.states())
+    rig.cycle()
+    assert len(rig.states()) == before
+    assert "backing off" in rig.store.get("demand")[0][0]["reason"]
+
+
+def test_launch_failure_falls_through_to_the_next_cloud(tmp_path):
+    rig = two_clouds(tmp_path)
+    rig.drivers["first"].fail_with = CloudError("capacity", "InsufficientInstanceCapacity")
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    assert rig.health("first").failures == 1
+    rig.cycle()
+    assert rig.drivers["second"].launched and not rig.drivers["first"].launched
+
+
+def test_breaker_opens_after_quick_failures_and_reenable_resets_it(rig):
+    rig.condor.groups = (group(1),)
+    for _i in range(backoff.BREAKER_AFTER):
+        rig.cycle(advance=10_000)                     # past any backoff
+        (wid,) = rig.live(State.BOOTING)
+        rig.drivers["local"].resources.pop(wid)      # dies before joining
+        rig.cycle()
+        assert rig.states()[wid] is State.FAILED
+    h = rig.health()
+    assert h.breaker_open and h.failures == backoff.BREAKER_AFTER
+    assert any(r.startswith("breaker open after 5 quick failures") for r in rig.reasons())
+    rig.cycle(advance=100_000)
+    assert rig.live() == []                          # the breaker holds past any backoff
+    rig.store.set_cloud("local", enabled=True)
+    rig.cycle()
+    assert len(rig.live(State.BOOTING)) == 1
+
+
+def test_a_join_heals_the_cloud(rig):
+    rig.store.save_health(backoff.after_quick_failure(rig.health(), "died", T0 - 1000, 10))
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid, claimed=1)
+    rig.cycle()
+    assert rig.health().failures == 0 and rig.health().backoff_until == 0
+
+
+def test_a_token_failure_is_the_appliances_own_and_backs_no_cloud_off(rig):
+    rig.condor.token_error = "condor_token_create: cannot read the signing key"
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    h = rig.health()
+    assert h.failures == 0 and h.backoff_until == 0 and h.last_error == ""
+    assert rig.condor.tokens_minted == 1             # the rest of the batch is not retried
+    failed = [w for w in rig.store.workers(live_only=False) if w.state is State.FAILED]
+    assert len(failed) == 1 and "the appliance failed" in failed[0].reason
+    assert any("could not prepare a worker" in r for r in rig.reasons())
+    assert rig.drivers["local"].launched == []
+    rig.condor.token_error = None                    # fixed: the next cycle launches at once
+    rig.cycle()
+    assert len(rig.live(State.BOOTING)) == 3
+
+
+def test_a_driver_crash_is_logged_and_backs_off(rig, caplog):
+    rig.drivers["local"].crash_with = RuntimeError("bug in the driver")
+    rig.condor.groups = (group(1),)
+    with caplog.at_level(logging.ERROR, logger="appliance"):
+        rig.cycle()
+    assert "launch crashed" in caplog.text
+    assert rig.health().failures == 1 and rig.health().last_error.startswith("other:")
+
+
+# ------------------------------------------------------------------ drains
+
+def test_a_failed_drain_is_retried_later_with_growing_delays(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid)
+    rig.condor.groups = ()
+    rig.cycle()
+    rig.condor.drain_failures = 2
+    rig.cycle(advance=61)
+    assert rig.states()[wid] is State.DRAINING and rig.condor.drained == []
+    assert rig.daemon.redrain[wid].failures == 1
+    rig.cycle(advance=1)                               # not due yet (10 s)
+    assert rig.daemon.redrain[wid].failures == 1
+    rig.cycle(advance=10)                              # due: fails again, waits 20 s
+    assert rig.daemon.redrain[wid].failures == 2
+    rig.cycle(advance=21)
+    assert rig.condor.drained == [wid] and wid not in rig.daemon.redrain
+    assert sum("drain failed, will retry" in r for r in rig.reasons()) == 1   # one event, not one per try
+
+
+def test_after_a_restart_every_draining_worker_is_drained_again(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid)
+    rig.condor.groups = ()
+    rig.cycle()
+    rig.cycle(advance=61)
+    assert rig.condor.drained == [wid]
+    rig.restart()
+    rig.cycle()
+    assert rig.condor.drained == [wid, wid]
+
+
+def test_operator_drain_and_remove_now(rig):
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    a, b = rig.live(State.BOOTING)
+    rig.condor.join(a, claimed=1)
+    rig.condor.join(b, claimed=1)
+    rig.cycle()
+    rig.store.request_kill([a], now_flag=False)
+    rig.store.request_kill([b, "no-such-worker"], now_flag=True)
+    rig.cycle()
+    assert rig.states()[a] is State.DRAINING and rig.condor.drained == [a]
+    assert rig.states()[b] is State.RETIRED and b in rig.drivers["local"].terminated
+    assert rig.store.pending_kills() == {}
+
+
+# ------------------------------------------------------------------ vanished, lost, orphans, adoption
+
+def test_a_vanished_busy_worker_is_failed_and_its_jobs_requeued(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid, claimed=1)
+    rig.cycle()
+    rig.condor.requeue_counts[wid] = 1
+    rig.drivers["local"].resources.pop(wid)           # killed under us
+    rig.condor.slots.pop(wid)
+    rig.cycle()
+    assert rig.states()[wid] is State.FAILED
+    assert rig.condor.invalidated == [wid]
+    assert "1 job(s) it was running put back in the queue" in rig.reasons()
+
+
+def test_a_worker_that_never_joined_leaves_no_ads_to_withdraw(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.drivers["local"].resources.pop(wid)
+    rig.cycle()
+    assert rig.states()[wid] is State.FAILED and rig.condor.invalidated == []
+
+
+def test_an_orphan_is_removed_and_a_failed_removal_retried(rig):
+    rig.drivers["local"].resources["local-0rphan"] = Resource("local-0rphan", "res-orphan")
+    rig.drivers["local"].terminate_error = OSError("engine busy")
+    rig.cycle()
+    assert any("removal of local-0rphan failed, will retry" in r for r in rig.reasons())
+    rig.drivers["local"].terminate_error = None
+    rig.cycle()
+    assert rig.drivers["local"].terminated == ["local-0rphan"]
+    assert any(r.startswith("removed orphan local-0rphan") for r in rig.reasons())
+
+
+def test_an_interrupted_launch_is_adopted_or_failed(rig):
+    # the scheduler died during the cloud call: one launch reached the cloud, one did not
+    rig.store.add_worker("local-aaaaaa", "local", "launch: test", T0 - 5)
+    rig.store.add_worker("local-bbbbbb", "local", "launch: test", T0 - 5)
+    rig.drivers["local"].resources["local-aaaaaa"] = Resource("local-aaaaaa", "res-a")
+    rig.condor.groups = (group(2),)                  # the jobs they were for still wait
+    rig.restart()
+    rig.cycle()
+    assert rig.states()["local-aaaaaa"] is State.BOOTING
+    assert rig.states()["local-bbbbbb"] is State.REQUESTED      # given its grace
+    rig.cycle(advance=61)
+    assert rig.states()["local-bbbbbb"] is State.FAILED
+
+
+def test_boot_timeout_fails_the_worker_and_the_demand_moves_on(tmp_path):
+    rig = two_clouds(tmp_path)
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    assert wid.startswith("first-")
+    rig.cycle(advance=121)
+    assert rig.states()[wid] is State.FAILED and rig.health("first").failures == 1
+    (replacement,) = rig.live(State.BOOTING)
+    assert replacement.startswith("second-")
+
+
+def test_unreachable_collector_schedd_and_cloud_judge_nothing(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid)
+    rig.condor.groups = ()
+    rig.cycle()
+    rig.condor.collector_down = rig.condor.schedd_down = True
+    rig.drivers["local"].list_error = CloudError("unavailable", "engine down")
+    rig.cycle(advance=1000)
+    assert rig.states()[wid] is State.IDLE
+    assert any("cannot list workers" in r for r in rig.reasons())
+    assert sum("schedd unreachable" in r for r in rig.reasons()) == 1
+    rig.cycle()
+    assert sum("schedd unreachable" in r for r in rig.reasons()) == 1   # warned once, not every cycle
+
+
+def test_a_failing_cycle_is_recorded_in_the_heartbeat(rig):
+    rig.daemon.cycle_failed(RuntimeError("disk full"))
+    heartbeat, _ = rig.store.get("heartbeat")
+    assert heartbeat["error"] == "RuntimeError: disk full"
+
+
+# ------------------------------------------------------------------ pacing, housekeeping
+
+def test_the_loop_polls_fast_only_while_a_worker_starts(rig):
+    assert rig.daemon.next_wait() == 1
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    assert rig.daemon.next_wait() == 0.25
+
+
+def test_run_cycles_until_stopped_then_shuts_down(rig):
+    rig.condor.groups = (group(1),)
+    calls = []
+
+    def cycle():
+        calls.append(1)
+        if len(calls) == 3:
+            rig.daemon.stopping.set()
+        if len(calls) == 2:
+            raise RuntimeError("one bad cycle")
+    rig.daemon.cycle = cycle
+    rig.daemon.next_wait = lambda: 0.0
+    rig.daemon.run()
+    assert len(calls) == 3
+
+
+def test_retention_prunes_old_events_and_ended_workers(tmp_path):
+    rig = Rig(tmp_path)
+    rig.cfg = Config(rig.cfg.pool, rig.cfg.scheduler, rig.cfg.clouds,
+                     retention=RetentionConfig(event_days=1, max_events=100_000, worker_days=1))
+    rig.daemon.cfg = rig.cfg
+    rig.store.add_worker("local-old000", "local", "launch: long ago", T0 - 3 * 86400)
+    rig.store.transition("local-old000", State.FAILED, "long ago", T0 - 3 * 86400)
+    rig.cycle()
+    assert "local-old000" not in rig.states()
+    rig.store.add_worker("local-old001", "local", "launch: long ago", T0 - 3 * 86400)
+    rig.store.transition("local-old001", State.FAILED, "long ago", T0 - 3 * 86400)
+    rig.cycle()                                       # pruned once an hour, not every cycle
+    assert "local-old001" in rig.states()
+    rig.cycle(advance=PRUNE_EVERY)
+    assert "local-old001" not in rig.states()
+    rig.daemon.pool.shutdown(wait=True)
+
+
+# ------------------------------------------------------------------ shutdown
+
+SHUTDOWN = [
+    # (on_shutdown, cloud type, worker state, removed?, final state)
+    ("keep", "docker", State.BUSY, False, State.BUSY),
+    ("keep", "local", State.BUSY, True, State.FAILED),
+    ("keep", "local", State.IDLE, True, State.RETIRED),
+    ("remove", "docker", State.BUSY, True, State.FAILED),
+    ("remove", "docker", State.IDLE, True, State.RETIRED),
+]
+
+
+@pytest.mark.parametrize("on_shutdown, ctype, state, removed, final", SHUTDOWN)
+def test_shutdown_keeps_or_removes_workers(tmp_path, on_shutdown, ctype, state, removed, final):
+    rig = Rig(tmp_path, [CloudConfig("c", ctype, max_workers=2)], on_shutdown=on_shutdown)
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid, claimed=1 if state is State.BUSY else 0)
+    if state is State.IDLE:
+        rig.condor.groups = ()
+    rig.cycle()
+    assert rig.states()[wid] is state
+    rig.daemon.shutdown()
+    assert (wid in rig.drivers["c"].terminated) == removed
+    assert rig.states()[wid] is final
+    assert (wid in rig.condor.keys) != removed
+
+
+def test_shutdown_survives_a_failing_removal(tmp_path):
+    rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.drivers["c"].terminate_error = OSError("engine gone")
+    rig.daemon.shutdown()
+    assert rig.states()[wid] is State.BOOTING
