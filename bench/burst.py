@@ -84,14 +84,14 @@ def one_run(static: bool, jobs: int, seconds: int, workers: int) -> dict:
         subprocess.run(["docker", "exec", "-i", app.name, "sh", "-c", "cat > /tmp/burst-sampler.py"],
                        input=SAMPLER, text=True, check=True)
         subprocess.run(["docker", "exec", "-d", app.name, "python3", "/tmp/burst-sampler.py"], check=True)
-        time.sleep(2)
+        time.sleep(2)    # the sampler's clock, not the scheduler's: a few samples (every 0.5 s) before the submit
         host_load = load()
         t0 = float(app.sh(f"cd /home/submit/burst && printf '{job(jobs, seconds)}' > burst.sub && "
                           "date +%s.%N && condor_submit burst.sub >/dev/null", user="submit").split()[0])
         app.wait("the burst to finish", lambda: queue_empty(app), timeout=60 + jobs * seconds * 2, every=1)
-        time.sleep(2)
+        time.sleep(2)    # a few more samples after the last job, so the series ends on an empty queue
         app.sh("touch /tmp/burst-stop")
-        time.sleep(1)
+        time.sleep(1)    # the sampler's last write (it checks for the stop file every 0.5 s)
         samples = [json.loads(l) for l in app.sh("cat /tmp/burst-samples.jsonl").splitlines() if l.strip()]
         end = max(s["t"] for s in samples if s["t"] >= t0 and (s["idle"] or s["running"])) + 0.5
         window = [s for s in samples if t0 <= s["t"] <= end]

@@ -1,7 +1,9 @@
 """Shared helpers for the benchmarks: run an appliance container, submit, time things.
 
 The benchmarks use only the docker CLI and the standard library, so any user
-with Docker can run them with a plain `python3 -m bench.<name>`.
+with Docker can run them with a plain `python3 -m bench.<name>` from the
+repository's root. They share the tests' polling loop, tests/waiting.py
+(standard library only), rather than keep a copy of their own.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from tests.waiting import wait_cycles, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -120,16 +124,13 @@ for pid in filter(str.isdigit, os.listdir('/proc')):
         return json.loads(out)
 
     def wait(self, what: str, predicate, timeout: float = 300, every: float = 0.2):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except (RuntimeError, ValueError, KeyError):
-                pass
-            time.sleep(every)
-        raise TimeoutError(f"{what} did not happen within {timeout}s")
+        """wait_until (tests/waiting.py), retrying while `docker exec` fails or its JSON is not there yet."""
+        return wait_until(what, predicate, timeout, every, retry_on=(RuntimeError, ValueError, KeyError))
+
+    def wait_cycles(self, n: int = 2, timeout: float = 300) -> int:
+        """Wait until the scheduler daemon has completed n more cycles (its heartbeat's counter)."""
+        return wait_cycles(lambda: self.status()["scheduler"].get("cycle"), n, timeout,
+                           retry_on=(RuntimeError, ValueError, KeyError))
 
     def wait_ready(self) -> float:
         """Wait until a job can be submitted; returns seconds since `docker run`."""

@@ -126,7 +126,9 @@ def measure_size(app: Appliance, groups: int, size: int, naive: bool, repeats: i
     m = json.loads(app.python(MEASURE.format(repeats=repeats, naive=naive, naive_repeats=1 if size >= 50000 else 3),
                               timeout=1800))
     assert m["idle_jobs"] == size and m["groups"] == groups, f"queue has {m['idle_jobs']} jobs in {m['groups']} groups"
-    time.sleep(3)    # a few daemon cycles over the full queue
+    # the daemon's cycle time below is its last cycle's: wait until one began with the queue full
+    # (the first cycle to complete may have begun before the last submit; the second did not)
+    app.wait_cycles(2)
     st = app.status()["scheduler"]
     row = {"jobs": size, "groups": groups, "ours_s": statistics.median(m["ours_s"]),
            "ours_query_s": statistics.median(m["query_s"]), "ours_decide_s": statistics.median(m["decide_s"]),

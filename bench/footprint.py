@@ -47,7 +47,7 @@ def trial(idle_s: float) -> dict:
             user="submit", check=False), timeout=120, every=0.2)
         start = time.monotonic() - app.started
         app.sh("condor_rm -all >/dev/null 2>&1", user="submit", check=False)
-        time.sleep(idle_s)
+        time.sleep(idle_s)      # the idle period itself is what is measured
         return {"start_s": round(start, 2), "memory_mb": app.memory_mb(),
                 "rss_mb": json.loads(app.python(RSS.replace("NAMES", repr(PROCESSES)))), "load1": load()[0]}
 

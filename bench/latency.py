@@ -51,7 +51,8 @@ def trial(app: Appliance, i: int, warm: bool) -> dict:
         app.wait("an idle worker", lambda: any(w["state"] == "idle" for w in app.live_workers()), timeout=300)
     else:
         app.wait("zero workers", lambda: not app.live_workers(), timeout=300, every=0.5)
-    time.sleep(1.5)   # let the previous trial's reschedule and negotiation settle
+    # HTCondor's timing, not the scheduler's: let the previous trial's reschedule and negotiation settle
+    time.sleep(1.5)
     events_before = max((e["id"] for e in app.status("-e", "-n", "100000")["data"]), default=0)
     host_load = load()[0]
     t0 = float(app.sh(f"cd {d} && date +%s.%N && condor_submit job.sub >/dev/null", user="submit").split()[0])

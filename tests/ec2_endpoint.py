@@ -78,7 +78,7 @@ class Ec2Endpoint:
         return None
 
     # ------------------------------------------------------------ lifetime
-    def __enter__(self) -> "Ec2Endpoint":
+    def __enter__(self) -> Ec2Endpoint:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)     # moto's per-request lines
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()

@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import docker
 import pytest
 from testcontainers.core.container import DockerContainer
 
+from tests.waiting import wait_cycles, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("APPLIANCE_IMAGE", "appliance:latest")
@@ -115,19 +115,21 @@ class Appliance:
         return self.c.logs().decode(errors="replace")
 
     def wait(self, what: str, predicate, timeout: float = 120, every: float = 1.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = predicate()
-                if last:
-                    return last
-            except (AssertionError, ValueError, json.JSONDecodeError) as err:
-                last = err
-            time.sleep(every)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n"
-                             f"--- events ---\n{self.sh('cloud_status -e -n 60', check=False)}\n"
-                             f"--- logs ---\n{self.logs()[-4000:]}")
+        """wait_until (tests/waiting.py), retrying while a check fails or the JSON is not there yet,
+        with this appliance's recent events and log in the failure message."""
+        return wait_until(what, predicate, timeout, every, retry_on=(AssertionError, ValueError),
+                          context=self.diagnostics)
+
+    def wait_cycles(self, n: int = 3, timeout: float = 60) -> int:
+        """Wait until the scheduler has completed n more cycles: what a check that something
+        does NOT happen waits for, instead of a sleep (see tests/waiting.py)."""
+        return wait_cycles(lambda: self.status()["scheduler"].get("cycle"), n, timeout,
+                           retry_on=(AssertionError, ValueError), context=self.diagnostics)
+
+    def diagnostics(self, events: int = 60, log_chars: int = 4000) -> str:
+        """The recent events and the end of the container's log, for a failure message."""
+        return (f"--- events ---\n{self.sh(f'cloud_status -e -n {events}', check=False)}\n"
+                f"--- logs ---\n{self.logs()[-log_chars:]}")
 
     def wait_ready(self, timeout: float = 60) -> None:
         self.wait("the appliance to answer", lambda: self.status()["scheduler"]["running"] and

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,8 @@ import docker
 from testcontainers.core.container import DockerContainer
 
 from tests.ec2_endpoint import Ec2Endpoint
+from tests.waiting import wait_until
+
 from .conftest import Appliance
 
 AMI = "ami-12c6146b"          # one of moto's built-in images
@@ -109,15 +110,8 @@ def instance_state(ep: Ec2Endpoint, instance_id: str) -> str:
 
 
 def wait_for(what: str, predicate, timeout: float = 60, every: float = 1.0, app: Appliance | None = None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every)
-    extra = ""
-    if app is not None:
-        extra = (f"\n--- events ---\n{app.sh('cloud_status -e -n 40', check=False)}"
-                 f"\n--- logs ---\n{app.logs()[-3000:]}")
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}{extra}")
+    """wait_until (tests/waiting.py) for the ec2 tests: any exception from the predicate fails
+    at once (test_ec2_boot's predicate asserts that its instance still runs), and with `app`
+    the failure message shows the appliance's recent events and log."""
+    context = (lambda: app.diagnostics(events=40, log_chars=3000)) if app is not None else None
+    return wait_until(what, predicate, timeout, every, context=context)

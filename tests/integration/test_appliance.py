@@ -78,7 +78,7 @@ def test_unschedulable_job_starts_nothing_and_is_reported(start_appliance):
     assert any("64000 MB" in r and "its workers have 1 cpus, 1024 MB" in r for r in reasons), reasons
     text = app.sh("cloud_status -q")
     assert "4 idle job(s) are unschedulable" in text
-    time.sleep(5)   # several cycles: still nothing launched
+    app.wait_cycles(3)   # several more cycles over the same queue: still nothing launched
     assert not [e for e in app.events() if e["to_state"] == "requested"]
 
 
@@ -94,7 +94,7 @@ def test_disable_survives_a_restart(start_appliance, volumes):
     assert [c["enabled"] for c in app.status()["data"]] == [False]
     assert app.sh("sha256sum /var/lib/appliance/keys/POOL") == key_before
     app.submit(job_sub(1), {"job.sh": JOB_SCRIPT})
-    time.sleep(6)
+    app.wait_cycles(3)   # cycles that saw the job: nothing launched for it, and it is reported
     assert not [e for e in app.events() if e["to_state"] == "requested"]
     q = app.status("-q")["data"]
     assert q["groups"][0]["status"] == "unschedulable" and "local: disabled" in q["groups"][0]["reason"]
@@ -129,6 +129,8 @@ def test_startd_without_a_valid_token_is_not_admitted(start_appliance, network, 
 
         # 1. no token at all
         assert r(f"{env} condor_master")[0] == 0
+        # a sleep, not scheduler cycles: the time the rogue's own master and startd take to start and
+        # try to advertise to the collector (nothing the appliance does, so nothing of its to count)
         time.sleep(12)
         assert "rogue" not in app.sh("condor_status -any -af Name")
 

@@ -10,9 +10,10 @@ import json
 import os
 import re
 import subprocess
-import time
 
 import pytest
+
+from tests.waiting import wait_until
 
 from .conftest import REPO
 
@@ -36,17 +37,15 @@ def dexec(*args: str, user: str = "root") -> str:
     return proc.stdout
 
 
-def wait(what, predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except AssertionError:
-            pass
-        time.sleep(1)
+def appliance_log() -> str:
     logs = subprocess.run(["docker", "logs", "appliance"], capture_output=True, text=True)
-    raise AssertionError(f"timed out waiting for {what}\n{(logs.stdout + logs.stderr)[-4000:]}")
+    return (logs.stdout + logs.stderr)[-4000:]
+
+
+def wait(what, predicate, timeout):
+    """wait_until (tests/waiting.py), retrying while `docker exec` fails (dexec asserts), with the
+    appliance's log in the failure message."""
+    return wait_until(what, predicate, timeout, retry_on=(AssertionError,), context=appliance_log)
 
 
 def docker_json(*args: str) -> list:

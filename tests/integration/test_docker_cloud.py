@@ -10,7 +10,7 @@ import time
 import docker
 import pytest
 
-from .conftest import IMAGE, JOB_SCRIPT, job_sub, labelled
+from .conftest import IMAGE, JOB_SCRIPT, job_sub
 from .test_appliance import completed
 
 pytestmark = pytest.mark.timeout(600)
@@ -134,11 +134,11 @@ def _gone(client, cid: str) -> bool:
 
 
 def test_missing_image_backs_off_and_falls_through_to_local(start_appliance, network, client):
-    config = f"""
-scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120}}
+    config = """
+scheduler: {interval: 1, idle_timeout: 5, boot_timeout: 120}
 clouds:
-  - {{name: docker, type: docker, image: "apptest-no-such-image:1", priority: 0, max_workers: 2}}
-  - {{name: local, type: local, priority: 10, max_workers: 1}}
+  - {name: docker, type: docker, image: "apptest-no-such-image:1", priority: 0, max_workers: 2}
+  - {name: local, type: local, priority: 10, max_workers: 1}
 """
     app = start_appliance(config, network=network, docker_socket=True)
     cluster = app.submit(job_sub(1, seconds=1), {"job.sh": JOB_SCRIPT})

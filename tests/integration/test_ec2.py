@@ -10,8 +10,22 @@ from __future__ import annotations
 import pytest
 
 from .conftest import JOB_SCRIPT, job_sub
-from .ec2_support import (ACCESS_KEY, AMI, SECRET_KEY, booting_worker, cloud, ec2_world, instance_state, pool_id,
-                          token_in, token_subject, user_data, wait_for, worker, workers)
+from .ec2_support import (
+    ACCESS_KEY,
+    AMI,
+    SECRET_KEY,
+    booting_worker,
+    cloud,
+    ec2_world,
+    instance_state,
+    pool_id,
+    token_in,
+    token_subject,
+    user_data,
+    wait_for,
+    worker,
+    workers,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -137,7 +151,7 @@ def test_ec2_errors_back_off_with_the_reason_and_launch_nothing(world):
         before = len(ep.instances(**{"tag:appliance:pool": pid}))
         ep.fail("RunInstances", code, f"injected {code}")
         app.submit(job_sub(1, extra=AWS_ONLY), {"job.sh": JOB_SCRIPT}, directory=f"/home/submit/{code}")
-        c = wait_for(f"aws to back off after {code}", lambda: (lambda c: c if c["health"] == "backoff" else None)(
+        c = wait_for(f"aws to back off after {code}", lambda: (lambda c: c if c["health"] == "backoff" else None)(  # noqa: B023
             cloud(app, "aws")), timeout=20, app=app)
         assert c["last_error"].startswith(f"{kind}: RunInstances: {code}: injected {code}"), c
         assert c["backoff_seconds"] > 0

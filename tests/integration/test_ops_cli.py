@@ -147,7 +147,7 @@ def test_queue_workers_and_kill(app):
     first, second = sorted(w["id"] for w in workers)
 
     rc, _, err = run(app, "cloud_admin -k -c local -n local-000000")
-    assert rc == 1 and f"no live worker local-000000 in cloud local (live: " in err
+    assert rc == 1 and "no live worker local-000000 in cloud local (live: " in err
     rc, _, err = run(app, "cloud_admin -k -c local")
     assert rc == 2 and "exactly one of -n ID or -a" in err
     rc, _, err = run(app, "cloud_admin -k -n x")
@@ -158,7 +158,8 @@ def test_queue_workers_and_kill(app):
     # drain one: its running job keeps it draining (peaceful), it is not killed
     data = js(app, f"cloud_admin -k -c local -n {first} --json")
     assert data["workers"] == [first] and data["drain"] is True
-    state = lambda wid: next((w["state"] for w in js(app, "cloud_status -m -a --json")["data"] if w["id"] == wid), None)
+    def state(wid):
+        return next((w["state"] for w in js(app, "cloud_status -m -a --json")["data"] if w["id"] == wid), None)
     app.wait("the drained worker to be draining", lambda: state(first) == "draining", timeout=30)
     # the other: removed at once
     rc, out, _ = run(app, f"cloud_admin -k -c local -n {second} --now")

@@ -1,5 +1,5 @@
 """Fault injection on the real image: crashes, restarts, collector restarts,
-broken images, churn, bad input and secrets. The README's "Reliability" section lists what
+broken images, churn, bad input and secrets. docs/reliability.md lists what
 each scenario guarantees.
 
 Every job here writes a job event log; evictions (004), shadow exceptions
@@ -15,8 +15,14 @@ import docker
 import pytest
 
 from .conftest import IMAGE, JOB_SCRIPT, PREFIX, labelled
-from .reliability_support import (ENV, account, assert_no_orphans, assert_no_secret_leaks,
-                                  harvest_secrets, outputs_to_search)
+from .reliability_support import (
+    ENV,
+    account,
+    assert_no_orphans,
+    assert_no_secret_leaks,
+    harvest_secrets,
+    outputs_to_search,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -299,7 +305,7 @@ def test_broken_image_and_black_hole_back_off_then_stop_while_local_carries_the_
         rc, out = app.rc(cmd)
         assert rc == code and out.strip() and "Traceback" not in out, (cmd, rc, out)
         assert "\x1b" not in out, (cmd, out)
-    time.sleep(3)   # a few cycles: still nothing launched, nothing changed
+    app.wait_cycles(3)   # a few more cycles: still nothing launched, nothing changed
     assert snapshot() == before_state
     assert {n: len(launched(n)) for n in before} == before
 
@@ -332,8 +338,10 @@ def test_churn_with_a_short_idle_timeout_never_evicts_a_job(start_appliance, net
     relaunch between and during the waves, and no running job is ever cut."""
     app = start_appliance(CHURN_CONFIG, network=network, docker_socket=True, env=ENV)
     clusters = []
-    for wave in range(3):
+    for _wave in range(3):
         clusters.append(app.submit(jobs_sub(CHURN_LENGTHS), {"job.sh": JOB_SCRIPT}))
+        # a sleep on purpose: the waves are spaced in time (longer than idle_timeout), so that
+        # workers go idle, drain and relaunch between and during them
         time.sleep(9)
     app.wait("all 30 jobs to complete", lambda: len(account_only_many(app, clusters)) == 30, timeout=300)
     numbers = account(app, "/home/submit/job/job.log", 30, clusters)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import docker
 import pytest
+
+from tests.waiting import wait_until
 
 from .conftest import IMAGE
 
@@ -56,17 +56,8 @@ def run(node, *cmd: str, stdin: bytes | None = None, check: bool = True) -> str:
 
 
 def wait(what, predicate, timeout, every=1.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except AssertionError as err:
-            last = err
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """wait_until (tests/waiting.py), retrying while a `docker exec` into a node fails (run asserts)."""
+    return wait_until(what, predicate, timeout, every, retry_on=(AssertionError,))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +71,7 @@ def nodes(client, image):
             started.append(client.containers.run(DIND_IMAGE, detach=True, name=f"{net.name}-node{i}",
                                                   hostname=f"node{i}", network=net.name, **NODE_FLAGS))
         for node in started:
-            wait(f"the engine in {node.name}", lambda: run(node, "docker", "info", "--format", "{{.ServerVersion}}",
+            wait(f"the engine in {node.name}", lambda: run(node,  # noqa: B023 (waited on at once) "docker", "info", "--format", "{{.ServerVersion}}",
                                                           check=False).strip(), 60)
         manager, worker = started
         manager.reload()

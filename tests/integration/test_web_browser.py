@@ -102,7 +102,7 @@ def test_dashboard_disable_enable_worker_logout(app, page):
     ids = page.locator("#workers tr[data-worker]").evaluate_all("rs => rs.map(r => r.dataset.worker)")
     assert all(re.fullmatch(r"local-[0-9a-f]{6}", i) for i in ids) and len(ids) == 2
     page.wait_for_selector("#queue .q-unschedulable")
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(1500)      # a pause for the screenshot only: nothing is asserted on it
     page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
 
     # log out: back to the login page, and the dashboard is closed again
