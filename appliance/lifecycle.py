@@ -1,4 +1,4 @@
-"""The worker lifecycle of DESIGN.md as an explicit state machine.
+"""The worker lifecycle as an explicit state machine.
 
     requested -> booting -> idle <-> busy -> draining -> retired
     and failed (launch error, boot timeout, vanished, lost)
