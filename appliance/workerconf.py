@@ -6,8 +6,8 @@ directory inside the appliance, a container, an instance's user-data).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .condor import admin_identity, worker_key_name
 from .config import CloudConfig

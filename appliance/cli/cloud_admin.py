@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .. import ops
-from .common import BAD_INPUT, NOT_RUNNING, OK, USAGE, Exit, emit_json, open_state, run
+from .common import BAD_INPUT, NOT_RUNNING, OK, Exit, emit_json, open_state, run
 
 EXAMPLES = """\
 examples:

@@ -6,7 +6,7 @@ import sys
 import time
 
 from .. import ops
-from .common import NOT_RUNNING, OK, BAD_INPUT, Exit, duration, emit_json, open_state, run, table
+from .common import BAD_INPUT, NOT_RUNNING, OK, Exit, duration, emit_json, open_state, run, table
 
 EXAMPLES = """\
 examples:

@@ -13,7 +13,8 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import Config, ConfigError, load
 from ..store import Store

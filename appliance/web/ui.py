@@ -10,7 +10,7 @@ import logging
 import time
 from functools import wraps
 
-from flask import (Blueprint, flash, jsonify, redirect, render_template, request, session, url_for)
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
 from .. import ops
 from ..cli.common import duration

@@ -34,7 +34,7 @@ def test_breaker_opens_after_quick_failures_and_a_join_resets():
 def test_base_delay_is_configurable_and_scales_the_slow_kinds():
     h = CloudHealth("c", True, 5)
     delays = []
-    for i in range(4):
+    for _i in range(4):
         h = backoff.after_quick_failure(h, "exited at once", now=0.0, base=1.0)
         delays.append(h.backoff_until)
     assert delays == [1, 2, 4, 8]
