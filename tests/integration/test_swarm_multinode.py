@@ -71,8 +71,9 @@ def nodes(client, image):
             started.append(client.containers.run(DIND_IMAGE, detach=True, name=f"{net.name}-node{i}",
                                                   hostname=f"node{i}", network=net.name, **NODE_FLAGS))
         for node in started:
-            wait(f"the engine in {node.name}", lambda: run(node,  # noqa: B023 (waited on at once) "docker", "info", "--format", "{{.ServerVersion}}",
-                                                          check=False).strip(), 60)
+            def engine_version(node=node):
+                return run(node, "docker", "info", "--format", "{{.ServerVersion}}", check=False).strip()
+            wait(f"the engine in {node.name}", engine_version, 60)
         manager, worker = started
         manager.reload()
         ip = manager.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
