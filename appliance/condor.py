@@ -166,7 +166,7 @@ class Condor:
                     raise CondorError(f"{command} for {worker_id} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
 
 
-    def requeue(self, worker_id: str) -> int:
+    def requeue(self, worker_id: str) -> tuple[int, int]:
         """Put the jobs that were running on a dead worker back in the queue, now.
 
         A shadow whose worker vanished waits for it to reconnect for the job's
@@ -174,6 +174,10 @@ class Condor:
         that wait: HTCondor cannot know the worker is gone for good. We do (its
         resource has just been removed), so its shadows are ended; the schedd
         then puts each job back to idle, and it runs again elsewhere.
+
+        Returns (jobs still running on it, shadows ended). After a restart of
+        the schedd a job can be "running" before its reconnect shadow exists:
+        the caller asks again until no job is left running on the worker.
         """
         constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {classad.quote(worker_id)}"
         try:
@@ -181,7 +185,7 @@ class Condor:
         except Exception as err:
             raise CondorError(f"cannot find the jobs of {worker_id}: {err}") from err
         jobs = {f"{a['ClusterId']}.{a['ProcId']}".encode() for a in ads}
-        return _kill_shadows(jobs) if jobs else 0
+        return len(jobs), (_kill_shadows(jobs) if jobs else 0)
 
 
 def _kill_shadows(job_ids: set[bytes]) -> int:

@@ -27,7 +27,7 @@ from .config import Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ad
 from .model import CloudHealth, Observation
-from .scheduler import CloudView, Launch, Plan, RedrainEntry, Terminate, decide
+from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide
 from .store import SchemaTooNew, Store
 from .workerconf import WorkerSpec
 
@@ -39,6 +39,7 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 PRUNE_EVERY = 3600.0   # seconds between applications of the store's retention
 EX_CONFIG = 78   # sysexits: configuration error; supervisord does not restart on it
 
@@ -66,6 +67,9 @@ class Daemon:
         # again: it is idempotent, and the old process may have died before sending it.
         self.redrain: dict[str, RedrainEntry] = {
             w.id: RedrainEntry(0.0, 0) for w in store.workers() if w.state is State.DRAINING}
+        # removed workers whose jobs may still show as running; kept in the store
+        # because the usual case is a restart of the whole appliance
+        self.stranded: dict[str, StrandedJobs] = load_stranded(store)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -109,7 +113,7 @@ class Daemon:
         obs = self.observe(now)
         views = self.views()
         plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
-                      self.templates, self.redrain)
+                      self.templates, self.redrain, self.stranded)
         health = {v.name: v.health for v in views}
         launches = self.record_plan(plan, health, now)
         health.update(plan.health)
@@ -117,6 +121,7 @@ class Daemon:
         # act: execute the plan, nothing else
         drained = self.send_drains(plan)
         removed = self.remove(plan.terminations + plan.orphans)
+        requeued = self.requeue(plan.requeues)
         launched = self.launch(launches) if launches else []
         if plan.reschedule:
             self.condor.reschedule()
@@ -124,11 +129,16 @@ class Daemon:
         # what the results mean (pure), then one write
         followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base)
         self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
+        stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
+        stranded.update(outcomes.stranded_by_removals(removed, now))
         self.cycles += 1
         with self.store.tx():
             self.write(followup.records, now)
             self.save_health(health, followup.health, now)
-            self.note(drain_notes + outcomes.judge_removals(removed) + followup.notes, now)
+            self.note(drain_notes + outcomes.judge_removals(removed) + requeue_notes + followup.notes, now)
+            if stranded != self.stranded:
+                self.stranded = stranded
+                save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
             duration = time.monotonic() - t0
             self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
@@ -256,15 +266,26 @@ class Daemon:
     def _remove(self, driver: Driver, t: Terminate) -> outcomes.RemovalResult:
         """Runs in a pool thread: no store access here (SQLite connections are per thread)."""
         driver.terminate(t.worker_id, t.resource_id)
-        requeued, cleanup_error = 0, ""
+        running, requeued, cleanup_error = 0, 0, ""
         if t.withdraw:
             try:
                 self.condor.invalidate(t.worker_id)
-                requeued = self.condor.requeue(t.worker_id)
+                running, requeued = self.condor.requeue(t.worker_id)
             except CondorError as err:
                 cleanup_error = str(err)
         self.condor.drop_worker_key(t.worker_id)
-        return outcomes.RemovalResult(t, requeued, cleanup_error=cleanup_error)
+        return outcomes.RemovalResult(t, requeued, running, cleanup_error=cleanup_error)
+
+    def requeue(self, stranded: list[StrandedJobs]) -> list[outcomes.RequeueResult]:
+        futures = [(s, self.pool.submit(self.condor.requeue, s.worker_id)) for s in stranded]
+        results = []
+        for s, fut in futures:
+            try:
+                running, requeued = fut.result()
+                results.append(outcomes.RequeueResult(s, running, requeued))
+            except (CondorError, OSError) as err:
+                results.append(outcomes.RequeueResult(s, error=str(err)))
+        return results
 
     def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
         lock = threading.Lock()
@@ -324,6 +345,7 @@ class Daemon:
         steps = outcomes.shutdown_plan(self.store.workers(), types, self.cfg.scheduler.on_shutdown)
         futures = {id(s): self.pool.submit(self.drivers[s.worker.cloud].terminate, s.worker.id, s.worker.resource_id)
                    for s in steps if s.remove}
+        stranded = dict(self.stranded)
         for s in steps:
             error = ""
             if s.remove:
@@ -336,10 +358,27 @@ class Daemon:
             if record is not None:
                 self.store.transition(record.worker_id, record.to, record.reason, now)
             self.note([note], now)
+            left = outcomes.stranded_at_shutdown(s, now, error)
+            if left is not None:
+                stranded[left.worker_id] = left
+        # while the schedd still runs (supervisord stops it after us) its jobs go back
+        # to the queue now; whatever is left is retried after the restart
+        results = self.requeue([stranded[wid] for wid in stranded if wid not in self.stranded])
+        self.note(outcomes.judge_requeues(stranded, results, [])[1], now)
+        save_stranded(self.store, stranded)
         self.pool.shutdown(wait=False, cancel_futures=True)
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def load_stranded(store: Store) -> dict[str, StrandedJobs]:
+    rows, _ = store.get("stranded_jobs", [])
+    return {r["worker_id"]: StrandedJobs(r["worker_id"], r["cloud"], r["since"]) for r in rows or []}
+
+
+def save_stranded(store: Store, stranded: Mapping[str, StrandedJobs]) -> None:
+    store.put("stranded_jobs", [asdict(s) for s in stranded.values()])
 
 
 def pool_id() -> str:
@@ -362,24 +401,50 @@ def main() -> int:
     except SchemaTooNew as err:      # a downgrade: refuse rather than damage the newer state
         log.error("the scheduler does not start: %s", err)
         return EX_CONFIG
-    try:
-        cfg = load()
-    except ConfigError as err:
-        log.error("configuration error, the scheduler does not start: %s", err)
-        store.put("config_error", str(err))
-        return EX_CONFIG
-    store.put("config_error", None)
-    store.put("config", {"source": cfg.source, "clouds": list(cfg.cloud_names)})
-    drivers = {c.name: make_driver(c, cfg.pool.name, pool_id()) for c in cfg.clouds}
-    daemon = Daemon(cfg, store, Condor(cfg.pool.name), drivers)
+    stopping = threading.Event()
 
     def stop(signum, frame):
         log.info("signal %d: stopping after this cycle", signum)
-        daemon.stopping.set()
+        stopping.set()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    cfg = wait_for_valid_config(store, stopping)
+    if cfg is None:
+        return 0
+    store.put("config", {"source": cfg.source, "clouds": list(cfg.cloud_names)})
+    drivers = {c.name: make_driver(c, cfg.pool.name, pool_id()) for c in cfg.clouds}
+    daemon = Daemon(cfg, store, Condor(cfg.pool.name), drivers)
+    daemon.stopping = stopping
     daemon.run()
     return 0
+
+
+def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | None = None,
+                          every: float = CONFIG_POLL) -> Config | None:
+    """Load the configuration; while it is invalid, say so once (log, store: /healthz
+    and the page show it) and read the file again every few seconds until it is fixed.
+    Exiting instead made supervisord restart the scheduler in a loop, repeating the error."""
+    shown = None
+    checks = 0
+    while True:
+        try:
+            cfg = load(path)
+        except ConfigError as err:
+            if str(err) != shown:
+                shown = str(err)
+                log.error("configuration error, no workers are managed until the file is fixed "
+                          "(it is read again every %.0f s): %s", every, err)
+                store.put("config_error", shown)
+            checks += 1      # like the heartbeat's cycle counter: shows the wait is alive
+            store.put("config_checks", checks)
+            if stopping.wait(every):
+                return None
+            continue
+        if shown is not None:
+            log.info("configuration fixed: %s", cfg.source)
+        store.put("config_error", None)
+        return cfg
 
 
 if __name__ == "__main__":

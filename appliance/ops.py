@@ -53,7 +53,8 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
     beat, _ = store.get("heartbeat")
     config_error, _ = store.get("config_error")
     if config_error:
-        return {"running": False, "message": f"not running: configuration error: {config_error}",
+        # the scheduler runs, but manages nothing until the file is fixed (it rereads it)
+        return {"running": False, "message": f"waiting for a valid configuration: {config_error}",
                 "config_error": config_error, "last_cycle_age": None}
     if not beat:
         return {"running": False, "message": "not running: it has not completed a cycle yet",

@@ -18,7 +18,7 @@ from . import backoff
 from .lifecycle import State
 from .model import CloudHealth, Worker
 from .scheduler.drains import after_drain
-from .scheduler.plan import RedrainEntry, Terminate
+from .scheduler.plan import RedrainEntry, StrandedJobs, Terminate
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -51,9 +51,18 @@ class DrainResult:
 
 
 @dataclass(frozen=True)
+class RequeueResult:
+    stranded: StrandedJobs
+    running: int = 0                 # jobs still running on the removed worker when asked
+    requeued: int = 0                # of those, shadows ended now (the jobs go back to idle)
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class RemovalResult:
     order: Terminate
     requeued: int = 0
+    running: int = 0                 # jobs found running on it
     error: str = ""                  # the cloud could not remove it: retried as an orphan
     cleanup_error: str = ""          # withdrawing its ads or requeueing failed
 
@@ -200,6 +209,37 @@ def judge_removals(results: Iterable[RemovalResult]) -> list[Note]:
     return notes
 
 
+def stranded_by_removals(results: Iterable[RemovalResult], now: float) -> dict[str, StrandedJobs]:
+    """Removed workers that still had jobs running: check again next cycle until
+    those jobs are back in the queue (a shadow can outlive one kill, or not exist yet)."""
+    return {r.order.worker_id: StrandedJobs(r.order.worker_id, r.order.cloud, now)
+            for r in results if not r.error and (r.running or r.cleanup_error) and r.order.withdraw}
+
+
+# ------------------------------------------------------------------ stranded jobs
+
+def judge_requeues(stranded: Mapping[str, StrandedJobs], results: Iterable[RequeueResult],
+                   abandoned: Iterable[StrandedJobs]) -> tuple[dict[str, StrandedJobs], list[Note]]:
+    stranded = dict(stranded)
+    notes = []
+    for r in results:
+        s = r.stranded
+        if r.error:
+            notes.append(Note(WARNING, f"worker {s.worker_id}: cannot put its jobs back in the queue yet: {r.error}"))
+            continue
+        if r.requeued:
+            msg = f"{r.requeued} job(s) it was running put back in the queue"
+            notes.append(Note(INFO, f"worker {s.worker_id}: {msg}", "worker", msg, s.worker_id, s.cloud))
+        if not r.running:
+            stranded.pop(s.worker_id, None)      # nothing of it left running: done
+    for s in abandoned:
+        stranded.pop(s.worker_id, None)
+        msg = ("jobs still shown running on it after 30 min of retries; given up: the job lease ends them, "
+               "or condor_vacate_job them")
+        notes.append(Note(WARNING, f"worker {s.worker_id}: {msg}", "worker", msg, s.worker_id, s.cloud))
+    return stranded, notes
+
+
 # ------------------------------------------------------------------ shutdown
 
 STOPPING = "the appliance is stopping"
@@ -226,6 +266,15 @@ def shutdown_plan(workers: Iterable[Worker], cloud_types: Mapping[str, str], on_
         else:
             steps.append(ShutdownStep(w, True, STOPPING))
     return steps
+
+
+def stranded_at_shutdown(step: ShutdownStep, now: float, error: str = "") -> StrandedJobs | None:
+    """A removed worker that had joined may leave jobs "running" in the queue:
+    they are put back after the restart, whatever stopped first."""
+    w = step.worker
+    if step.remove and not error and (w.last_seen > 0 or w.state in (State.BUSY, State.DRAINING)):
+        return StrandedJobs(w.id, w.cloud, now)
+    return None
 
 
 def judge_shutdown(step: ShutdownStep, error: str = "") -> tuple[Record | None, Note]:

@@ -11,7 +11,9 @@ One cycle decides in named phases, each a module of this package:
                workers cancelled, and a cloud over max_workers shrinks in the
                order its scale-in policy gives;
 4. orphans     cloud resources with our labels and no live worker are removed;
-5. drains      this cycle's drains plus failed ones whose retry is due.
+5. drains      this cycle's drains plus failed ones whose retry is due;
+6. requeues    jobs left "running" on workers the appliance removed go back
+               in the queue.
 
 The daemon executes the Plan (act) and writes what happened (record); what a
 result means for the next cycle is decided in appliance/outcomes.py, also pure.
@@ -28,12 +30,13 @@ from .draft import Draft
 from .drains import plan_drains
 from .orphans import find_orphans
 from .place import Capacity, Placement, describe, launch_block, place
-from .plan import CloudView, Drain, GroupReport, Launch, Plan, RedrainEntry, Terminate, Transition
+from .plan import CloudView, Drain, GroupReport, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, Transition
 from .reconcile import REQUESTED_GRACE, judge_health, reconcile
+from .requeues import REQUEUE_PATIENCE, plan_requeues
 from .scale_down import ScaleInPolicy, newest_starting_then_longest_idle, scale_down
 
 __all__ = ["Capacity", "CloudView", "Drain", "Draft", "GroupReport", "Launch", "Placement", "Plan",
-           "REQUESTED_GRACE", "RedrainEntry", "ScaleInPolicy", "Terminate", "Transition", "decide",
+           "REQUESTED_GRACE", "REQUEUE_PATIENCE", "RedrainEntry", "StrandedJobs", "ScaleInPolicy", "Terminate", "Transition", "decide",
            "describe", "launch_block", "newest_starting_then_longest_idle"]
 
 
@@ -41,6 +44,7 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
            settings: SchedulerConfig, kills: Mapping[str, bool] | None = None,
            templates: Mapping[str, object] | None = None,
            redrain: Mapping[str, RedrainEntry] | None = None,
+           stranded: Mapping[str, StrandedJobs] | None = None,
            scale_in: ScaleInPolicy = newest_starting_then_longest_idle) -> Plan:
     templates = dict(templates or {})
     for c in clouds:
@@ -56,4 +60,5 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     scale_down(d, obs, clouds, placement, settings, scale_in)
     find_orphans(d, obs)
     plan_drains(d, redrain or {})
+    plan_requeues(d, obs, stranded or {})
     return d.plan

@@ -77,6 +77,16 @@ class RedrainEntry:
     failures: int = 0
 
 
+@dataclass(frozen=True)
+class StrandedJobs:
+    """A worker the appliance removed while jobs ran on it: those jobs stay
+    "running" in the schedd (its shadows wait the whole job lease for a worker
+    that cannot come back) until they are put back in the queue."""
+    worker_id: str
+    cloud: str
+    since: float
+
+
 @dataclass
 class Plan:
     transitions: list[Transition] = field(default_factory=list)
@@ -92,4 +102,6 @@ class Plan:
     # drains still to (re)send after this cycle's, by worker id
     redrain: dict[str, RedrainEntry] = field(default_factory=dict)
     requests_done: list[str] = field(default_factory=list)   # operator requests consumed
+    requeues: list[StrandedJobs] = field(default_factory=list)      # put their jobs back in the queue now
+    requeues_abandoned: list[StrandedJobs] = field(default_factory=list)  # tried long enough: give up
     reschedule: bool = False    # a worker joined: ask the negotiator to match now

@@ -1,6 +1,8 @@
 """The appliance image with the embedded local cloud: real HTCondor, real workers."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 
@@ -80,6 +82,33 @@ def test_unschedulable_job_starts_nothing_and_is_reported(start_appliance):
     assert "4 idle job(s) are unschedulable" in text
     app.wait_cycles(3)   # several more cycles over the same queue: still nothing launched
     assert not [e for e in app.events() if e["to_state"] == "requested"]
+
+
+def test_a_broken_configuration_is_reported_and_waited_out_without_a_restart_loop(start_appliance, tmp_path):
+    """Before: the scheduler exited at once, supervisord restarted it every few seconds
+    (it exited within startsecs), logging the same error each time. Now it says so once,
+    shows it in cloud_status, and starts by itself once the file is fixed."""
+    name = "apptest-badcfg-" + os.urandom(3).hex()
+    app = start_appliance("scheduler: {interval: fast}\nclouds:\n  - {name: local, type: local}\n",
+                          name=name, wait=False)
+    def stored(key):
+        return json.loads(app.sh(f"python3 -c 'import json; from appliance.store import Store; "
+                                 f"print(json.dumps(Store().get(\"{key}\")[0]))'"))
+    app.wait("the error in the store", lambda: "scheduler.interval" in (stored("config_error") or ""), timeout=60)
+    pid = app.sh("supervisorctl -c /etc/appliance/supervisord.conf pid scheduler").strip()
+    checks = stored("config_checks")
+    # three more readings of the file (2 s apart), longer than supervisord's startsecs:
+    # a restart loop would show as a new pid and the error logged again
+    app.wait("three more readings of the file", lambda: stored("config_checks") >= checks + 3,
+             timeout=30)
+    assert app.sh("supervisorctl -c /etc/appliance/supervisord.conf pid scheduler").strip() == pid
+    # the scheduler's line, once (bootstrap's own check at start says it once too)
+    assert app.logs().count("no workers are managed until the file is fixed") == 1, app.logs()[-2000:]
+    rc, out = app.rc("cloud_status")
+    assert rc != 0 and "scheduler.interval: expected a number" in out, out
+    (tmp_path / f"{name}.yaml").write_text("scheduler: {interval: 1}\nclouds:\n  - {name: local, type: local}\n")
+    app.wait_ready()
+    assert "configuration fixed" in app.logs()
 
 
 def test_disable_survives_a_restart(start_appliance, volumes):

@@ -231,6 +231,39 @@ BROKEN = f"{PREFIX}-broken:1"
 BLACKHOLE = f"{PREFIX}-blackhole:1"
 
 
+REMOVE_ON_STOP_CONFIG = f"""
+scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120, on_shutdown: remove}}
+clouds:
+  - {{name: docker, type: docker, image: "{IMAGE}", max_workers: 1, worker: {{cpus: 1, memory: 512}}}}
+"""
+
+
+def test_a_job_whose_worker_was_removed_by_a_restart_runs_again_at_once(start_appliance, network, volumes,
+                                                                      client):
+    """compose's on_shutdown: remove takes the busy worker down with the appliance. Before
+    the fix its job stayed "running" after the restart for the whole job lease (40 min),
+    its shadow waiting for a worker that could not come back; now it is put back in the
+    queue and runs again on a new worker."""
+    app = start_appliance(REMOVE_ON_STOP_CONFIG, network=network, volumes=volumes, docker_socket=True, env=ENV)
+    cluster = app.submit(jobs_sub([15]), {"job.sh": JOB_SCRIPT})
+    app.wait("the job to run on a docker worker", lambda: app.sh(
+        f"condor_q {cluster} -allusers -af JobStatus").split() == ["2"], timeout=120)
+    (first,) = [w["id"] for w in app.status("-m")["data"]]
+    pool = app.pool_id()
+
+    subprocess.run(["docker", "restart", app.name], check=True, capture_output=True)
+    app.wait_ready()
+    assert not [c for c in labelled(client, pool) if c.labels.get("appliance.worker") == first], \
+        "the worker should have been removed at stop (on_shutdown: remove)"
+    removed = [e for e in app.events() if e.get("worker_id") == first and e.get("to_state") == "failed"]
+    assert removed and "stopping" in removed[-1]["reason"], removed
+    # well inside the 40 min lease: a second start on a new worker, then done
+    app.wait("the stranded job to complete after the restart", lambda: account_only(app, cluster), timeout=180)
+    assert any("put back in the queue" in e["reason"] for e in app.events()), app.events()[-20:]
+    app.wait("no live worker left", lambda: app.status("-m")["data"] == [], timeout=120)
+    assert_no_orphans(app, client)
+
+
 @pytest.fixture
 def bad_images(client, image):
     for tag, entry in ((BROKEN, '["false"]'), (BLACKHOLE, '["sh", "-c", "sleep 3600", "--"]')):

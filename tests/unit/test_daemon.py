@@ -46,7 +46,9 @@ class FakeCondor:
         self.drain_failures = 0          # the next N drains fail
         self.drained: list[str] = []
         self.invalidated: list[str] = []
-        self.requeue_counts: dict[str, int] = {}
+        self.running: dict[str, int] = {}   # worker id -> jobs the schedd shows running on it
+        self.shadows_missing = False         # after a schedd restart, before its reconnect shadows exist
+        self.requeued = 0
         self.keys: set[str] = set()
         self.reschedules = 0
         self.tokens_minted = 0
@@ -87,7 +89,14 @@ class FakeCondor:
         self.invalidated.append(worker_id)
 
     def requeue(self, worker_id):
-        return self.requeue_counts.get(worker_id, 0)
+        if self.schedd_down:
+            raise CondorError("schedd unreachable")
+        running = self.running.get(worker_id, 0)
+        if self.shadows_missing:
+            return running, 0
+        self.running[worker_id] = 0
+        self.requeued += running
+        return running, running
 
     # the test's view of a worker joining the pool
     def join(self, worker_id, claimed=0, cpus=1):
@@ -369,13 +378,68 @@ def test_a_vanished_busy_worker_is_failed_and_its_jobs_requeued(rig):
     (wid,) = rig.live(State.BOOTING)
     rig.condor.join(wid, claimed=1)
     rig.cycle()
-    rig.condor.requeue_counts[wid] = 1
+    rig.condor.running[wid] = 1
     rig.drivers["local"].resources.pop(wid)           # killed under us
     rig.condor.slots.pop(wid)
     rig.cycle()
     assert rig.states()[wid] is State.FAILED
     assert rig.condor.invalidated == [wid]
     assert "1 job(s) it was running put back in the queue" in rig.reasons()
+
+
+def test_jobs_stranded_by_a_restart_are_requeued_whatever_stopped_first(tmp_path):
+    # compose's on_shutdown: remove takes a busy worker down with the appliance;
+    # here the schedd is already gone when the scheduler stops
+    rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid, claimed=1)
+    rig.cycle()
+    rig.condor.running[wid] = 1
+    rig.condor.schedd_down = True
+    rig.daemon.shutdown()
+    assert rig.states()[wid] is State.FAILED and rig.condor.running[wid] == 1
+    # the appliance starts again: the schedd is back, but its reconnect shadow is not there yet
+    rig.condor.schedd_down = False
+    rig.condor.shadows_missing = True
+    rig.condor.slots.clear()
+    rig.condor.groups = ()
+    rig.restart()
+    rig.cycle()
+    assert rig.condor.running[wid] == 1 and wid in rig.daemon.stranded
+    rig.condor.shadows_missing = False           # the shadow exists now: ended, the job is idle again
+    rig.cycle()
+    assert rig.condor.running[wid] == 0 and rig.condor.requeued == 1
+    assert "1 job(s) it was running put back in the queue" in rig.reasons()
+    rig.cycle()                                  # checked once more, then forgotten
+    assert rig.daemon.stranded == {} and rig.store.get("stranded_jobs")[0] == []
+
+
+def test_jobs_stranded_are_requeued_at_shutdown_when_the_schedd_still_runs(tmp_path):
+    rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    (wid,) = rig.live(State.BOOTING)
+    rig.condor.join(wid, claimed=1)
+    rig.cycle()
+    rig.condor.running[wid] = 1
+    rig.daemon.shutdown()
+    assert rig.condor.running[wid] == 0 and rig.condor.requeued == 1
+
+
+def test_requeueing_waits_for_the_schedd_and_gives_up_after_its_patience(rig):
+    from appliance.scheduler import REQUEUE_PATIENCE, StrandedJobs
+    rig.daemon.stranded = {"local-gone00": StrandedJobs("local-gone00", "local", T0)}
+    rig.condor.running["local-gone00"] = 2
+    rig.condor.schedd_down = True
+    rig.cycle()
+    assert "local-gone00" in rig.daemon.stranded and rig.condor.running["local-gone00"] == 2
+    rig.condor.schedd_down = False
+    rig.condor.shadows_missing = True
+    rig.cycle(advance=REQUEUE_PATIENCE)
+    assert rig.daemon.stranded == {}
+    assert any("given up" in r for r in rig.reasons())
 
 
 def test_a_worker_that_never_joined_leaves_no_ads_to_withdraw(rig):
@@ -527,3 +591,45 @@ def test_shutdown_survives_a_failing_removal(tmp_path):
     rig.drivers["c"].terminate_error = OSError("engine gone")
     rig.daemon.shutdown()
     assert rig.states()[wid] is State.BOOTING
+
+
+# ------------------------------------------------------------------ a broken configuration
+
+def test_a_broken_configuration_is_shown_and_waited_out_not_a_restart_loop(tmp_path, caplog):
+    from appliance.daemon import wait_for_valid_config
+    path = tmp_path / "appliance.yaml"
+    path.write_text("scheduler: {interval: fast}\n")
+    db = str(tmp_path / "state.db")
+    seen = {}
+
+    def operator():      # reads what /healthz would show, then fixes the file (its own connection)
+        watcher = Store(db)
+        for _ in range(500):
+            if watcher.get("config_error")[0]:
+                break
+            threading.Event().wait(0.01)
+        seen["error"] = watcher.get("config_error")[0]
+        watcher.close()
+        path.write_text("scheduler: {interval: 2}\n")
+
+    store = Store(db)
+    fixer = threading.Thread(target=operator)
+    fixer.start()
+    with caplog.at_level(logging.ERROR, logger="appliance"):
+        cfg = wait_for_valid_config(store, threading.Event(), str(path), every=0.01)
+    fixer.join(5)
+    assert "scheduler.interval: expected a number" in seen["error"] and str(path) in seen["error"]
+    assert cfg.scheduler.interval == 2 and store.get("config_error")[0] is None
+    assert caplog.text.count("configuration error") == 1          # said once, not once a try
+    store.close()
+
+
+def test_stopping_while_waiting_for_a_fixed_configuration(tmp_path):
+    from appliance.daemon import wait_for_valid_config
+    path = tmp_path / "appliance.yaml"
+    path.write_text("clouds: 7\n")
+    store = Store(str(tmp_path / "state.db"))
+    stopping = threading.Event()
+    stopping.set()
+    assert wait_for_valid_config(store, stopping, str(path), every=0.01) is None
+    store.close()
