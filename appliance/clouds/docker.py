@@ -113,7 +113,9 @@ class DockerDriver(du.EngineDriver):
 
     def _remove(self, target: str) -> None:
         try:
-            self.client.api.remove_container(target, force=True)
+            # v=True: the image's VOLUME lines give every worker container two anonymous
+            # volumes; without it each worker left them behind on the engine for ever
+            self.client.api.remove_container(target, force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as err:

@@ -34,6 +34,7 @@ def worker_containers(client, app) -> list:
 
 
 def test_jobs_run_in_worker_containers_which_then_go_away(start_appliance, network, client):
+    volumes_before = {v.name for v in client.volumes.list()}
     app = start_appliance(docker_config(), network=network, docker_socket=True)
     cluster = app.submit(job_sub(3, seconds=4), {"job.sh": JOB_SCRIPT})
     app.wait("3 jobs to complete", lambda: len(completed(app, cluster)) == 3, timeout=240)
@@ -58,6 +59,11 @@ def test_jobs_run_in_worker_containers_which_then_go_away(start_appliance, netwo
     moves = [(e["worker_id"], e["to_state"]) for e in app.events() if e["to_state"]]
     for wid in ids:
         assert (wid, "draining") in moves and (wid, "retired") in moves, moves
+    # nor any volume: the image's VOLUME lines gave each worker two anonymous ones, left for ever
+    app.c.reload()
+    own = {m.get("Name") for m in app.c.attrs["Mounts"]}
+    left = {v.name for v in client.volumes.list()} - volumes_before - own
+    assert left == set(), f"volumes left behind by the workers: {sorted(left)}"
 
 
 def test_worker_container_has_limits_labels_and_no_secret_in_its_environment(start_appliance, network, client):
