@@ -9,12 +9,19 @@ The file outlives releases, so its layout is versioned (PRAGMA user_version) and
 moved forward by MIGRATIONS when a newer release first opens it. It is also kept
 bounded: `prune` drops old events and long-ended workers, while the transition
 counters behind /metrics live in their own table and survive pruning.
+
+Opening a file checks it before writing anything: one from a newer release
+(SchemaTooNew), one that is not an SQLite database, is damaged, or holds another
+program's tables (StoreUnusable) is refused with a message that says what to do,
+and is left exactly as it was. It is never reset or "repaired" silently.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -133,13 +140,45 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(RuntimeError):
+class StoreError(sqlite3.DatabaseError):
+    """The state database cannot be used by this release; the file was left unchanged.
+
+    A sqlite3.DatabaseError, so what already reports database errors reports
+    these too (the CLIs: exit 4, "cannot open the appliance state: ...").
+    """
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class SchemaTooNew(StoreError):
     """The database was written by a newer release; this code must not touch it."""
 
     def __init__(self, path: str, found: int, known: int):
-        super().__init__(f"{path}: database schema version {found} is newer than this release's "
-                         f"version {known}; run a release that knows version {found} (the file was left unchanged)")
-        self.path, self.found, self.known = path, found, known
+        super().__init__(path, f"{path}: database schema version {found} is newer than this release's "
+                               f"version {known}; run a release that knows version {found} (the file was left "
+                               "unchanged)")
+        self.found, self.known = found, known
+
+
+# What an operator does about a file that is not a usable appliance database.
+MOVE_ASIDE = ("move it aside, with its -wal and -shm files if there are any (e.g. `mv appliance.db "
+              "appliance.db.broken`), and restart the appliance: it then starts with an empty state. The job "
+              "queue, the pool key and /home are kept (they are not in this file); cloud settings changed at "
+              "runtime go back to appliance.yaml; workers still running are found again as orphans and removed, "
+              "and their jobs run again")
+CHECK_ACCESS = ("check that it is a regular file the appliance may read and write: owner root, group appliance, "
+                "mode 0660, in a directory of group appliance with mode 2770 (bootstrap makes "
+                "/var/lib/appliance/state so)")
+
+
+class StoreUnusable(StoreError):
+    """Not an SQLite file, a damaged one, or another program's database: refused, never reset."""
+
+    def __init__(self, path: str, problem: str, advice: str = MOVE_ASIDE):
+        super().__init__(path, f"{path}: {problem}. The file was left unchanged. To go on, {advice}.")
+        self.problem, self.advice = problem, advice
 
 
 # upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
@@ -157,15 +196,19 @@ class Store:
         # else the caller creates. The modes are set explicitly instead: the
         # directory below, the database file in _group_writable, and SQLite gives
         # the -wal and -shm files the database file's mode itself.
+        _check_file(self.path)
         directory = os.path.dirname(self.path)
         if directory:
             _make_dir(directory)
         _group_writable(self.path)
-        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        except sqlite3.Error as err:
+            raise StoreUnusable(self.path, f"SQLite cannot open it ({err})", CHECK_ACCESS) from None
         try:
             self.db.row_factory = sqlite3.Row
-            # refuse a newer database before anything (even the journal mode) is written
-            self._check_version(self._version())
+            # refuse a newer, damaged or foreign file before anything (even the journal mode) is written
+            self._check_usable()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
@@ -173,6 +216,38 @@ class Store:
         except BaseException:
             self.db.close()
             raise
+
+    def _check_usable(self) -> None:
+        """Raise SchemaTooNew or StoreUnusable for a file this code must not touch; reads only.
+
+        One read transaction, so a migration another process commits meanwhile is
+        seen whole or not at all. quick_check reads every page (a few ms for a
+        full-size file, 100 000 events) and finds truncation and broken pages
+        that the first reads alone would not meet.
+        """
+        self.db.execute("BEGIN")
+        try:
+            version = self._version()
+            self._check_version(version)
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            if found != ["ok"]:
+                raise StoreUnusable(self.path, f"it is damaged (SQLite's check found: {_clip('; '.join(found))})")
+            problem = _layout_problem(version, _tables(self.db))
+            if problem:
+                raise StoreUnusable(self.path, problem)
+        except StoreError:
+            raise
+        except sqlite3.DatabaseError as err:
+            problem = _unreadable(err)
+            if problem is None:      # busy, locked, I/O: not a verdict on the file
+                raise
+            raise StoreUnusable(self.path, problem) from None
+        finally:
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -476,6 +551,88 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
                   condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"])
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, frozenset[str]]:
+    """table -> its column names, SQLite's own tables (sqlite_*) left out."""
+    names = [r[0] for r in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+    return {n: frozenset(r[0] for r in db.execute("SELECT name FROM pragma_table_info(?)", (n,))) for n in names}
+
+
+@functools.cache
+def expected_tables(version: int) -> dict[str, frozenset[str]]:
+    """The tables and columns of schema `version`, as MIGRATIONS[:version] make them."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for step in MIGRATIONS[:version]:
+            step(db)
+        return _tables(db)
+    finally:
+        db.close()
+
+
+def _layout_problem(version: int, tables: dict[str, frozenset[str]]) -> str | None:
+    """What makes these tables not the appliance's schema `version`, or None.
+
+    Version 0 is a new, empty file or one of a release before schema versions
+    (which made all of version 1's tables at once). Every table of the version
+    must be there with exactly its columns; tables of no version of ours are
+    left alone (they might be an operator's), unless they are all there is.
+    """
+    if version < 0:
+        return f"its schema version is {version}, which no release of the appliance writes: it is another " \
+               "program's database"
+    if version == 0 and not tables:
+        return None
+    expected = expected_tables(max(version, 1))
+    if not set(expected) & set(tables):
+        return f"it holds none of the appliance's tables, only {_names(tables)}: it is another program's database"
+    for name in expected:       # in the order the schema makes them: workers first
+        if name in tables and tables[name] != expected[name]:
+            return (f"its table {name} has the columns {_names(tables[name])}, not the appliance's "
+                    f"{_names(expected[name])}: it is another program's database, or was changed by hand")
+    missing = sorted(set(expected) - set(tables))
+    if missing:
+        return f"the appliance's tables {_names(missing)} are missing: it is damaged, or another program's database"
+    return None
+
+
+def _unreadable(err: sqlite3.DatabaseError) -> str | None:
+    """What an SQLite error says about the file itself, or None if it says nothing (busy, I/O, ...)."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err)
+    if name == "SQLITE_NOTADB" or "not a database" in text:
+        return f"it is not an SQLite database (SQLite: {text})"
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in text:
+        return f"it is damaged, e.g. truncated or overwritten (SQLite: {text})"
+    return None
+
+
+def _names(names: Iterable[str]) -> str:
+    return _clip(", ".join(sorted(names)), 200)
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """One line (SQLite's reports span several), at most `limit` characters."""
+    text = " ".join(text.replace("*** in database main ***", "").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_file(path: str) -> None:
+    """Refuse a directory or other non-file where the database should be, before creating anything."""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return              # a new install: created next
+    except OSError as err:
+        raise StoreUnusable(path, f"it cannot be examined ({err.strerror})", CHECK_ACCESS) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreUnusable(path, "it is a directory, not a database file")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreUnusable(path, "it is not a regular file")
 
 
 def _run(db: sqlite3.Connection, script: str) -> None:
