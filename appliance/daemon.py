@@ -9,6 +9,7 @@ Logs are one line per decision, with its reason, and never a secret.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import secrets
@@ -27,8 +28,9 @@ from .config import Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ad
 from .model import CloudHealth, Observation
+from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide
-from .store import SchemaTooNew, Store
+from .store import Store, StoreError
 from .workerconf import WorkerSpec
 
 log = logging.getLogger("appliance")
@@ -39,9 +41,9 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 PRUNE_EVERY = 3600.0   # seconds between applications of the store's retention
-EX_CONFIG = 78   # sysexits: configuration error; supervisord does not restart on it
 
 
 class Daemon:
@@ -79,7 +81,7 @@ class Daemon:
             started = time.monotonic()
             try:
                 self.cycle()
-                self._failing = None
+                self.cycle_succeeded()
             except Exception as err:   # one bad cycle must not end the daemon; the next one retries
                 self.cycle_failed(err)
             elapsed = time.monotonic() - started
@@ -101,11 +103,20 @@ class Daemon:
         if text != self._failing:     # the traceback once, not every cycle
             log.exception("scheduler cycle failed: %s", text)
             self._failing = text
+        beat = {"time": self.clock(), "pid": os.getpid(), "cycle": self.cycles,
+                "interval": self.cfg.scheduler.interval, "error": text}
         try:
-            self.store.put("heartbeat", {"time": self.clock(), "pid": os.getpid(), "cycle": self.cycles,
-                                         "interval": self.cfg.scheduler.interval, "error": text})
+            self.store.put("heartbeat", beat)
         except Exception:
-            pass
+            # the store itself cannot be written (its volume is full?): say why where the
+            # CLIs and the page still look, outside the state volume
+            write_runtime_status(beat)
+
+    def cycle_succeeded(self) -> None:
+        if self._failing is not None:
+            self._failing = None
+            clear_runtime_status()
+            log.info("scheduler cycles succeed again")
 
     def cycle(self) -> Plan:
         now = self.clock()
@@ -372,6 +383,26 @@ class Daemon:
         log.info("scheduler stopped")
 
 
+def write_runtime_status(beat: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(RUNTIME_STATUS), mode=0o755, exist_ok=True)
+        with open(RUNTIME_STATUS + ".tmp", "w") as f:
+            json.dump(beat, f)
+        os.chmod(RUNTIME_STATUS + ".tmp", 0o644)     # the web app (user appliance) reads it
+        os.replace(RUNTIME_STATUS + ".tmp", RUNTIME_STATUS)
+    except OSError as err:
+        log.warning("cannot record the failure in %s either: %s", RUNTIME_STATUS, err)
+
+
+def clear_runtime_status() -> None:
+    try:
+        os.unlink(RUNTIME_STATUS)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("cannot remove %s: %s", RUNTIME_STATUS, err)
+
+
 def load_stranded(store: Store) -> dict[str, StrandedJobs]:
     rows, _ = store.get("stranded_jobs", [])
     return {r["worker_id"]: StrandedJobs(r["worker_id"], r["cloud"], r["since"]) for r in rows or []}
@@ -396,11 +427,6 @@ def setup_logging() -> None:
 
 def main() -> int:
     setup_logging()
-    try:
-        store = Store()
-    except SchemaTooNew as err:      # a downgrade: refuse rather than damage the newer state
-        log.error("the scheduler does not start: %s", err)
-        return EX_CONFIG
     stopping = threading.Event()
 
     def stop(signum, frame):
@@ -409,6 +435,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    store = wait_for_usable_store(stopping)
+    if store is None:
+        return 0
     cfg = wait_for_valid_config(store, stopping)
     if cfg is None:
         return 0
@@ -418,6 +447,24 @@ def main() -> int:
     daemon.stopping = stopping
     daemon.run()
     return 0
+
+
+def wait_for_usable_store(stopping: threading.Event, path: str | None = None,
+                          every: float = STORE_POLL) -> Store | None:
+    """Open the state database; one that is newer than this release, damaged or not
+    ours is refused untouched (StoreError says what to do), logged once, and tried
+    again every few seconds: exiting made supervisord retry and repeat the message."""
+    shown = None
+    while True:
+        try:
+            return Store(path)
+        except StoreError as err:
+            if str(err) != shown:
+                shown = str(err)
+                log.error("the scheduler does not start until the state database is usable "
+                          "(tried again every %.0f s): %s", every, err)
+            if stopping.wait(every):
+                return None
 
 
 def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | None = None,

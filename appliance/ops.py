@@ -5,6 +5,8 @@ requests that the daemon applies on its next cycle.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
@@ -12,6 +14,10 @@ from . import lifecycle
 from .config import Config
 from .lifecycle import State
 from .store import Store
+
+# where the daemon reports a failing cycle when the store cannot be written (its volume is
+# full?): outside the state volume, read by scheduler_status
+RUNTIME_STATUS = os.environ.get("APPLIANCE_RUNTIME_STATUS", "/run/appliance/scheduler.json")
 
 # the daemon writes a heartbeat every cycle; this many intervals without one means it is down
 STALE_INTERVALS = 5
@@ -51,6 +57,9 @@ def resolve_cloud(cfg: Config, name: str) -> str:
 def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     beat, _ = store.get("heartbeat")
+    failing = _runtime_status()
+    if failing and (not beat or failing.get("time", 0) > beat.get("time", 0)):
+        beat = failing       # the store could not be written: the daemon said why outside it
     config_error, _ = store.get("config_error")
     if config_error:
         # the scheduler runs, but manages nothing until the file is fixed (it rereads it)
@@ -71,6 +80,14 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
         msg += "; the collector is not answering"
     return {"running": running, "message": msg, "config_error": None, "last_cycle_age": round(age, 1),
             "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration")}
+
+
+def _runtime_status() -> dict | None:
+    try:
+        with open(RUNTIME_STATUS) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[dict[str, Any]]:

@@ -633,3 +633,56 @@ def test_stopping_while_waiting_for_a_fixed_configuration(tmp_path):
     stopping.set()
     assert wait_for_valid_config(store, stopping, str(path), every=0.01) is None
     store.close()
+
+
+def test_a_state_database_from_a_newer_release_is_refused_and_waited_out(tmp_path, caplog):
+    import sqlite3
+
+    from appliance.daemon import wait_for_usable_store
+    db = tmp_path / "state.db"
+    Store(str(db)).close()
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA user_version = 999")
+    before = db.read_bytes()
+    stopping = threading.Event()
+    threading.Timer(0.3, stopping.set).start()
+    with caplog.at_level(logging.ERROR, logger="appliance"):
+        assert wait_for_usable_store(stopping, str(db), every=0.01) is None
+    assert caplog.text.count("the scheduler does not start") == 1 and "newer than this release" in caplog.text
+    assert db.read_bytes() == before
+
+
+def test_a_usable_state_database_opens_at_once(tmp_path):
+    from appliance.daemon import wait_for_usable_store
+    store = wait_for_usable_store(threading.Event(), str(tmp_path / "state.db"))
+    assert store is not None
+    store.close()
+
+
+def test_a_store_that_cannot_be_written_is_reported_outside_it_and_recovers(rig, tmp_path, monkeypatch):
+    import sqlite3
+
+    from appliance import daemon as daemon_module
+    from appliance import ops
+    status_file = str(tmp_path / "run" / "scheduler.json")
+    monkeypatch.setattr(daemon_module, "RUNTIME_STATUS", status_file)
+    monkeypatch.setattr(ops, "RUNTIME_STATUS", status_file)
+    rig.condor.groups = (group(1),)
+    real_tx = rig.store.tx
+
+    def full_disk():
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(rig.store, "tx", full_disk)
+    try:
+        rig.cycle()
+    except sqlite3.OperationalError as err:
+        rig.daemon.cycle_failed(err)
+    assert rig.drivers["local"].launched == []                  # nothing launched that was not recorded
+    status = ops.scheduler_status(rig.store, now=rig.clock.now)
+    assert status["running"] and "database or disk is full" in status["message"], status
+    monkeypatch.setattr(rig.store, "tx", real_tx)               # space is back
+    rig.cycle()
+    rig.daemon.cycle_succeeded()
+    assert len(rig.live(State.BOOTING)) == 1
+    assert not (tmp_path / "run" / "scheduler.json").exists()
+    assert "database or disk is full" not in ops.scheduler_status(rig.store, now=rig.clock.now)["message"]
