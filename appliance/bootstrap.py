@@ -5,23 +5,34 @@ Creates what must exist before any daemon starts, idempotently:
 - the pool signing key (HTCondor's POOL key) and this install's pool id;
 - the admin password, unless APPLIANCE_ADMIN_PASSWORD is given (the log says where
   to read it, never the password itself);
-- HTCondor settings derived from appliance.yaml (trust domain, addresses).
+- HTCondor settings derived from appliance.yaml (trust domain, addresses);
+- the web page's TLS certificate and key: the operator's, or a self-signed pair
+  made at first start and kept in the state volume (see setup_tls).
 
 Nothing secret is ever baked into the image: it is all made here, at first start.
+A broken appliance.yaml never stops it: the scheduler reports the error and waits.
 """
 from __future__ import annotations
 
+import base64
+import datetime
 import grp
+import hashlib
+import ipaddress
 import os
 import pwd
+import re
 import secrets
+import socket
+import ssl
 import sys
 
-from .config import ConfigError, load
+from .config import HOST_RE, ConfigError, load
 
 STATE = os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
 CONDOR_GENERATED = "/etc/condor/config.d/60-appliance-generated.conf"
 SPOOL = "/var/lib/condor/spool"
+CONDOR_LOG = "/var/log/condor"
 
 
 def _ids(user: str, group: str | None = None) -> tuple[int, int]:
@@ -74,6 +85,278 @@ def _advertised_address(cfg) -> list[str]:
     return [f"# the address swarm workers reach us at (network {network})", f"NETWORK_INTERFACE = {ip}"]
 
 
+# ------------------------------------------------------------------ the web page's TLS
+#
+# gunicorn serves the page and the API on 8080 over TLS only (appliance/web/gunicorn_conf.py).
+# Its certificate and key are, in this order:
+#   1. the operator's: APPLIANCE_TLS_CERT and APPLIANCE_TLS_KEY, or else the files mounted at
+#      /etc/appliance/tls/tls.crt and tls.key (PEM; the certificate file may hold the chain);
+#   2. a self-signed pair made at first start into the state volume (/var/lib/appliance/tls),
+#      kept across restarts (its fingerprint stays the same) and renewed only near its expiry.
+# Either pair is copied at every start to /run/appliance/web, where the key belongs to the
+# user gunicorn runs as (appliance, mode 0600): the operator's key may be root's only.
+# If the operator's pair cannot be used, the page is served with the self-signed pair and
+# the problem is written next to it, so /healthz answers 503 and the page shows it.
+#
+# The pair is made with python3-cryptography (Debian trixie's; Debian's HTCondor package and
+# python3-urllib3 depend on it, so the Dockerfile gets it without naming it) rather than the
+# openssl CLI (also in the image, pulled in by ca-certificates; handy to inspect the pair): the
+# certificate's fields (a leaf, not a CA; subjectAltName with DNS names and IP addresses
+# apart; serverAuth) are set exactly, the key is created with mode 0600 before a byte is
+# written, and nothing is parsed from a command's output.
+
+WEB_PORT = 8080
+OPERATOR_CERT = "/etc/appliance/tls/tls.crt"
+OPERATOR_KEY = "/etc/appliance/tls/tls.key"
+WEB_RUN = "/run/appliance/web"       # what gunicorn serves: tls.crt, tls.key, and `problems`
+CERT_DAYS = 825        # the longest validity Apple's TLS clients accept, even for a certificate one trusts by hand
+RENEW_DAYS = 30        # a generated certificate this close to its end is replaced at start
+
+
+def web_bind() -> tuple[str, str | None]:
+    """The address gunicorn listens on, from APPLIANCE_WEB_BIND (default 0.0.0.0, every
+    address; 127.0.0.1 for an SSH tunnel), and the problem if the value is no IP address.
+    A bad value binds 127.0.0.1 only: a typo must never expose the page more than asked."""
+    raw = os.environ.get("APPLIANCE_WEB_BIND", "").strip() or "0.0.0.0"
+    try:
+        return str(ipaddress.ip_address(raw.strip("[]"))), None
+    except ValueError:
+        return "127.0.0.1", (f"APPLIANCE_WEB_BIND must be an IP address such as 0.0.0.0 or 127.0.0.1, "
+                             f"got {raw[:60]!r}: listening on 127.0.0.1 only")
+
+
+def gunicorn_bind(address: str) -> str:
+    return f"[{address}]:{WEB_PORT}" if ":" in address else f"{address}:{WEB_PORT}"
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 of a certificate (DER), as browsers and `openssl x509 -fingerprint -sha256` show it."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def _condor_host(cfg) -> str | None:
+    """pool.condor_host, for the certificate's names: from the loaded configuration, or, when
+    the file is invalid elsewhere, read from the raw YAML if it is a plain host name or address."""
+    if cfg is not None:
+        host = cfg.pool.condor_host
+    else:
+        try:
+            import yaml
+            with open(os.environ.get("APPLIANCE_CONFIG") or "/etc/appliance/appliance.yaml", encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+            host = raw.get("pool", {}).get("condor_host") if isinstance(raw, dict) else None
+        except Exception:
+            return None
+    if isinstance(host, str) and host != "auto" and HOST_RE.match(host):
+        return host
+    return None
+
+
+def _names(condor_host: str | None) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    for extra in (socket.gethostname(), condor_host):
+        if extra and extra not in names and HOST_RE.match(extra):
+            names.append(extra)
+    return names
+
+
+def _pair_problem(cert: str, key: str) -> str | None:
+    """None if the pair loads as a TLS server's (the key matches, it is not encrypted), else why not."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # an encrypted key would make OpenSSL ask a terminal for its passphrase: answer empty, so it fails
+        ctx.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as err:          # e.g. KEY_VALUES_MISMATCH: the key is not the certificate's
+        return (err.reason or str(err)).replace("_", " ").lower()
+    except (OSError, ValueError) as err:
+        return getattr(err, "strerror", None) or str(err)
+    return None
+
+
+def _first_der(pem: bytes) -> bytes:
+    """The first certificate of a PEM file (the server's own, before its chain), as DER."""
+    m = re.search(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
+    if not m:
+        raise ValueError("no PEM certificate in it")
+    return base64.b64decode(b"".join(m.group(1).split()))
+
+
+def _cert_info(pem: bytes):
+    """The first certificate, parsed; None if this (strict) parser refuses what OpenSSL took."""
+    from cryptography import x509
+    try:
+        return x509.load_der_x509_certificate(_first_der(pem))
+    except ValueError:
+        return None
+
+
+def _cert_names(cert) -> list[str]:
+    from cryptography import x509
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.DNSName) + san.get_values_for_type(x509.IPAddress)]
+
+
+def _write(path: str, data: bytes, mode: int, owner: tuple[int, int] = (0, 0)) -> None:
+    """Replace a file atomically; it has its mode and owner before the first byte is written."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.fchown(fd, *owner)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def generate_self_signed(cert_path: str, key_path: str, names: list[str], now: datetime.datetime | None = None) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = now or datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            alt.append(x509.DNSName(n))
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "appliance (self-signed)"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, names[-1][:64])])
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))        # a client's clock a little behind
+            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            # a leaf, not a CA: browsers refuse a CA certificate as a server's
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _self_signed(state: str, names: list[str], now: datetime.datetime) -> tuple[str, str, str]:
+    """The generated pair's paths, made now if missing, unusable or near its end; and what was done."""
+    directory = os.path.join(state, "tls")
+    _dir(directory, 0o700)
+    cert, key = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+    why = None
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        why = "generated at first start"
+    elif problem := _pair_problem(cert, key):
+        why = f"generated anew: the kept one was unusable ({problem})"
+    else:
+        with open(cert, "rb") as f:
+            info = _cert_info(f.read())
+        if info is None:
+            why = "generated anew: the kept one could not be parsed"
+        elif info.not_valid_after_utc - now < datetime.timedelta(days=RENEW_DAYS):
+            why = f"generated anew: the kept one expires {info.not_valid_after_utc:%Y-%m-%d}"
+    if why:
+        generate_self_signed(cert, key, names, now)
+        return cert, key, why
+    os.chmod(key, 0o600)
+    return cert, key, "kept from an earlier start"
+
+
+def _operator_pair() -> tuple[str | None, str | None, str | None]:
+    """The operator's (cert, key), or (None, None, problem or None) when there is none to use."""
+    env_cert, env_key = os.environ.get("APPLIANCE_TLS_CERT", ""), os.environ.get("APPLIANCE_TLS_KEY", "")
+    cert, key = env_cert or OPERATOR_CERT, env_key or OPERATOR_KEY
+    have_cert, have_key = os.path.isfile(cert), os.path.isfile(key)
+    if not (env_cert or env_key) and not have_cert and not have_key:
+        return None, None, None                  # nothing mounted, nothing asked: the self-signed pair
+    missing = [f"{what} {path}" + (f" (from {var})" if given else "")
+               for what, path, present, var, given in (("certificate", cert, have_cert, "APPLIANCE_TLS_CERT", env_cert),
+                                                       ("key", key, have_key, "APPLIANCE_TLS_KEY", env_key))
+               if not present]
+    if missing:
+        return None, None, f"the TLS {' and '.join(missing)} not found"
+    problem = _pair_problem(cert, key)
+    if not problem:
+        try:
+            with open(cert, "rb") as f:
+                _first_der(f.read())
+        except (OSError, ValueError) as err:
+            problem = str(err)
+    if problem:
+        return None, None, f"the TLS certificate {cert} and key {key} cannot be used: {problem}"
+    return cert, key, None
+
+
+def setup_tls(condor_host: str | None = None, state: str | None = None, run: str | None = None,
+              now: datetime.datetime | None = None) -> dict:
+    """Choose the web page's pair, copy it where gunicorn reads it, log its fingerprint.
+    Returns what was chosen (for the tests)."""
+    state, run = state or STATE, run or WEB_RUN
+    now = now or datetime.datetime.now(datetime.UTC)
+    problems = []
+    address, bind_problem = web_bind()
+    if bind_problem:
+        problems.append(bind_problem)
+    cert, key, operator_problem = _operator_pair()
+    names = _names(condor_host)
+    if cert:
+        source = f"the operator's certificate {cert}"
+    else:
+        if operator_problem:
+            problems.append(operator_problem + "; serving the self-signed certificate instead")
+        cert, key, what = _self_signed(state, names, now)
+        source = f"the self-signed certificate {cert} ({what})"
+    with open(cert, "rb") as f:
+        pem = f.read()
+    with open(key, "rb") as f:
+        key_pem = f.read()
+
+    os.makedirs(os.path.dirname(run), mode=0o755, exist_ok=True)
+    _dir(run, 0o750, _ids("root", "appliance"))
+    _write(os.path.join(run, "tls.crt"), pem, 0o644)
+    _write(os.path.join(run, "tls.key"), key_pem, 0o600, _ids("appliance"))
+    problems_file = os.path.join(run, "problems")
+    if problems:
+        _write(problems_file, ("\n".join(problems) + "\n").encode(), 0o644)
+    else:
+        try:
+            os.unlink(problems_file)
+        except FileNotFoundError:
+            pass
+
+    info = _cert_info(pem)
+    names_in = _cert_names(info) if info else []
+    print_ = fingerprint(_first_der(pem))
+    where = "every address" if address in ("0.0.0.0", "::") else f"{address} only"
+    valid = f"valid until {info.not_valid_after_utc:%Y-%m-%d}, for {', '.join(names_in) or 'no names'}" if info else ""
+    print(f"appliance: web page on https://<host>:{WEB_PORT} ({where}; plain HTTP is not served), with {source}"
+          f"{', ' + valid if valid else ''}", flush=True)
+    print(f"appliance: web page certificate SHA-256 fingerprint {print_}", flush=True)
+    if info and "self-signed" in source and (missing := [n for n in names if n not in names_in]):
+        print(f"appliance: note: the kept self-signed certificate does not name {', '.join(missing)}; delete "
+              f"{state}/tls and restart to make one that does (its fingerprint changes)", flush=True)
+    if info and not info.not_valid_before_utc <= now <= info.not_valid_after_utc:
+        print(f"appliance: web page: warning: the certificate is not valid now (valid from "
+              f"{info.not_valid_before_utc:%Y-%m-%d %H:%M} to {info.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)",
+              file=sys.stderr, flush=True)
+    for p in problems:
+        print(f"appliance: web page: {p}", file=sys.stderr, flush=True)
+    return {"cert": cert, "key": key, "source": source, "problems": problems, "fingerprint": print_,
+            "names": names_in, "bind": address}
+
+
 def main() -> int:
     app_group = _ids("root", "appliance")
     condor = _ids("condor")
@@ -83,7 +366,7 @@ def main() -> int:
     _dir(f"{STATE}/worker-keys", 0o700)
     _dir(f"{STATE}/workers", 0o755)
     _dir(SPOOL, 0o755, condor)
-    _dir("/var/log/condor", 0o755, condor)
+    _dir(CONDOR_LOG, 0o755, condor)
 
     _secret_file(f"{STATE}/pool-id", secrets.token_hex(6) + "\n", 0o644)
     if _secret_file(f"{STATE}/keys/POOL", secrets.token_hex(48)):
@@ -102,8 +385,18 @@ def main() -> int:
         cfg = load()
         pool, problem = cfg.pool.name, None
     except ConfigError as err:
-        pool, problem = "appliance", str(err)
-        print(f"appliance: configuration error (the scheduler will not start): {err}", file=sys.stderr, flush=True)
+        cfg, pool, problem = None, "appliance", str(err)
+        print(f"appliance: configuration error (the scheduler waits until the file is fixed): {err}",
+              file=sys.stderr, flush=True)
+    except Exception as err:        # whatever the file holds, the pool and the page still start
+        cfg, pool, problem = None, "appliance", f"cannot be read: {type(err).__name__}: {err}"
+        print(f"appliance: configuration error: {problem}", file=sys.stderr, flush=True)
+
+    try:
+        setup_tls(_condor_host(cfg))
+    except Exception as err:        # the pool runs without its page rather than not at all
+        print(f"appliance: web page: cannot set up its TLS certificate, the page will not start: "
+              f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
     lines = [
         "# Generated at start from appliance.yaml by appliance.bootstrap. Do not edit.",
@@ -112,7 +405,7 @@ def main() -> int:
         f"COLLECTOR_NAME = {pool}",
     ]
     if problem:
-        lines.append(f"# configuration error: {problem}")
+        lines.append("# configuration error: " + " ".join(problem.split()))     # one comment line, whatever it holds
     else:
         lines += _advertised_address(cfg)
     with open(CONDOR_GENERATED, "w") as f:

@@ -3,7 +3,12 @@
     /            the dashboard (login required)       ui.py
     /api/...     the JSON API (same credentials)      api.py
     /metrics     Prometheus text (same credentials)   metrics.py
-    /healthz     open: is the web app up, is the scheduler running
+    /healthz     open: 200 {"status": "ok", ...}, or 503 {"status": "error", "error": ...}
+                 while the configuration is invalid or the page's TLS/bind set-up failed
+                 (Docker's HEALTHCHECK asks it)
+
+gunicorn serves all of it over HTTPS only (gunicorn_conf.py; the certificate is set
+up by appliance.bootstrap), so the session cookie is always `Secure`.
 
 The page, the API and the metrics read and write through appliance.ops, the
 same functions cloud_status and cloud_admin use.
@@ -19,6 +24,7 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
+from ..bootstrap import WEB_RUN
 from ..config import Config, ConfigError, load
 from ..store import Store
 from . import auth
@@ -54,19 +60,45 @@ def config() -> Config:
     return g.cfg
 
 
+def config_problem() -> str | None:
+    """Why the configuration is invalid, or None: the scheduler's verdict (the store's
+    config_error, written while it waits for a valid file), else this app's own reading of
+    the file (it can break after the scheduler started)."""
+    recorded, _ = store().get("config_error")
+    if recorded:
+        return str(recorded)
+    try:
+        config()
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def web_problems() -> list[str]:
+    """What bootstrap could not set up as asked for the page (TLS pair, bind address); it then
+    serves the self-signed pair or 127.0.0.1 only, and says why in this file."""
+    from flask import current_app
+    try:
+        with open(os.path.join(current_app.config["WEB_RUN"], "problems"), encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError:
+        return []
+
+
 def create_app(db_path: str | None = None, config_path: str | None = None, state_dir: str | None = None,
-               admin_password: str | None = None) -> Flask:
+               admin_password: str | None = None, web_run: str | None = None) -> Flask:
     app = Flask(__name__)
     state = state_dir or os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
     db_path = db_path or os.environ.get("APPLIANCE_DB")
     app.config.update(
         DB_PATH=db_path, CONFIG_PATH=config_path, STATE_DIR=state, ADMIN_PASSWORD=admin_password,
+        WEB_RUN=web_run or WEB_RUN,
         SECRET_KEY=auth.session_key(os.path.dirname(db_path) if db_path else os.path.join(state, "state")),
         SESSION_COOKIE_NAME="appliance_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        # plain HTTP on 8080 by default; behind a TLS proxy set APPLIANCE_WEB_SECURE_COOKIE=1
-        SESSION_COOKIE_SECURE=os.environ.get("APPLIANCE_WEB_SECURE_COOKIE") == "1",
+        # the page is served over HTTPS only (gunicorn_conf.py): the cookie never travels in clear
+        SESSION_COOKIE_SECURE=True,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=True,
@@ -81,7 +113,13 @@ def create_app(db_path: str | None = None, config_path: str | None = None, state
 
     @app.get("/healthz")
     def healthz():
-        return jsonify({"status": "ok", "scheduler": ops.scheduler_status(store())})
+        sched = ops.scheduler_status(store())
+        cfg_error, web = config_problem(), web_problems()
+        if cfg_error or web:
+            error = "; ".join(([f"configuration error: {cfg_error}"] if cfg_error else []) + web)
+            return jsonify({"status": "error", "error": error, "config_error": cfg_error, "web_problems": web,
+                            "scheduler": sched}), 503
+        return jsonify({"status": "ok", "scheduler": sched})
 
     @app.after_request
     def headers(resp):
@@ -105,7 +143,7 @@ def create_app(db_path: str | None = None, config_path: str | None = None, state
     def config_error(err: ConfigError):
         msg = f"the configuration is invalid: {err}"
         if _wants_json():
-            return jsonify({"error": msg}), 503
+            return jsonify({"error": msg, "config_error": str(err)}), 503
         return ui.broken(msg), 503
 
     @app.errorhandler(Exception)

@@ -2,7 +2,10 @@
 
 Every answer is {"scheduler": ..., "data": ...}, as `cloud_status --json` prints;
 errors are {"error": "..."} with 400 (bad input), 401 (no or wrong credentials),
-404 (unknown cloud or path), 429 (too many failed logins) or 503 (bad config).
+404 (unknown cloud or path), 429 (too many failed logins) or 503 (bad config, with
+"config_error" too). The clouds listing also carries "config_error" at the top: null, or
+the scheduler's message while it waits for a valid appliance.yaml, so an invalid file
+never reads as an empty list of clouds.
 """
 from __future__ import annotations
 
@@ -70,7 +73,9 @@ def openapi():
 @bp.get("/clouds")
 @api_auth
 def clouds():
-    return answer(ops.clouds_status(store(), config()))
+    s = store()
+    sched = ops.scheduler_status(s)
+    return jsonify({"scheduler": sched, "data": ops.clouds_status(s, config()), "config_error": sched["config_error"]})
 
 
 @bp.get("/clouds/<name>")

@@ -75,6 +75,10 @@ def _err(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+CLOUDS_OK = {"description": "the clouds", "content": {"application/json": {"schema": _obj({
+    "scheduler": {"$ref": "#/components/schemas/Scheduler"},
+    "data": {"type": "array", "items": {"$ref": "#/components/schemas/Cloud"}},
+    "config_error": _nullable(STR)})}}}
 AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many failed logins from this client"),
                "503": _err("the configuration file is invalid")}
 NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
@@ -93,13 +97,15 @@ def spec() -> dict[str, Any]:
         "info": {"title": "Appliance admin API", "version": "1",
                  "description": "The data and operations of cloud_status and cloud_admin. Authenticate with HTTP "
                                 "Basic as admin (the admin password), or with the web page's session cookie plus "
-                                "an X-CSRF-Token header on writes. Answers are {scheduler, data}; errors {error}."},
+                                "an X-CSRF-Token header on writes. Answers are {scheduler, data}; errors {error} (and "
+                                "config_error with 503). Served over HTTPS only."},
         "servers": [{"url": "/"}],
         "security": [{"basic": []}, {"session": []}],
         "paths": {
             "/api/clouds": {"get": {"summary": "clouds: enabled, worker counts by state, max_workers, health",
-                                    "responses": {"200": _ok("the clouds", {"type": "array", "items": REF["Cloud"]}),
-                                                  **AUTH_ERRORS}}},
+                                    "description": "config_error: null, or why appliance.yaml is invalid (the "
+                                                   "scheduler manages no workers until it is fixed)",
+                                    "responses": {"200": CLOUDS_OK, **AUTH_ERRORS}}},
             "/api/clouds/{name}": {
                 "get": {"summary": "one cloud with its workers and recent events", "parameters": [NAME],
                         "responses": {"200": _ok("the cloud", REF["CloudDetail"]),
@@ -140,6 +146,6 @@ def spec() -> dict[str, Any]:
                 "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"}},
             "schemas": {"Scheduler": SCHEDULER, "Cloud": CLOUD, "CloudDetail": CLOUD_DETAIL, "Worker": WORKER,
                         "Event": EVENT, "JobGroup": GROUP, "Queue": QUEUE,
-                        "Error": _obj({"error": STR})},
+                        "Error": _obj({"error": STR, "config_error": STR}, ["error"])},
         },
     }

@@ -15,7 +15,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from .. import ops
 from ..cli.common import duration
 from ..config import ConfigError
-from . import auth, config, store
+from . import auth, config, store, web_problems
 
 log = logging.getLogger("appliance.web")
 
@@ -75,6 +75,8 @@ def view_model() -> dict:
         clouds, cfg_error, pool = ops.clouds_status(s, cfg), None, cfg.pool.name
     except ConfigError as err:
         clouds, cfg_error, pool = [], str(err), "appliance"
+    # the scheduler's verdict first: it is what it waits on (the file may be fixed a moment before it reads it)
+    cfg_error = sched.get("config_error") or cfg_error
     workers = ops.workers_status(s, include_ended=True)
     live = [w for w in workers if w["state"] not in ("retired", "failed")]
     ended = [w for w in workers if w["state"] in ("retired", "failed")][-10:][::-1]
@@ -82,7 +84,8 @@ def view_model() -> dict:
     events = ops.events(s, limit=EVENTS_SHOWN)[::-1]
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
-            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time()}
+            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
+            "web_problems": web_problems()}
 
 
 # ------------------------------------------------------------------ pages

@@ -42,7 +42,8 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1)
+    # the appliance's self-signed certificate names no container address (test_web_api.py verifies it)
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1, ignore_https_errors=True)
     pg = ctx.new_page()
     problems: list[str] = []
     # a wrong password is answered 401, which the console notes: not a problem of the page
@@ -55,6 +56,7 @@ def page(browser):
 
 
 def login(app, page) -> None:
+    assert app.url.startswith("https://")
     page.goto(f"{app.url}/login")
     page.fill("input[name=password]", app.password)
     page.click("button[type=submit]")
@@ -115,6 +117,9 @@ def test_dashboard_disable_enable_worker_logout(app, page):
 
 def test_requests_without_csrf_token_are_refused(app, page):
     login(app, page)
+    # over HTTPS the browser keeps the session cookie as Secure (never sent in clear)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "appliance_session")
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     token = page.locator('meta[name="csrf-token"]').get_attribute("content")
     # the browser's session cookie alone is not enough
     for url in ("/clouds/local/disable", "/api/clouds/local/disable"):
@@ -135,7 +140,7 @@ def test_requests_without_csrf_token_are_refused(app, page):
                           headers={"X-Requested-With": "fetch"})
     assert r.status == 400 and r.json()["error"] == "max_workers must be a whole number >= 0, got 'x'"
     # a login form without the token is refused too
-    ctx = page.context.browser.new_context()
+    ctx = page.context.browser.new_context(ignore_https_errors=True)
     r = ctx.request.post(f"{app.url}/login", form={"username": "admin", "password": app.password})
     assert r.status == 400
     ctx.close()

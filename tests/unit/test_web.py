@@ -4,6 +4,7 @@ import re
 import time
 
 import pytest
+from markupsafe import escape
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.lifecycle import State
@@ -21,7 +22,8 @@ def env(tmp_path):
     db = str(tmp_path / "state" / "appliance.db")
     store = Store(db)
     store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
-    app = create_app(db_path=db, config_path=str(cfg), state_dir=str(tmp_path), admin_password=PASSWORD)
+    app = create_app(db_path=db, config_path=str(cfg), state_dir=str(tmp_path), admin_password=PASSWORD,
+                     web_run=str(tmp_path / "run"))
     return app.test_client(), store
 
 
@@ -75,6 +77,7 @@ def test_headers_and_cookie(env):
     assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Content-Type-Options"] == "nosniff"
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "; Secure" in cookie                 # served over HTTPS only: the cookie never travels in clear
 
 
 def test_patch_validation(env):
@@ -110,3 +113,92 @@ def test_no_password_in_pages(env):
     login(c)
     for path in ("/", "/parts", "/login", "/api/openapi.json"):
         assert PASSWORD not in c.get(path, headers=BASIC).text
+
+
+# ------------------------------------------------------------------ a broken configuration is not healthy
+
+BROKEN = "/etc/appliance/appliance.yaml: clouds[0].worker.cpus: expected a whole number >= 1, got 'two'"
+
+
+def test_healthz_is_ok_with_a_valid_configuration(env):
+    c, store = env
+    store.put("config_error", None)          # what the scheduler writes once the file is valid
+    r = c.get("/healthz")
+    assert r.status_code == 200 and r.json["status"] == "ok" and r.json["scheduler"]["running"] is True
+
+
+def test_healthz_is_503_while_the_scheduler_records_a_config_error(env):
+    c, store = env
+    store.put("config_error", BROKEN)
+    r = c.get("/healthz")
+    assert r.status_code == 503
+    assert r.json["status"] == "error" and r.json["config_error"] == BROKEN
+    assert r.json["error"] == f"configuration error: {BROKEN}"
+    assert r.json["scheduler"]["config_error"] == BROKEN
+    store.put("config_error", None)          # fixed: healthy again at once
+    assert c.get("/healthz").status_code == 200
+
+
+def test_healthz_is_503_when_the_file_is_broken_after_the_scheduler_started(env, tmp_path):
+    c, _ = env
+    (tmp_path / "appliance.yaml").write_text("clouds:\n  - {name: local, type: nope}\n")
+    r = c.get("/healthz")
+    assert r.status_code == 503 and "clouds[0].type: unknown cloud type 'nope'" in r.json["error"]
+
+
+def test_healthz_is_503_when_the_page_could_not_be_set_up_as_asked(env, tmp_path):
+    c, _ = env
+    (tmp_path / "run").mkdir()
+    problem = "the TLS key /etc/appliance/tls/tls.key not found; serving the self-signed certificate instead"
+    (tmp_path / "run" / "problems").write_text(problem + "\n")
+    r = c.get("/healthz")
+    assert r.status_code == 503 and r.json["web_problems"] == [problem] and r.json["config_error"] is None
+    login(c)
+    assert "Web page set-up: " + problem in c.get("/").text
+
+
+def test_the_dashboard_shows_the_recorded_config_error_prominently(env, tmp_path):
+    c, store = env
+    (tmp_path / "appliance.yaml").write_text("clouds:\n  - {name: local, type: local, worker: {cpus: two}}\n")
+    store.put("config_error", BROKEN)
+    login(c)
+    for path in ("/", "/parts"):
+        page = c.get(path).text
+        assert 'id="config-error"' in page and "Configuration error" in page
+        assert str(escape(BROKEN)) in page
+        assert "no clouds configured" not in page and "appliance.yaml is invalid" in page
+        assert "config error" in page                 # the scheduler pill in the top bar
+
+
+def test_the_dashboard_shows_the_error_while_the_file_is_already_fixed(env):
+    """The scheduler reads the file again every few seconds: until then its message stays up."""
+    c, store = env
+    store.put("config_error", BROKEN)
+    login(c)
+    page = c.get("/").text
+    assert 'id="config-error"' in page and 'data-cloud="local"' in page
+
+
+def test_the_api_clouds_listing_carries_the_config_error(env, tmp_path):
+    c, store = env
+    r = c.get("/api/clouds", headers=BASIC)
+    assert r.status_code == 200 and r.json["config_error"] is None and len(r.json["data"]) == 2
+    store.put("config_error", BROKEN)
+    r = c.get("/api/clouds", headers=BASIC)
+    assert r.status_code == 200 and r.json["config_error"] == BROKEN
+    # the file itself is invalid: 503, with the error under the same key, never an empty list
+    (tmp_path / "appliance.yaml").write_text("clouds: 7\n")
+    for path in ("/api/clouds", "/api/clouds/local", "/metrics"):
+        r = c.get(path, headers=BASIC)
+        assert r.status_code == 503 and "data" not in r.json, path
+        assert r.json["config_error"].endswith("clouds: expected a list of clouds, got 7"), r.json
+        assert r.json["error"].startswith("the configuration is invalid: ")
+
+
+def test_the_openapi_description_has_the_config_error_field(env):
+    c, _ = env
+    spec = c.get("/api/openapi.json").json
+    ok = spec["paths"]["/api/clouds"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["properties"]["config_error"] == {"type": "string", "nullable": True}
+    assert "config_error" in ok["required"]
+    assert spec["components"]["schemas"]["Error"]["required"] == ["error"]
