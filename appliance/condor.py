@@ -166,7 +166,7 @@ class Condor:
                     raise CondorError(f"{command} for {worker_id} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
 
 
-    def requeue(self, worker_id: str) -> tuple[int, int]:
+    def requeue(self, worker_id: str, started_before: float | None = None) -> tuple[int, int]:
         """Put the jobs that were running on a dead worker back in the queue, now.
 
         A shadow whose worker vanished waits for it to reconnect for the job's
@@ -177,9 +177,15 @@ class Condor:
 
         Returns (jobs still running on it, shadows ended). After a restart of
         the schedd a job can be "running" before its reconnect shadow exists:
-        the caller asks again until no job is left running on the worker.
+        the caller asks again until no job is left running on the worker;
+        `started_before` (when the worker was removed) keeps such a retry off a job
+        that has meanwhile started again elsewhere: its MachineAttrWorkerId0 still
+        names the dead worker for a while, but it entered "running" after the removal
+        (a reconnect after a restart never leaves "running", so it is still caught).
         """
         constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {classad.quote(worker_id)}"
+        if started_before is not None:
+            constraint += f" && EnteredCurrentStatus <= {int(started_before)}"
         try:
             ads = htcondor.Schedd().query(constraint=constraint, projection=["ClusterId", "ProcId"])
         except Exception as err:

@@ -288,7 +288,7 @@ class Daemon:
         return outcomes.RemovalResult(t, requeued, running, cleanup_error=cleanup_error)
 
     def requeue(self, stranded: list[StrandedJobs]) -> list[outcomes.RequeueResult]:
-        futures = [(s, self.pool.submit(self.condor.requeue, s.worker_id)) for s in stranded]
+        futures = [(s, self.pool.submit(self.condor.requeue, s.worker_id, s.since)) for s in stranded]
         results = []
         for s, fut in futures:
             try:

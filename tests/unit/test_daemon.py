@@ -88,7 +88,7 @@ class FakeCondor:
     def invalidate(self, worker_id):
         self.invalidated.append(worker_id)
 
-    def requeue(self, worker_id):
+    def requeue(self, worker_id, started_before=None):
         if self.schedd_down:
             raise CondorError("schedd unreachable")
         running = self.running.get(worker_id, 0)
@@ -161,6 +161,15 @@ class Rig:
         self.condor = FakeCondor()
         self.drivers = {c.name: FakeDriver(c) for c in clouds}
         self.daemon = Daemon(self.cfg, self.store, self.condor, self.drivers, clock=self.clock)
+
+    def busy_worker(self) -> str:
+        """One job, one worker launched for it, joined and running it."""
+        self.condor.groups = (group(1),)
+        self.cycle()
+        (wid,) = self.live(State.BOOTING)
+        self.condor.join(wid, claimed=1)
+        self.cycle()
+        return wid
 
     def restart(self) -> Daemon:
         self.daemon.pool.shutdown(wait=True)
@@ -286,11 +295,7 @@ def test_breaker_opens_after_quick_failures_and_reenable_resets_it(rig):
 
 def test_a_join_heals_the_cloud(rig):
     rig.store.save_health(backoff.after_quick_failure(rig.health(), "died", T0 - 1000, 10))
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid, claimed=1)
-    rig.cycle()
+    rig.busy_worker()
     assert rig.health().failures == 0 and rig.health().backoff_until == 0
 
 
@@ -373,11 +378,7 @@ def test_operator_drain_and_remove_now(rig):
 # ------------------------------------------------------------------ vanished, lost, orphans, adoption
 
 def test_a_vanished_busy_worker_is_failed_and_its_jobs_requeued(rig):
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid, claimed=1)
-    rig.cycle()
+    wid = rig.busy_worker()
     rig.condor.running[wid] = 1
     rig.drivers["local"].resources.pop(wid)           # killed under us
     rig.condor.slots.pop(wid)
@@ -391,11 +392,7 @@ def test_jobs_stranded_by_a_restart_are_requeued_whatever_stopped_first(tmp_path
     # compose's on_shutdown: remove takes a busy worker down with the appliance;
     # here the schedd is already gone when the scheduler stops
     rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid, claimed=1)
-    rig.cycle()
+    wid = rig.busy_worker()
     rig.condor.running[wid] = 1
     rig.condor.schedd_down = True
     rig.daemon.shutdown()
@@ -418,11 +415,7 @@ def test_jobs_stranded_by_a_restart_are_requeued_whatever_stopped_first(tmp_path
 
 def test_jobs_stranded_are_requeued_at_shutdown_when_the_schedd_still_runs(tmp_path):
     rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid, claimed=1)
-    rig.cycle()
+    wid = rig.busy_worker()
     rig.condor.running[wid] = 1
     rig.daemon.shutdown()
     assert rig.condor.running[wid] == 0 and rig.condor.requeued == 1
