@@ -169,19 +169,24 @@ def start_appliance(client, image, tmp_path):
 
     yield start
     for c in started:
-        wrapped = c.get_wrapped_container()
-        pool_id = None
-        try:
-            rc, out = wrapped.exec_run(["cat", "/var/lib/appliance/pool-id"])
-            pool_id = out.decode().strip() if rc == 0 else None
-        except docker.errors.APIError:
-            pass
-        try:
-            wrapped.remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        if pool_id:
-            remove_labelled(client, pool_id)
+        remove_appliance(client, c)
+
+
+def remove_appliance(client, c: DockerContainer) -> None:
+    """Remove a test's appliance container and whatever workers it left behind."""
+    wrapped = c.get_wrapped_container()
+    pool_id = None
+    try:
+        rc, out = wrapped.exec_run(["cat", "/var/lib/appliance/pool-id"])
+        pool_id = out.decode().strip() if rc == 0 else None
+    except docker.errors.APIError:
+        pass
+    try:
+        wrapped.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    if pool_id:
+        remove_labelled(client, pool_id)
 
 
 def labelled(client, pool_id: str) -> list:

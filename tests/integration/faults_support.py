@@ -13,7 +13,6 @@ import re
 import shlex
 import uuid
 
-import docker
 from testcontainers.core.container import DockerContainer
 
 from .conftest import PREFIX, Appliance, labelled
@@ -114,7 +113,7 @@ def start_raw_appliance(client, image: str, config_path: str, name: str | None =
                         docker_socket: bool = False, **kwargs) -> tuple[Appliance, DockerContainer]:
     """An appliance like conftest's start_appliance, with extra `docker run` keyword
     arguments (e.g. a tmpfs on /var/lib/appliance). Not waited for; the caller removes it
-    (remove_raw_appliance)."""
+    (conftest.remove_appliance)."""
     name = name or f"{PREFIX}-{uuid.uuid4().hex[:8]}"
     c = DockerContainer(image).with_name(name).with_volume_mapping(config_path, "/etc/appliance/appliance.yaml", "ro")
     if docker_socket:
@@ -124,23 +123,3 @@ def start_raw_appliance(client, image: str, config_path: str, name: str | None =
     c = c.with_kwargs(hostname=name, **({"network": network} if network else {}), **kwargs)
     c.start()
     return Appliance(c), c
-
-
-def remove_raw_appliance(client, c: DockerContainer) -> None:
-    wrapped = c.get_wrapped_container()
-    pool_id = None
-    try:
-        rc, out = wrapped.exec_run(["cat", "/var/lib/appliance/pool-id"])
-        pool_id = out.decode().strip() if rc == 0 else None
-    except docker.errors.APIError:
-        pass
-    try:
-        wrapped.remove(force=True, v=True)
-    except docker.errors.NotFound:
-        pass
-    if pool_id:
-        for thing in labelled(client, pool_id):
-            try:
-                thing.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass

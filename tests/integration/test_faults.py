@@ -17,14 +17,13 @@ import uuid
 
 import pytest
 
-from .conftest import IMAGE
+from .conftest import IMAGE, remove_appliance
 from .faults_support import (
     FAULT_JOB,
     check_outputs,
     completed,
     executes,
     fault_jobs_sub,
-    remove_raw_appliance,
     requested,
     start_raw_appliance,
     status_json,
@@ -194,7 +193,7 @@ def raw_appliance(client, image, tmp_path):
         return app
     yield start
     for c in started:
-        remove_raw_appliance(client, c)
+        remove_appliance(client, c)
 
 
 def cycles_or_silence(app, n: int = 5, timeout: float = 60) -> str:

@@ -171,6 +171,16 @@ class Rig:
         self.cycle()
         return wid
 
+    def idle_worker(self) -> str:
+        """One worker launched for a job that then went away: joined, idle, nothing to run."""
+        self.condor.groups = (group(1),)
+        self.cycle()
+        (wid,) = self.live(State.BOOTING)
+        self.condor.join(wid)
+        self.condor.groups = ()
+        self.cycle()
+        return wid
+
     def restart(self) -> Daemon:
         self.daemon.pool.shutdown(wait=True)
         self.daemon = Daemon(self.cfg, self.store, self.condor, self.drivers, clock=self.clock)
@@ -327,12 +337,7 @@ def test_a_driver_crash_is_logged_and_backs_off(rig, caplog):
 # ------------------------------------------------------------------ drains
 
 def test_a_failed_drain_is_retried_later_with_growing_delays(rig):
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid)
-    rig.condor.groups = ()
-    rig.cycle()
+    wid = rig.idle_worker()
     rig.condor.drain_failures = 2
     rig.cycle(advance=61)
     assert rig.states()[wid] is State.DRAINING and rig.condor.drained == []
@@ -347,12 +352,7 @@ def test_a_failed_drain_is_retried_later_with_growing_delays(rig):
 
 
 def test_after_a_restart_every_draining_worker_is_drained_again(rig):
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid)
-    rig.condor.groups = ()
-    rig.cycle()
+    wid = rig.idle_worker()
     rig.cycle(advance=61)
     assert rig.condor.drained == [wid]
     rig.restart()
@@ -482,12 +482,7 @@ def test_boot_timeout_fails_the_worker_and_the_demand_moves_on(tmp_path):
 
 
 def test_unreachable_collector_schedd_and_cloud_judge_nothing(rig):
-    rig.condor.groups = (group(1),)
-    rig.cycle()
-    (wid,) = rig.live(State.BOOTING)
-    rig.condor.join(wid)
-    rig.condor.groups = ()
-    rig.cycle()
+    wid = rig.idle_worker()
     rig.condor.collector_down = rig.condor.schedd_down = True
     rig.drivers["local"].list_error = CloudError("unavailable", "engine down")
     rig.cycle(advance=1000)
