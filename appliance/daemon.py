@@ -247,15 +247,14 @@ class Daemon:
 
     # ------------------------------------------------------------ act: executes, never decides
     def send_drains(self, plan: Plan) -> list[outcomes.DrainResult]:
-        cloud = {w.id: w.cloud for w in self.store.workers()}
         futures = [(d, self.pool.submit(self.condor.drain, d.worker_id, d.condor_name)) for d in plan.drains]
         results = []
         for d, fut in futures:
             try:
                 fut.result()
-                results.append(outcomes.DrainResult(d.worker_id, cloud.get(d.worker_id, "")))
+                results.append(outcomes.DrainResult(d.worker_id, d.cloud))
             except (CondorError, OSError) as err:
-                results.append(outcomes.DrainResult(d.worker_id, cloud.get(d.worker_id, ""), str(err)))
+                results.append(outcomes.DrainResult(d.worker_id, d.cloud, str(err)))
         return results
 
     def remove(self, orders: list[Terminate]) -> list[outcomes.RemovalResult]:

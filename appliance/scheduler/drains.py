@@ -25,7 +25,8 @@ def plan_drains(d: Draft, pending: Mapping[str, RedrainEntry]) -> None:
     for wid, entry in schedule.items():
         name = d.plan.seen.get(wid) or by_id[wid].condor_name
         if entry.not_before <= d.now and name:     # without a name there is nobody to address yet
-            due.append(Drain(wid, reasons.get(wid, f"retry {entry.failures} of a failed drain"), name))
+            due.append(Drain(wid, reasons.get(wid, f"retry {entry.failures} of a failed drain"), name,
+                             by_id[wid].cloud))
     d.plan.drains = due
     d.plan.redrain = schedule
 

@@ -42,6 +42,7 @@ class Drain:
     worker_id: str
     reason: str
     condor_name: str = ""     # the startd to address; filled in by plan_drains
+    cloud: str = ""           # for its events; filled in by plan_drains
 
 
 @dataclass(frozen=True)
