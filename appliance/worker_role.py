@@ -20,10 +20,19 @@ import base64
 import json
 import os
 import pwd
+import subprocess
 import sys
 
 from .config import CloudConfig, WorkerSize
-from .workerconf import WorkerSpec, worker_files
+from .workerconf import (
+    CONDOR_DIRS,
+    SLOT_ACCOUNTS_FILE,
+    WorkerSpec,
+    config_value,
+    slot_accounts_config,
+    slot_users,
+    worker_files,
+)
 
 HOME = "/var/lib/condor-worker"
 SOURCES = ("/run/secrets/appliance-worker", "/etc/appliance/worker/bundle.json")
@@ -59,11 +68,42 @@ def load() -> dict:
     return from_environment(os.environ)
 
 
+# Slot accounts' uids and gids come from a range of their own, far above the ids of
+# the image's and the host's system groups: a job must never share the group of a
+# file the host handed in, such as the Docker socket's (often a gid near 999).
+SLOT_ID_RANGE = (200000, 299999)
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def create_accounts(names) -> None:
+    """The worker's slot accounts (its jobs run as these): system accounts with a
+    group of their own, no home and no login shell. Existing ones are kept."""
+    low, high = SLOT_ID_RANGE
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+            continue
+        except KeyError:
+            pass
+        proc = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                               "--shell", "/usr/sbin/nologin", "-K", f"SYS_UID_MIN={low}", "-K", f"SYS_UID_MAX={high}",
+                               "-K", f"SYS_GID_MIN={low}", "-K", f"SYS_GID_MAX={high}", name],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OSError(f"useradd {name} failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+        try:
+            socket_gid = os.stat(DOCKER_SOCKET).st_gid
+        except OSError:
+            continue
+        if pwd.getpwnam(name).pw_gid == socket_gid:       # cannot happen with the range above; never allow it
+            subprocess.run(["userdel", name], capture_output=True)
+            raise OSError(f"account {name} got gid {socket_gid}, the Docker socket's group")
+
+
 def install(data: dict) -> str:
     home = data.get("home", HOME)
     condor = pwd.getpwnam("condor")
-    for sub, mode, owned in (("", 0o755, False), ("log", 0o755, True), ("spool", 0o755, True),
-                             ("execute", 0o755, True), ("lock", 0o755, True), ("run", 0o755, True),
+    for sub, mode, owned in (("", 0o755, False), *((d, m, True) for d, m in CONDOR_DIRS.items()),
                              ("keys", 0o700, False), ("tokens.d", 0o700, False)):
         path = os.path.join(home, sub)
         os.makedirs(path, exist_ok=True)
@@ -76,7 +116,24 @@ def install(data: dict) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(base64.b64decode(content))
         os.chmod(path, mode)
-    return os.path.join(home, "condor_config")
+    config = os.path.join(home, "condor_config")
+    os.chown(config, 0, condor.pw_gid)          # root and the condor daemons read it; jobs do not
+    with open(config, encoding="utf-8") as f:
+        text = f.read()
+    worker_id, cpus = config_value(text, "MASTER_NAME") or data.get("worker_id", ""), config_value(text, "NUM_CPUS")
+    install_accounts(home, worker_id, int(cpus or 1), condor.pw_gid)
+    return config
+
+
+def install_accounts(home: str, worker_id: str, cpus: int, condor_gid: int) -> None:
+    """The worker's slot accounts, and the config file naming them (see workerconf)."""
+    path = os.path.join(home, SLOT_ACCOUNTS_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(slot_accounts_config(worker_id, cpus))
+    os.chmod(path, 0o640)
+    os.chown(path, 0, condor_gid)
+    create_accounts(slot_users(worker_id, cpus))
 
 
 def main(argv=None) -> int:

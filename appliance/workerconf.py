@@ -17,6 +17,29 @@ from .matching import WORKER_START
 # this long (seconds) and the startd exits, and with it the master.
 NOCLAIM_SHUTDOWN_DEFAULT = 1200
 
+# The worker's directories below its home, with their modes. Only `execute` is
+# open: each job's sandbox in it belongs to the job's own account (mode 0700).
+# Logs, spool, locks and sockets are the condor daemons' alone.
+CONDOR_DIRS = {"log": 0o700, "spool": 0o700, "execute": 0o755, "lock": 0o700, "run": 0o700}
+# an account no worker ever has: a slot without an account of its own fails its
+# job rather than run it as an account another slot shares (`nobody`)
+NO_SHARED_SLOT_USER = "no-shared-slot-user"
+# Written on the worker by its installer (slot_accounts_config): one SLOT1_<n>_USER
+# line per cpu, so that the size of what a worker is sent (EC2 user-data: 16 KB at
+# most) does not grow with its cpus. The condor config includes it.
+SLOT_ACCOUNTS_FILE = "slot-accounts.conf"
+
+# Run by the starter as the job's own slot account, in place of the job
+# (USER_JOB_WRAPPER): it removes what an earlier job of this account left outside
+# its sandbox, so that no job reads another's leftovers, then execs the job.
+JOB_WRAPPER = """#!/bin/sh
+for d in /tmp /var/tmp /dev/shm /run/lock; do
+  find "$d" -xdev -mindepth 1 -user "$(id -u)" -type d -exec chmod u+rwx {} + 2>/dev/null
+  find "$d" -xdev -mindepth 1 -user "$(id -u)" -delete 2>/dev/null
+done
+exec "$@"
+"""
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -30,6 +53,36 @@ class WorkerSpec:
 
     def __repr__(self) -> str:   # never let a secret reach a log line
         return f"WorkerSpec({self.worker_id!r}, cloud={self.cloud.name!r}, condor_host={self.condor_host!r})"
+
+
+def slot_user(worker_id: str, n: int) -> str:
+    """The account the jobs of dynamic slot n (slot1_n) run as: one per slot, and
+    unique per worker, because local workers share the appliance's accounts.
+    At most 32 characters (useradd's limit): a long worker id keeps its last 20,
+    which hold its random part. config/ec2-user-data.sh names them the same way."""
+    name = f"slot{n}-{worker_id}"
+    return name if len(name) <= 32 else f"slot{n}-{worker_id[-20:]}"
+
+
+def slot_users(worker_id: str, cpus: int) -> list[str]:
+    """One account per dynamic slot. Each dynamic slot holds at least one cpu (the
+    startd rounds requests up to whole cpus) and takes the lowest free number, so
+    slots 1..cpus are all a worker ever has."""
+    return [slot_user(worker_id, n) for n in range(1, max(1, cpus) + 1)]
+
+
+def slot_accounts_config(worker_id: str, cpus: int) -> str:
+    """The worker's SLOT_ACCOUNTS_FILE: which account each dynamic slot's jobs run as."""
+    return "".join(f"SLOT1_{n}_USER = {user}\n" for n, user in enumerate(slot_users(worker_id, cpus), 1))
+
+
+def config_value(config: str, name: str) -> str | None:
+    """A plain `NAME = value` of a generated condor config (what an installer needs from it)."""
+    for line in config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
 
 
 def _classad_literal(value) -> str:
@@ -122,7 +175,16 @@ def condor_config(spec: WorkerSpec, home: str) -> str:
         "WANT_SUSPEND = False",
         "WANT_VACATE = False",
         "MAXJOBRETIREMENTTIME = 365 * 24 * 3600",
+        "",
+        "# Jobs run as their slot's own account (slot<n>-<worker id>), never as their owner nor as",
+        "# one two slots share: no job reads or signals another's files or processes. The accounts",
+        "# are dedicated: the starter kills what one left running when its job ends, and the wrapper",
+        "# removes what an earlier job of the account left outside its sandbox.",
         "STARTER_ALLOW_RUNAS_OWNER = False",
+        f"NOBODY_SLOT_USER = {NO_SHARED_SLOT_USER}",
+        "DEDICATED_EXECUTE_ACCOUNT_REGEXP = slot[0-9]+-.+",
+        "USER_JOB_WRAPPER = $(LOCAL_DIR)/job-wrapper",
+        f"include : $(LOCAL_DIR)/{SLOT_ACCOUNTS_FILE}",
         "",
         "# Re-advertise often enough that a restarted collector knows us again within a minute,",
         "# and re-register with its CCB soon (default 60 s): until then nobody can reach us.",
@@ -140,9 +202,13 @@ def condor_config(spec: WorkerSpec, home: str) -> str:
 
 
 def worker_files(spec: WorkerSpec, home: str) -> Mapping[str, tuple[bytes, int]]:
-    """Relative path -> (content, mode) of everything a worker needs at `home`."""
+    """Relative path -> (content, mode) of everything a worker needs at `home`.
+
+    The condor config is for root and the condor group only (the installer makes
+    it group condor): jobs run as slot accounts and read none of these files."""
     return {
-        "condor_config": (condor_config(spec, home).encode(), 0o644),
+        "condor_config": (condor_config(spec, home).encode(), 0o640),
+        "job-wrapper": (JOB_WRAPPER.encode(), 0o755),
         "tokens.d/pool": ((spec.token + "\n").encode(), 0o600),
         f"keys/{worker_key_name(spec.worker_id)}": (spec.key, 0o600),
     }

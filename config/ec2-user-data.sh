@@ -22,7 +22,9 @@
 # Without systemd (a container standing in for an instance in the tests),
 # the worker runs in the foreground and "power off" is this script ending.
 set -euo pipefail
-# everything it says goes to the console (cloud-init keeps it) and to a log file; it never prints a secret
+# everything it says goes to the console (cloud-init keeps it) and to a log file, root's only;
+# it never prints a secret
+(umask 077; touch /var/log/appliance-worker.log); chmod 600 /var/log/appliance-worker.log
 exec > >(tee -a /var/log/appliance-worker.log) 2>&1
 
 WORKER_ID={{ worker_id }}
@@ -74,10 +76,26 @@ install -d -m 0755 "$WORKER_HOME"
 {{ write_worker_files }}
 umask 022
 
-# Jobs must not read this script (it holds the worker's token) back from the
-# instance metadata service: only root may talk to it. Needs CAP_NET_ADMIN.
-if command -v nft >/dev/null; then
-  nft -f - <<'EOF' || say "could not restrict the metadata service (no nftables here)"
+# The metadata service's answer (headers and body) to one request; fails if none comes.
+metadata() {
+  timeout 5 bash -c 'exec 3<>/dev/tcp/169.254.169.254/80 || exit 1
+    printf "%s %s HTTP/1.0\r\n%s\r\n" "$1" "$2" "$3" >&3; cat <&3' _ "$1" "$2" "${3:+$3$'\r\n'}"
+}
+# Does the metadata service hand this script out (with an IMDSv2 token, if it gives one)?
+user_data_served() {
+  local token status
+  token=$(metadata PUT /latest/api/token "X-aws-ec2-metadata-token-ttl-seconds: 60" 2>/dev/null \
+          | tr -d '\r' | sed '1,/^$/d') || true
+  status=$(metadata GET /latest/user-data ${token:+"X-aws-ec2-metadata-token: $token"} 2>/dev/null | head -1) || true
+  case $status in HTTP/*" 200"*) return 0;; esac
+  return 1
+}
+
+# Jobs must not read this script (it holds the worker's token and key) back from the
+# instance metadata service: only root may talk to it. Needs CAP_NET_ADMIN. Where that
+# fails and the metadata service hands the script out, the worker does not start: its
+# jobs could read the script back.
+if command -v nft >/dev/null && nft -f - <<'EOF'
 table inet appliance_worker {
   chain output {
     type filter hook output priority 0; policy accept;
@@ -85,11 +103,34 @@ table inet appliance_worker {
   }
 }
 EOF
+then
+  say "the metadata service is blocked for everyone but root"
+elif user_data_served; then
+  say "cannot block the metadata service for jobs (nftables failed), and it hands out this script"
+  exit 1
+else
+  say "could not restrict the metadata service (nftables failed), but it does not hand out this script"
 fi
 
 if [ -z "$WORKER_IMAGE" ]; then
-  for d in log spool execute lock run; do install -d -m 0755 -o condor -g condor "$WORKER_HOME/$d"; done
+  # the condor daemons' own directories; only execute is open (each job's sandbox in it is its own)
+  for d in log spool lock run; do install -d -m 0700 -o condor -g condor "$WORKER_HOME/$d"; done
+  install -d -m 0755 -o condor -g condor "$WORKER_HOME/execute"
   chmod 700 "$WORKER_HOME/keys" "$WORKER_HOME/tokens.d"
+  # jobs run as their slot's own account, never as their owner or `nobody`: one per cpu, named
+  # as appliance/workerconf.py's slot_user does, in the file the condor config includes
+  accounts="$WORKER_HOME/slot-accounts.conf"
+  : > "$accounts"
+  for n in $(seq 1 "$(sed -n 's/^NUM_CPUS = //p' "$WORKER_HOME/condor_config")"); do
+    u="slot$n-$WORKER_ID"; [ ${#u} -le 32 ] || u="slot$n-${WORKER_ID: -20}"
+    echo "SLOT1_${n}_USER = $u" >> "$accounts"
+    # ids far above the system groups' (appliance/worker_role.py's SLOT_ID_RANGE)
+    id -u "$u" >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin -K SYS_UID_MIN=200000 -K SYS_UID_MAX=299999 \
+      -K SYS_GID_MIN=200000 -K SYS_GID_MAX=299999 "$u"
+  done
+  # root's, readable by the condor daemons; jobs read neither
+  chgrp condor "$WORKER_HOME/condor_config" "$accounts"; chmod 640 "$WORKER_HOME/condor_config" "$accounts"
   RUN=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CONDOR_CONFIG="$WORKER_HOME/condor_config" /usr/sbin/condor_master -f)
 else
   RUN=(docker run --rm --name appliance-worker --network host

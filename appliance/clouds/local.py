@@ -16,14 +16,18 @@ import time
 from collections.abc import Mapping
 
 from ..model import Resource, ResourceState
-from ..workerconf import WorkerSpec, worker_files
+from ..worker_role import install_accounts
+from ..workerconf import CONDOR_DIRS, WorkerSpec, slot_user, worker_files
 from .base import CloudError, Driver, ErrorKind
 from .local_options import LocalOptions
 
 log = logging.getLogger(__name__)
 
 WORKERS_DIR = os.environ.get("APPLIANCE_WORKERS_DIR", "/var/lib/appliance/workers")
-CONDOR_OWNED = ("log", "spool", "execute", "lock", "run")
+# where a job can leave files outside its sandbox: cleaned of a worker's slot accounts when it ends
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# useradd and userdel lock /etc/passwd; launches and removals run on several threads
+_ACCOUNTS_LOCK = threading.Lock()
 
 
 class LocalDriver(Driver):
@@ -51,9 +55,9 @@ class LocalDriver(Driver):
             os.chmod(self.root, 0o755)
             os.makedirs(home)
             os.chmod(home, 0o755)
-            for sub in CONDOR_OWNED:
+            for sub, mode in CONDOR_DIRS.items():
                 os.makedirs(os.path.join(home, sub))
-                os.chmod(os.path.join(home, sub), 0o755)
+                os.chmod(os.path.join(home, sub), mode)
             for sub in ("keys", "tokens.d"):
                 os.makedirs(os.path.join(home, sub), mode=0o700)
             for rel, (content, mode) in worker_files(spec, home).items():
@@ -61,7 +65,12 @@ class LocalDriver(Driver):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
                 with os.fdopen(fd, "wb") as f:
                     f.write(content)
-            _chown_to_condor(home, CONDOR_OWNED)
+                os.chmod(path, mode)     # the daemon's umask (007) must not narrow the job wrapper's mode
+            condor_gid = _chown_to_condor(home, CONDOR_DIRS)
+            # its jobs run as accounts of its own, inside the appliance: never as their owner,
+            # never as an account of another worker or of the appliance
+            with _ACCOUNTS_LOCK:
+                install_accounts(home, spec.worker_id, spec.cloud.worker.cpus, condor_gid)
             err = open(os.path.join(home, "log", "master.stderr"), "ab")
             proc = subprocess.Popen(
                 ["condor_master", "-f"],
@@ -122,6 +131,7 @@ class LocalDriver(Driver):
         self._reap(worker_id)
         _kill_strays(home)
         _signal(_started_with(home), signal.SIGKILL)   # a master whose pid file was never written
+        _remove_accounts(worker_id)
         shutil.rmtree(home, ignore_errors=True)
 
     def _reap(self, worker_id: str) -> None:
@@ -131,13 +141,74 @@ class LocalDriver(Driver):
                 del self._children[worker_id]
 
 
-def _chown_to_condor(home: str, subdirs) -> None:
+def _chown_to_condor(home: str, subdirs) -> int:
+    """The condor daemons' directories are theirs; their config is root's, readable by group condor."""
     try:
         pw = pwd.getpwnam("condor")
     except KeyError:
-        return
+        return 0
     for sub in subdirs:
         os.chown(os.path.join(home, sub), pw.pw_uid, pw.pw_gid)
+    os.chown(os.path.join(home, "condor_config"), 0, pw.pw_gid)
+    return pw.pw_gid
+
+
+def _accounts_of(worker_id: str) -> list[pwd.struct_passwd]:
+    """The worker's slot accounts that exist (whatever its size was: slot1-, slot2-, ...)."""
+    suffix = slot_user(worker_id, 1).split("-", 1)[1]
+    return [pw for pw in pwd.getpwall()
+            if pw.pw_name.startswith("slot") and pw.pw_name.split("-", 1)[-1] == suffix
+            and pw.pw_name.split("-", 1)[0][4:].isdigit()]
+
+
+def _remove_accounts(worker_id: str) -> None:
+    """A worker's slot accounts go with it: first every process still running as one
+    of them (a job that escaped its starter must not outlive its worker), then the
+    files they left in the shared writable directories (a later account may get the
+    same uid), then the accounts."""
+    accounts = _accounts_of(worker_id)
+    if not accounts:
+        return
+    uids = {pw.pw_uid for pw in accounts}
+    _signal([p for p in _pids() if _uid(p) in uids], signal.SIGKILL)
+    for top in SHARED_WRITABLE:
+        _remove_owned(top, uids)
+    with _ACCOUNTS_LOCK:
+        for pw in accounts:
+            proc = subprocess.run(["userdel", pw.pw_name], capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.warning("could not remove account %s: %s", pw.pw_name, (proc.stderr or proc.stdout).strip()[:200])
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _remove_owned(top: str, uids: set[int]) -> None:
+    try:
+        dev = os.lstat(top).st_dev
+    except OSError:
+        return
+    for root, dirs, files in os.walk(top, topdown=False):
+        for name in files + dirs:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+                if st.st_dev != dev or st.st_uid not in uids:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 def _read_pid(home: str) -> tuple[int | None, int | None]:

@@ -135,13 +135,14 @@ def test_disable_survives_a_restart(start_appliance, volumes):
 ROGUE_CONFIG = """
 import os, sys
 from appliance.config import CloudConfig
-from appliance.workerconf import WorkerSpec, condor_config
+from appliance.workerconf import SLOT_ACCOUNTS_FILE, WorkerSpec, condor_config, slot_accounts_config
 home = "/var/lib/rogue"
 for d in ("log", "spool", "execute", "lock", "run", "keys", "tokens.d"):
     os.makedirs(f"{home}/{d}", exist_ok=True)
 os.system(f"chown condor {home}/log {home}/spool {home}/execute {home}/lock {home}/run; chmod 700 {home}/tokens.d")
 spec = WorkerSpec("rogue-000001", CloudConfig("local", "local"), "appliance", sys.argv[1])
 open(f"{home}/condor_config", "w").write(condor_config(spec, home))
+open(f"{home}/{SLOT_ACCOUNTS_FILE}", "w").write(slot_accounts_config(spec.worker_id, 1))
 """
 
 

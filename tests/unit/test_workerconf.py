@@ -22,7 +22,7 @@ def test_files_carry_the_secrets_with_private_modes():
     files = worker_files(SPEC, "/w")
     assert files["tokens.d/pool"] == (b"SECRET-TOKEN\n", 0o600)
     assert files["keys/worker-docker-abc123"] == (b"SECRET-KEY", 0o600)
-    assert files["condor_config"][1] == 0o644
+    assert files["condor_config"][1] == 0o640
 
 
 def test_spec_repr_hides_secrets():
