@@ -227,6 +227,8 @@ RETENTION_KEYS = {
     "event_days": Key(number(1, 36500), 30.0),
     "max_events": Key(integer(1000, 100_000_000), 100_000),
     "worker_days": Key(number(1, 36500), 30.0),      # rows of retired and failed workers
+    # seconds between applications of the limits above; short only for soak runs
+    "prune_every": Key(number(60, 86400), 3600.0),
 }
 
 WORKER_KEYS = {
@@ -287,6 +289,7 @@ class RetentionConfig:
     event_days: float = 30.0
     max_events: int = 100_000
     worker_days: float = 30.0
+    prune_every: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,6 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 BOOT_POLL = 0.25
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
-PRUNE_EVERY = 3600.0   # seconds between applications of the store's retention
 
 
 class Daemon:
@@ -234,7 +233,7 @@ class Daemon:
                 self.store.event(n.kind, n.event_text or n.text, n.worker_id, n.cloud, now)
 
     def housekeeping(self, now: float) -> None:
-        if now - self.last_prune < PRUNE_EVERY:
+        if now - self.last_prune < self.cfg.retention.prune_every:
             return
         self.last_prune = now
         r = self.cfg.retention

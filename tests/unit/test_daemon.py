@@ -15,7 +15,7 @@ from appliance import backoff
 from appliance.clouds.base import CloudError, Driver
 from appliance.condor import CondorError
 from appliance.config import CloudConfig, Config, PoolConfig, RetentionConfig, SchedulerConfig, WorkerSize
-from appliance.daemon import PRUNE_EVERY, Daemon
+from appliance.daemon import Daemon
 from appliance.lifecycle import State
 from appliance.model import JobGroup, Resource, SlotSummary
 from appliance.store import Store
@@ -527,7 +527,7 @@ def test_run_cycles_until_stopped_then_shuts_down(rig):
 def test_retention_prunes_old_events_and_ended_workers(tmp_path):
     rig = Rig(tmp_path)
     rig.cfg = Config(rig.cfg.pool, rig.cfg.scheduler, rig.cfg.clouds,
-                     retention=RetentionConfig(event_days=1, max_events=100_000, worker_days=1))
+                     retention=RetentionConfig(event_days=1, max_events=100_000, worker_days=1, prune_every=600))
     rig.daemon.cfg = rig.cfg
     rig.store.add_worker("local-old000", "local", "launch: long ago", T0 - 3 * 86400)
     rig.store.transition("local-old000", State.FAILED, "long ago", T0 - 3 * 86400)
@@ -535,9 +535,9 @@ def test_retention_prunes_old_events_and_ended_workers(tmp_path):
     assert "local-old000" not in rig.states()
     rig.store.add_worker("local-old001", "local", "launch: long ago", T0 - 3 * 86400)
     rig.store.transition("local-old001", State.FAILED, "long ago", T0 - 3 * 86400)
-    rig.cycle()                                       # pruned once an hour, not every cycle
+    rig.cycle(advance=599)                            # pruned every prune_every, not every cycle
     assert "local-old001" in rig.states()
-    rig.cycle(advance=PRUNE_EVERY)
+    rig.cycle(advance=1)
     assert "local-old001" not in rig.states()
     rig.daemon.pool.shutdown(wait=True)
 
