@@ -5,7 +5,7 @@ Exit codes scripts can rely on:
   1  bad input (unknown cloud or worker, bad number)
   2  usage error (unknown flag, missing argument)
   3  the scheduler is not running (the output is still printed; changes are saved)
-  4  the configuration file is invalid, or the state cannot be opened
+  4  the configuration file is invalid, or the state cannot be opened or written (e.g. its volume is full)
 """
 from __future__ import annotations
 
@@ -73,3 +73,15 @@ def run(main, argv) -> int:
         return e.code
     except BrokenPipeError:
         return OK
+    except (sqlite3.Error, OSError) as err:
+        # a full or read-only state volume, mid-command: nothing was half-saved (each change is
+        # one transaction), so say what failed in one line, not a traceback
+        hint = " (the state volume is full: free space there and try again)" if _is_full(err) else ""
+        print(f"{os.path.basename(sys.argv[0])}: the appliance state could not be used, nothing was changed: "
+              f"{err}{hint}", file=sys.stderr)
+        return BROKEN
+
+
+def _is_full(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "disk is full" in text or "no space" in text

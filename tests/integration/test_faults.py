@@ -222,11 +222,6 @@ def says_full(text: str) -> bool:
     return any(s in text for s in ("no space", "disk is full", "volume is full", "enospc"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the state volume full, `cloud_admin -v 1 -c docker` dies with a Python traceback (exit 1): "
-    "sqlite3.OperationalError 'database or disk is full' from Store.tx's COMMIT (store.set_cloud) is not "
-    "caught by cli/common.run, which only turns Exit into a one-line message. The scheduler side passes: "
-    "no launch, cloud_status says 'running, but its cycles fail: ... database or disk is full', recovery"))
 def test_a_full_state_volume_stops_launches_says_why_and_recovers(raw_appliance, network, client):
     """/var/lib/appliance (the state DB, keys, worker keys) on an 8 MB tmpfs, filled
     to the last byte while jobs wait: the scheduler launches nothing, says why in

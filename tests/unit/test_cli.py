@@ -1,5 +1,6 @@
 """cloud_status and cloud_admin against a real store, without Docker: flags, messages, exit codes, JSON."""
 import json
+import sqlite3
 import time
 
 import pytest
@@ -115,6 +116,17 @@ def test_config_error_is_shown_and_exits_4(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("APPLIANCE_CONFIG", str(bad))
     assert status() == 4
     assert f"configuration error: {bad}: clouds[0].type: unknown cloud type 'nope'" in capsys.readouterr().err
+
+
+def test_a_full_state_volume_is_one_line_not_a_traceback(env, monkeypatch, capsys):
+    # the real failure (an 8 MB tmpfs filled up) is in tests/integration/test_faults.py
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(Store, "set_cloud", full)
+    assert admin("-v", "1", "-c", "local") == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "nothing was changed: database or disk is full (the state volume is full" in err
 
 
 def test_queue_shows_unschedulable(env, capsys):
