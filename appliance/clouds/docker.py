@@ -50,7 +50,10 @@ class DockerDriver(du.EngineDriver):
         return wanted, ip
 
     def launch(self, spec: WorkerSpec) -> str:
-        network, _ = self.placement()
+        try:
+            network, _ = self.placement()
+        except du.ENGINE_ERRORS as err:
+            raise du.translate(err, "inspect the appliance's own container") from None
         size = self.cloud.worker
         files = worker_files(spec, "/var/lib/condor-worker")
         try:
@@ -66,12 +69,12 @@ class DockerDriver(du.EngineDriver):
             if err.status_code == 409:      # a retried launch: the container is already there
                 return self._existing(spec.worker_id)
             raise du.translate(err, f"create container for {spec.worker_id}") from None
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, f"create container for {spec.worker_id}") from None
         try:
             container.put_archive("/etc/appliance/worker", du.bundle_tar("bundle.json", bundle(spec.worker_id, files)))
             container.start()
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             self._remove(container.id)
             raise du.translate(err, f"start container for {spec.worker_id}") from None
         return container.id[:12]
@@ -79,7 +82,7 @@ class DockerDriver(du.EngineDriver):
     def _existing(self, worker_id: str) -> str:
         try:
             c = self.client.containers.get(self.name_for(worker_id))
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, f"find container for {worker_id}") from None
         if c.labels.get(du.LABEL_POOL) != self.pool_id:
             raise CloudError(ErrorKind.CONFIG, f"a container named {self.name_for(worker_id)} exists but is not ours")
@@ -89,7 +92,7 @@ class DockerDriver(du.EngineDriver):
         try:
             containers = self.client.containers.list(
                 all=True, filters={"label": du.label_filter(self.pool_id, self.cloud.name)}, sparse=True)
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, "list worker containers") from None
         out = {}
         for c in containers:
@@ -122,6 +125,6 @@ class DockerDriver(du.EngineDriver):
             if "already in progress" in str(err):
                 return
             raise du.translate(err, f"remove container {target}") from None
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, f"remove container {target}") from None
 

@@ -13,6 +13,12 @@ import requests.exceptions
 
 from .base import CloudError, Driver, ErrorKind
 
+# What an engine call raises. The SDK lets requests' own errors through: an engine that
+# went away after the client was made (dockerd restarting, its socket gone) raises
+# ConnectionError, one that hangs a Timeout; as anything but a CloudError they failed
+# the whole scheduler cycle, every cloud's, until the engine was back.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
 LABEL_POOL = "appliance.pool"
 LABEL_WORKER = "appliance.worker"
 LABEL_CLOUD = "appliance.cloud"
@@ -29,7 +35,7 @@ def label_filter(pool_id: str, cloud: str) -> list[str]:
 def client(url: str) -> docker.DockerClient:
     try:
         return docker.DockerClient(base_url=url, timeout=20)
-    except docker.errors.DockerException as err:
+    except ENGINE_ERRORS as err:
         raise CloudError(ErrorKind.UNAVAILABLE, f"cannot reach the Docker engine at {url}: {_short(err)}") from None
 
 
@@ -55,7 +61,7 @@ def own_container(cli: docker.DockerClient):
         raise CloudError(ErrorKind.CONFIG,
                          f"the appliance's container {cid[:12]} is not on this Docker engine: "
                          "set pool.condor_host and the cloud's network explicitly") from None
-    except docker.errors.DockerException as err:
+    except ENGINE_ERRORS as err:
         raise translate(err, "inspect the appliance's own container") from None
 
 

@@ -46,7 +46,7 @@ def overlay_placement(client: docker.DockerClient, wanted: str) -> tuple[str, st
                                  f"{', '.join(nets) or 'none'}); create one with `docker network create -d overlay "
                                  "--attachable NAME` and run the appliance with `--network NAME`")
             wanted = overlays[0]
-    except docker.errors.DockerException as err:
+    except du.ENGINE_ERRORS as err:
         raise du.translate(err, "find the swarm's network") from None
     ip = du.ip_on(me, wanted)
     if ip is None:
@@ -59,7 +59,7 @@ def overlay_placement(client: docker.DockerClient, wanted: str) -> tuple[str, st
 def _is_attachable_overlay(client: docker.DockerClient, name: str) -> bool:
     try:
         attrs = client.networks.get(name).attrs
-    except docker.errors.DockerException:
+    except du.ENGINE_ERRORS:
         return False
     return attrs.get("Driver") == "overlay" and bool(attrs.get("Attachable"))
 
@@ -94,7 +94,7 @@ class SwarmDriver(du.EngineDriver):
                 secrets=[SecretReference(secret.id, secret.name, filename="appliance-worker", uid="0", gid="0",
                                          mode=0o400)],
                 stop_signal="SIGQUIT", healthcheck=Healthcheck(test=["NONE"]))
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             self._remove_secret(name)
             raise du.translate(err, f"create service for {spec.worker_id}") from None
         return service.id[:12]
@@ -109,7 +109,7 @@ class SwarmDriver(du.EngineDriver):
         try:
             services = self.client.services.list(filters={"label": du.label_filter(self.pool_id, self.cloud.name)})
             tasks = self.client.api.tasks(filters={"service": [s.id for s in services]}) if services else []
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, "list worker services") from None
         latest: dict[str, dict] = {}
         for t in tasks:
@@ -138,7 +138,7 @@ class SwarmDriver(du.EngineDriver):
             for s in self.client.secrets.list(filters={"label": du.label_filter(self.pool_id, self.cloud.name)}):
                 if s.name not in keep:
                     s.remove()
-        except docker.errors.DockerException:
+        except du.ENGINE_ERRORS:
             pass    # a secret still in use by a stopping task: next cycle
 
     def terminate(self, worker_id: str, resource_id: str) -> None:
@@ -147,7 +147,7 @@ class SwarmDriver(du.EngineDriver):
             self.client.api.remove_service(resource_id or name)
         except docker.errors.NotFound:
             pass
-        except docker.errors.DockerException as err:
+        except du.ENGINE_ERRORS as err:
             raise du.translate(err, f"remove service {name}") from None
         self._remove_secret(name)
 
@@ -156,6 +156,6 @@ class SwarmDriver(du.EngineDriver):
             for s in self.client.secrets.list(filters={"name": name}):
                 if s.name == name:
                     s.remove()
-        except docker.errors.DockerException:
+        except du.ENGINE_ERRORS:
             pass     # swept later by list()
 
