@@ -60,6 +60,29 @@ def network(client):
     net.remove()
 
 
+@pytest.fixture(scope="module")
+def swarm(client):
+    """The host engine as a one-node Swarm, for the module that asks (left again after it)."""
+    if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+        yield client
+        return
+    client.swarm.init(advertise_addr="127.0.0.1")
+    try:
+        yield client
+    finally:
+        client.swarm.leave(force=True)
+
+
+@pytest.fixture
+def overlay(swarm):
+    """An attachable overlay network: the appliance runs on it, its workers join it."""
+    net = swarm.networks.create(f"{PREFIX}-ov-{uuid.uuid4().hex[:8]}", driver="overlay", attachable=True)
+    yield net.name
+    for c in swarm.containers.list(all=True, filters={"network": net.name}):
+        c.remove(force=True, v=True)
+    net.remove()
+
+
 @pytest.fixture
 def volumes(client):
     """Named volumes for state and queue, so a test can restart or replace the container."""

@@ -25,6 +25,29 @@ from .conftest import Appliance
 
 AMI = "ami-12c6146b"          # one of moto's built-in images
 SECRET_KEY = "apptest-secret-access-key-never-shown"
+
+# One worker whose boot script a test runs in a container standing in for the instance
+# (apt-installing htcondor there takes minutes: hence the long boot_timeout).
+BOOT_SCRIPT_CONFIG = """
+pool: {{{{condor_host: {{name}}}}}}
+scheduler: {{{{interval: 1, idle_timeout: {idle_timeout}, boot_timeout: 420, lost_timeout: 30}}}}
+clouds:
+  - name: aws
+    type: ec2
+    max_workers: 1
+    region: us-west-2
+    ami: {{ami}}
+    instance_type: t3.small
+    endpoint_url: {{endpoint}}
+    env_file: /etc/appliance/aws.env
+    max_lifetime: 3600
+    worker: {{{{cpus: {cpus}, memory: {memory}}}}}
+"""
+
+
+def boot_script_config(idle_timeout: int, cpus: int, memory: int) -> str:
+    """BOOT_SCRIPT_CONFIG for ec2_world, which fills in name, ami and endpoint."""
+    return BOOT_SCRIPT_CONFIG.format(idle_timeout=idle_timeout, cpus=cpus, memory=memory)
 ACCESS_KEY = "AKIAAPPTESTAPPTEST00"
 
 

@@ -17,25 +17,11 @@ import time
 import pytest
 
 from .conftest import JOB_SCRIPT, job_sub
-from .ec2_support import booting_worker, ec2_world, instance_state, user_data, wait_for, worker
+from .ec2_support import boot_script_config, booting_worker, ec2_world, instance_state, user_data, wait_for, worker
 
 pytestmark = pytest.mark.timeout(480)
 
-CONFIG = """
-pool: {{condor_host: {name}}}
-scheduler: {{interval: 1, idle_timeout: 10, boot_timeout: 420, lost_timeout: 30}}
-clouds:
-  - name: aws
-    type: ec2
-    max_workers: 1
-    region: us-west-2
-    ami: {ami}
-    instance_type: t3.small
-    endpoint_url: {endpoint}
-    env_file: /etc/appliance/aws.env
-    max_lifetime: 3600
-    worker: {{cpus: 1, memory: 1024}}
-"""
+CONFIG = boot_script_config(idle_timeout=10, cpus=1, memory=1024)
 
 
 @pytest.fixture(scope="module")

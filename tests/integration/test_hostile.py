@@ -29,7 +29,7 @@ import docker
 import pytest
 
 from .conftest import IMAGE
-from .ec2_support import booting_worker, ec2_world, token_in, user_data, wait_for
+from .ec2_support import boot_script_config, booting_worker, ec2_world, token_in, user_data, wait_for
 from .hostile_support import alice_leftover, appliance_secrets, check, job_status, run_hostile, secrets_in, start_alice
 
 pytestmark = pytest.mark.timeout(600)
@@ -151,23 +151,6 @@ clouds:
 """
 
 
-@pytest.fixture
-def overlay(client):
-    """A one-node swarm of the host engine and an attachable overlay network, for this test only."""
-    joined = client.info().get("Swarm", {}).get("LocalNodeState") != "active"
-    if joined:
-        client.swarm.init(advertise_addr="127.0.0.1")
-    net = client.networks.create(f"apptest-ov-{uuid.uuid4().hex[:8]}", driver="overlay", attachable=True)
-    try:
-        yield net.name
-    finally:
-        for c in client.containers.list(all=True, filters={"network": net.name}):
-            c.remove(force=True, v=True)
-        net.remove()
-        if joined:
-            client.swarm.leave(force=True)
-
-
 def test_a_hostile_job_on_a_swarm_worker_is_contained(start_appliance, overlay, client):
     app = start_appliance(SWARM, network=overlay, docker_socket=True)
     try:
@@ -179,21 +162,7 @@ def test_a_hostile_job_on_a_swarm_worker_is_contained(start_appliance, overlay, 
 
 # ------------------------------------------------------------------ ec2: the boot script on a fresh Debian
 
-EC2 = """
-pool: {{condor_host: {name}}}
-scheduler: {{interval: 1, idle_timeout: 120, boot_timeout: 420, lost_timeout: 30}}
-clouds:
-  - name: aws
-    type: ec2
-    max_workers: 1
-    region: us-west-2
-    ami: {ami}
-    instance_type: t3.small
-    endpoint_url: {endpoint}
-    env_file: /etc/appliance/aws.env
-    max_lifetime: 3600
-    worker: {{cpus: 2, memory: 2048}}
-"""
+EC2 = boot_script_config(idle_timeout=120, cpus=2, memory=2048)
 
 # The stand-in metadata service: the instance's user-data, and IMDSv2 tokens, to whoever asks.
 IMDS = r"""

@@ -5,7 +5,6 @@ One service per worker: scale-down removes exactly the drained worker's service.
 from __future__ import annotations
 
 import re
-import uuid
 
 import docker
 import pytest
@@ -14,30 +13,6 @@ from .conftest import IMAGE, JOB_SCRIPT, job_sub, labelled
 from .test_appliance import completed
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def swarm(client):
-    """The host engine as a one-node Swarm, for this module only."""
-    state = client.info().get("Swarm", {}).get("LocalNodeState")
-    if state == "active":
-        yield client
-        return
-    client.swarm.init(advertise_addr="127.0.0.1")
-    try:
-        yield client
-    finally:
-        client.swarm.leave(force=True)
-
-
-@pytest.fixture
-def overlay(swarm):
-    """An attachable overlay network: the appliance runs on it, its workers join it."""
-    net = swarm.networks.create(f"apptest-ov-{uuid.uuid4().hex[:8]}", driver="overlay", attachable=True)
-    yield net.name
-    for c in swarm.containers.list(all=True, filters={"network": net.name}):
-        c.remove(force=True, v=True)
-    net.remove()
 
 
 CONFIG = f"""
