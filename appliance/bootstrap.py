@@ -27,7 +27,8 @@ import socket
 import ssl
 import sys
 
-from .config import HOST_RE, ConfigError, load
+from . import federation, users
+from .config import DEFAULT_CONDOR_PORT, HOST_RE, ConfigError, load, split_host_port
 
 STATE = os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
 CONDOR_GENERATED = "/etc/condor/config.d/60-appliance-generated.conf"
@@ -83,6 +84,62 @@ def _advertised_address(cfg) -> list[str]:
         return []
     print(f"appliance: advertising {ip}, the address on swarm network {network}", flush=True)
     return [f"# the address swarm workers reach us at (network {network})", f"NETWORK_INTERFACE = {ip}"]
+
+
+def _ipv4(host: str) -> str | None:
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        return None
+
+
+def remote_access(cfg, pool_id: str, resolve=_ipv4) -> list[str]:
+    """HTCondor settings for clients outside the container, when pool.condor_host is set.
+
+    Every daemon a client talks to (collector, schedd, negotiator, and the shadows that
+    workers call back) advertises pool.condor_host instead of the container's own address,
+    which nobody outside can reach. The daemons here still reach each other on loopback,
+    through a private network that is this appliance's alone. HTCondor advertises the port
+    it listens on, so with a port other than 9618 the shared port listens on that one too.
+    """
+    address = cfg.pool.public_address
+    if not address:
+        return []
+    host, port = address
+    name = users.schedd_name(cfg.pool)
+    lines = [f"# pool.condor_host is {cfg.pool.condor_host}: what clients outside this container reach us at",
+             "# a schedd name clients use as it is (it holds an '@'): condor_submit -remote, condor_q -name",
+             f"SCHEDD_NAME = {name}"]
+    ip = resolve(host)
+    if ip is None:
+        print(f"appliance: pool.condor_host: {host} does not resolve to an IPv4 address inside the container; "
+              f"HTCondor advertises the container's own address, which clients outside cannot reach",
+              file=sys.stderr, flush=True)
+        return lines + [f"# {host} did not resolve to an IPv4 address here: the container's own address is advertised"]
+    lines += [
+        f"# every daemon advertises {ip}" + (f" ({host}, resolved at start)" if ip != host else ""),
+        f"TCP_FORWARDING_HOST = {ip}",
+        "# the daemons in this container reach each other on loopback: a private network of this appliance's own",
+        f"PRIVATE_NETWORK_NAME = appliance-{pool_id}",
+        "PRIVATE_NETWORK_INTERFACE = 127.0.0.1",
+    ]
+    if port != DEFAULT_CONDOR_PORT:
+        lines += [
+            f"# clients are told port {port}, the port the shared port listens on; a second one listens on",
+            f"# {DEFAULT_CONDOR_PORT}, for `-p {port}:{DEFAULT_CONDOR_PORT}` and for what uses {DEFAULT_CONDOR_PORT} inside",
+            f"SHARED_PORT_PORT = {port}",
+            "# (in front of the collector, the shared port listens on the collector's port)",
+            f"COLLECTOR_HOST = $(CONDOR_HOST):{port}",
+            "DAEMON_LIST = $(DAEMON_LIST), SHARED_PORT_9618",
+            "DC_DAEMON_LIST = + SHARED_PORT_9618",
+            "SHARED_PORT_9618 = $(SHARED_PORT)",
+            f"SHARED_PORT_9618_ARGS = -p {DEFAULT_CONDOR_PORT} -local-name SHARED_PORT_9618",
+            "SHARED_PORT_9618.SHARED_PORT_DAEMON_AD_FILE = $(LOCK)/shared_port_9618_ad",
+            "SHARED_PORT_9618.SHARED_PORT_LOG = $(LOG)/SharedPort9618Log",
+        ]
+    print(f"appliance: HTCondor advertises {ip}:{port} (pool.condor_host) and the schedd is named {name}; "
+          f"publish the port with -p {port}:{DEFAULT_CONDOR_PORT}", flush=True)
+    return lines
 
 
 # ------------------------------------------------------------------ the web page's TLS
@@ -147,7 +204,7 @@ def _condor_host(cfg) -> str | None:
             host = raw.get("pool", {}).get("condor_host") if isinstance(raw, dict) else None
         except Exception:
             return None
-    if isinstance(host, str) and host != "auto" and HOST_RE.match(host):
+    if isinstance(host, str) and host != "auto" and HOST_RE.match(host := split_host_port(host)[0]):
         return host
     return None
 
@@ -408,9 +465,17 @@ def main() -> int:
         lines.append("# configuration error: " + " ".join(problem.split()))     # one comment line, whatever it holds
     else:
         lines += _advertised_address(cfg)
+        lines += remote_access(cfg, _read(f"{STATE}/pool-id"))
+        lines += federation.condor_lines(cfg)      # federation.flock_to: tokens, FLOCK_TO
     with open(CONDOR_GENERATED, "w") as f:
         f.write("\n".join(lines) + "\n")
+    users.restore()          # lab users' accounts, from the state volume (cloud_admin --add-user)
     return 0
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ Demand is read with the schedd's group-by query: the schedd walks its queue
 once and returns one ad per distinct (status, request) with a JobCount, so the
 cost here grows with the number of distinct requests, not of jobs. Supply is
 the collector's startd ads of our workers (ApplianceWorker =?= true).
+
+Remote demand (appliance/federation.py): each allowed remote schedd that flocks
+here is found by the identity its ads came with into our collector, and its
+queue is read with the same group-by query (READ, anonymously as HTCondor's
+default security allows, or with a token its pool gave us), limited to the
+submitters it offers us. A schedd that cannot be read is reported, never an
+error for the cycle.
 """
 from __future__ import annotations
 
@@ -13,12 +20,16 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import classad
 import htcondor
 
-from .model import JobGroup, SlotSummary
+from . import federation
+from .model import JobGroup, RemoteSchedd, ScheddState, SlotSummary
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +40,15 @@ IDLE = 1
 # scheduler, grid and local universe jobs never need an execute node
 NO_WORKER_UNIVERSES = {7, 9, 12}
 DEMAND_PROJECTION = ["JobStatus", "JobUniverse", "RequestCpus", "RequestMemory", "RequestDisk",
-                     "Requirements", "TargetClouds"]
+                     "Requirements", "TargetClouds", "FlockTo"]
+REMOTE_PROJECTION = [*DEMAND_PROJECTION, "User"]
+SUBMITTER_PROJECTION = ["Name", "ScheddName", "IdleJobs", "RunningJobs", "SubmitterTag", "AuthenticatedIdentity"]
+# a remote schedd that does not answer within this long is reported, and its answer
+# (if it comes) used in a later cycle: a cycle never waits longer for one
+REMOTE_TIMEOUT = 5.0
+# ...and is asked at most this often (the scheduler cycles every 0.25 s while a worker
+# starts): an answer this fresh is used again, sparing the remote schedd (and its log)
+REMOTE_MIN_INTERVAL = 1.0
 SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "TotalSlotCpus"]
 
 
@@ -49,11 +68,35 @@ def worker_key_name(worker_id: str) -> str:
     return f"worker-{worker_id}"
 
 
+def token_create(identity: str, key: str, key_dir: str, authz: Iterable[str] = (), lifetime: int | None = None,
+                 trust_domain: str | None = None) -> str:
+    """A token for `identity` signed with the key file `key` of key_dir: the one place tokens
+    are made (workers', users', remote schedds'). trust_domain, when given, is set explicitly,
+    so that it is right even before the generated condor settings exist (bootstrap)."""
+    cmd = ["condor_token_create", "-identity", identity, "-key", key]
+    for a in authz:
+        cmd += ["-authz", a]
+    if lifetime:
+        cmd += ["-lifetime", str(lifetime)]
+    env = dict(os.environ, _CONDOR_SEC_PASSWORD_DIRECTORY=key_dir)
+    if trust_domain:
+        env["_CONDOR_TRUST_DOMAIN"] = trust_domain
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise CondorError(f"condor_token_create failed for {identity}: {proc.stderr.strip()[:200]}")
+    return proc.stdout.strip()
+
+
 class Condor:
-    def __init__(self, pool: str, keys_dir: str = KEYS_DIR, worker_keys_dir: str = WORKER_KEYS_DIR):
+    def __init__(self, pool: str, keys_dir: str = KEYS_DIR, worker_keys_dir: str = WORKER_KEYS_DIR,
+                 fed_dir: str | None = None):
         self.pool = pool
         self.keys_dir = keys_dir
         self.worker_keys_dir = worker_keys_dir
+        self.fed_dir = fed_dir
+        self._remote: ThreadPoolExecutor | None = None
+        self._inflight: dict[str, Future] = {}      # remote schedd address -> its query still running
+        self._answers: dict[str, tuple[float, list]] = {}   # ... -> (when, its last answer)
 
     # ------------------------------------------------------------ observe
     def demand(self) -> tuple[JobGroup, ...]:
@@ -64,6 +107,123 @@ class Condor:
         except Exception as err:   # the bindings raise plain RuntimeError/HTCondorIOError
             raise CondorError(f"cannot query the schedd: {err}") from err
         return groups_from_ads(ads)
+
+    def remote_demand(self, allowed: Sequence[federation.Allowed] | None = None
+                      ) -> tuple[tuple[JobGroup, ...], tuple[RemoteSchedd, ...]]:
+        """Idle jobs the allowed remote schedds offer this pool, and what was found of each.
+
+        Never raises: whatever cannot be read is reported per schedd."""
+        if allowed is None:
+            allowed = federation.allowed_schedds(self.fed_dir)
+        if not allowed:
+            return (), ()
+        idents = {federation.schedd_identity(a.name, self.pool): a for a in allowed}
+        members = "{" + ", ".join(classad.quote(i) for i in idents) + "}"
+        constraint = f"member(AuthenticatedIdentity, {members})"
+        try:
+            coll = htcondor.Collector()
+            schedd_ads = coll.query(htcondor.AdTypes.Schedd, constraint)
+            submitter_ads = coll.query(htcondor.AdTypes.Submitter, constraint, SUBMITTER_PROJECTION)
+        except Exception as err:
+            return (), tuple(RemoteSchedd(a.name, ScheddState.UNREADABLE, f"cannot ask our collector: {err}")
+                             for a in allowed)
+        groups: list[JobGroup] = []
+        reports = []
+        for ident, a in idents.items():
+            ads = [ad for ad in schedd_ads if ad.get("AuthenticatedIdentity") == ident]
+            if not ads:
+                reports.append(RemoteSchedd(a.name, ScheddState.ABSENT,
+                                            "has not advertised itself to this pool: are the lines "
+                                            "`cloud_admin --allow-schedd` wrote applied on its side?"))
+                continue
+            found, report = self._read_remote(a, ads, [s for s in submitter_ads
+                                                        if s.get("AuthenticatedIdentity") == ident])
+            groups += found
+            reports.append(report)
+        return tuple(groups), tuple(reports)
+
+    def _read_remote(self, allowed: federation.Allowed, ads: list, submitters: list
+                     ) -> tuple[list[JobGroup], RemoteSchedd]:
+        token = _read_file(federation.read_token_path(allowed.name, self.fed_dir))
+        groups: list[JobGroup] = []
+        offered, users, problems, names = 0, set(), [], []
+        for ad in ads:
+            name = str(ad.get("Name", "?"))
+            names.append(name)
+            mine = [s for s in submitters if s.get("ScheddName") == ad.get("Name")]
+            idle = sum(max(int(s.get("IdleJobs", 0) or 0), 0) for s in mine)
+            offering = sorted({str(s["Name"]) for s in mine if int(s.get("IdleJobs", 0) or 0) > 0 and "Name" in s})
+            if idle <= 0 or not offering:
+                continue
+            offered += idle
+            users.update(offering)
+            tags = sorted({str(s["SubmitterTag"]) for s in mine if s.get("SubmitterTag")})
+            query = remote_constraint(offering, tags, bool(ad.get("FLOCK_BY_DEFAULT", True)))
+            try:
+                found = self._remote_query(ad, query, token)
+            except Exception as err:    # the bindings raise plain RuntimeError/HTCondorIOError
+                problems.append(f"cannot read the queue of {name}: {_short(err)}")
+                continue
+            groups += groups_from_ads(found, schedd=allowed.name)
+        where = ", ".join(names)
+        if problems:
+            how = "with the read token it gave us" if token else "anonymously (READ)"
+            return groups, RemoteSchedd(allowed.name, ScheddState.UNREADABLE,
+                                        f"{'; '.join(problems)} ({how}); its {offered} idle job(s) offered here "
+                                        f"are not counted", offered, tuple(sorted(users)))
+        if not offered:
+            return groups, RemoteSchedd(allowed.name, ScheddState.QUIET, f"{where}: offers no idle job here now")
+        return groups, RemoteSchedd(allowed.name, ScheddState.FLOCKING, f"{where}: flocking here",
+                                    offered, tuple(sorted(users)))
+
+    def _remote_query(self, location: classad.ClassAd, constraint: str, token: str | None) -> list:
+        """One group-by query of a remote schedd, in a thread of its own: a schedd that does
+        not answer delays a cycle by REMOTE_TIMEOUT at most, and is not asked again while
+        the query is still waiting."""
+        if self._remote is None:
+            self._remote = ThreadPoolExecutor(max_workers=4, thread_name_prefix="remote-schedd")
+        key = str(location.get("MyAddress", "")) + "|" + constraint
+        when, answer = self._answers.get(key, (0.0, []))
+        if time.monotonic() - when < REMOTE_MIN_INTERVAL:
+            return answer
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = self._remote.submit(_query_schedd, location, constraint, token)
+            self._inflight[key] = fut
+        try:
+            result = fut.result(timeout=REMOTE_TIMEOUT)
+        except FutureTimeout:
+            raise CondorError(f"no answer within {REMOTE_TIMEOUT:.0f}s") from None
+        finally:
+            if fut.done():
+                self._inflight.pop(key, None)
+        if len(self._answers) > 256:       # addresses and user lists come and go
+            self._answers.clear()
+        self._answers[key] = (time.monotonic(), result)
+        return result
+
+    def send_away(self, group_key: str, count: int, flock_to: str) -> int:
+        """Let up to `count` idle jobs of one demand group flock: set their FlockTo.
+
+        With FLOCK_BY_DEFAULT false (federation.condor_lines) the schedd flocks only
+        jobs whose FlockTo names a pool; the newest jobs of the group go first, so the
+        oldest keep their place here. Returns how many jobs were changed."""
+        try:
+            schedd = htcondor.Schedd()
+            ads = schedd.query(constraint="JobStatus == 1 && FlockTo =?= undefined",
+                               projection=["ClusterId", "ProcId", *DEMAND_PROJECTION])
+        except Exception as err:
+            raise CondorError(f"cannot query the schedd: {err}") from err
+        ids = sorted(((int(a["ClusterId"]), int(a["ProcId"])) for a in ads
+                      if a.get("JobUniverse") not in NO_WORKER_UNIVERSES and job_group_key(a) == group_key),
+                     reverse=True)[:max(count, 0)]
+        if not ids:
+            return 0
+        try:
+            schedd.edit([f"{c}.{p}" for c, p in ids], "FlockTo", classad.quote(flock_to))
+        except Exception as err:
+            raise CondorError(f"cannot set FlockTo on {len(ids)} job(s): {err}") from err
+        return len(ids)
 
     def supply(self) -> dict[str, SlotSummary]:
         """Our workers as the collector sees them, by worker id."""
@@ -109,16 +269,7 @@ class Condor:
 
     def _token_create(self, identity: str, key: str, key_dir: str, authz: Iterable[str] = (),
                       lifetime: int | None = None) -> str:
-        cmd = ["condor_token_create", "-identity", identity, "-key", key]
-        for a in authz:
-            cmd += ["-authz", a]
-        if lifetime:
-            cmd += ["-lifetime", str(lifetime)]
-        env = dict(os.environ, _CONDOR_SEC_PASSWORD_DIRECTORY=key_dir)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
-        if proc.returncode != 0 or not proc.stdout.strip():
-            raise CondorError(f"condor_token_create failed for {identity}: {proc.stderr.strip()[:200]}")
-        return proc.stdout.strip()
+        return token_create(identity, key, key_dir, authz, lifetime)
 
     # ------------------------------------------------------------ act
     def drain(self, worker_id: str, condor_name: str) -> None:
@@ -217,8 +368,34 @@ def _write_private(path: str, content: str) -> None:
         f.write(content)
 
 
-def groups_from_ads(ads: Iterable[classad.ClassAd]) -> tuple[JobGroup, ...]:
-    """Turn schedd group-by ads into JobGroups of idle jobs that need a worker."""
+def _request(ad: classad.ClassAd) -> tuple:
+    """What one job (or group-by row) asks for: (cpus, memory, disk, requirements, target clouds, flock to)."""
+    cpus = _int(ad, "RequestCpus", 1)
+    memory = _int(ad, "RequestMemory", 0)
+    disk = _int(ad, "RequestDisk", 0)
+    req = str(ad.lookup("Requirements")) if "Requirements" in ad else "true"
+    return cpus, memory, disk, req, _names(ad.get("TargetClouds")), _names(ad.get("FlockTo"))
+
+
+def _names(value) -> tuple[str, ...] | None:
+    if value is None or isinstance(value, classad.Value):     # unset, or set to undefined/error
+        return None
+    return tuple(t.strip() for t in str(value).split(",") if t.strip()) or None
+
+
+def job_group_key(ad: classad.ClassAd, schedd: str = "", owner: str = "") -> str:
+    """The demand group a job belongs to (the same for its group-by row)."""
+    cpus, memory, disk, req, target_clouds, flock_to = _request(ad)
+    # the key of a local group without FlockTo is what it was before flocking existed
+    extra = f"|{schedd}|{owner}|{flock_to}" if (schedd or owner or flock_to) else ""
+    return hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}{extra}".encode()).hexdigest()[:12]
+
+
+def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[JobGroup, ...]:
+    """Turn schedd group-by ads into JobGroups of idle jobs that need a worker.
+
+    `schedd` names the remote schedd they came from ("" for our own); a remote
+    schedd's groups are also split by owner (its submitters), to show who waits."""
     merged: dict[str, JobGroup] = {}
     for ad in ads:
         if ad.get("JobStatus") != IDLE or ad.get("JobUniverse") in NO_WORKER_UNIVERSES:
@@ -226,23 +403,65 @@ def groups_from_ads(ads: Iterable[classad.ClassAd]) -> tuple[JobGroup, ...]:
         count = int(ad.get("JobCount", 0))
         if count <= 0:
             continue
-        cpus = _int(ad, "RequestCpus", 1)
-        memory = _int(ad, "RequestMemory", 0)
-        disk = _int(ad, "RequestDisk", 0)
-        req = str(ad.lookup("Requirements")) if "Requirements" in ad else "true"
-        target = ad.get("TargetClouds")
-        target_clouds = tuple(t.strip() for t in str(target).split(",") if t.strip()) if target else None
-        key = hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}".encode()).hexdigest()[:12]
+        cpus, memory, disk, req, target_clouds, flock_to = _request(ad)
+        owner = str(ad.get("User", "")) if schedd else ""
+        key = job_group_key(ad, schedd, owner)
         if key in merged:
             g = merged[key]
-            merged[key] = JobGroup(key, g.count + count, cpus, memory, disk, req, target_clouds, ad=g.ad)
+            merged[key] = JobGroup(key, g.count + count, cpus, memory, disk, req, target_clouds, owner, ad=g.ad,
+                                   schedd=schedd, flock_to=flock_to)
         else:
             job = classad.ClassAd()
             job.update(ad)
             job["MyType"] = "Job"
             job["TargetType"] = "Machine"
-            merged[key] = JobGroup(key, count, cpus, memory, disk, req, target_clouds, ad=job)
+            merged[key] = JobGroup(key, count, cpus, memory, disk, req, target_clouds, owner, ad=job,
+                                   schedd=schedd, flock_to=flock_to)
     return tuple(merged.values())
+
+
+def remote_constraint(users: Sequence[str], tags: Sequence[str], flock_by_default: bool) -> str:
+    """The idle jobs a remote schedd offers us: those of its submitters that flock here
+    (by user, or accounting group) and, if it flocks only jobs that ask to (FLOCK_BY_DEFAULT
+    false, as an appliance does), whose FlockTo names this pool as it calls it (SubmitterTag)."""
+    names = "{" + ", ".join(classad.quote(u) for u in users) + "}"
+    who = (f"(member(User, {names}) || "
+           f"member(strcat(AccountingGroup, \"@\", splitUserName(User)[1]), {names})) =?= true")
+    query = f"JobStatus == 1 && {who}"
+    if not flock_by_default:
+        asked = " || ".join(f"stringListIMember({classad.quote(t)}, FlockTo)" for t in tags) or "false"
+        query += f" && ({asked}) =?= true"
+    return query
+
+
+def _query_schedd(location: classad.ClassAd, constraint: str, token: str | None) -> list:
+    """Runs in a thread of its own: the SecMan settings below hold for this thread only.
+
+    With a token (its pool's, for READ) the usual policy holds: authenticated and
+    encrypted. Without one, the query is anonymous, as HTCondor's default security
+    (ALLOW_READ = *, SEC_READ_AUTHENTICATION = OPTIONAL) allows; encryption and
+    integrity need an authenticated session, so they are optional too."""
+    with htcondor.SecMan() as sec:
+        if token:
+            sec.setToken(htcondor.Token(token))
+        else:
+            for what in ("AUTHENTICATION", "ENCRYPTION", "INTEGRITY"):
+                sec.setConfig(f"SEC_CLIENT_{what}", "OPTIONAL")
+        return list(htcondor.Schedd(location).query(constraint=constraint, projection=REMOTE_PROJECTION,
+                                                    opts=htcondor.QueryOpts.GroupBy))
+
+
+def _read_file(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _int(ad: classad.ClassAd, attr: str, default: int) -> int:

@@ -198,9 +198,40 @@ def _join(path: str, key: Any) -> str:
 
 # ---------------------------------------------------------------- the schema
 
+DEFAULT_CONDOR_PORT = 9618     # HTCondor's shared port inside the container
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """'cm.example.org:19618' -> ('cm.example.org', 19618); no port means 9618."""
+    host, sep, port = value.rpartition(":")
+    return (host, int(port)) if sep else (value, DEFAULT_CONDOR_PORT)
+
+
+def condor_address(value, path):
+    """pool.condor_host: 'auto', or a host name or IPv4 address with an optional :port."""
+    value = text()(value, path)
+    if value == "auto":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, None
+    if not HOST_RE.match(host):
+        raise _Bad(path, f"must be 'auto' or a host name or IPv4 address, optionally with :port "
+                         f"(e.g. cm.example.org or 192.0.2.10:19618), got {_shown(value)}")
+    if port is not None:
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise _Bad(path, f"the port after ':' must be a number from 1 to 65535, got {_shown(port)}")
+        if int(port) == 8080:
+            raise _Bad(path, "port 8080 is the web page's, inside the container: choose another port for HTCondor")
+    return value
+
+
+_described(condor_address, "str")
+
 POOL_KEYS = {
     "name": Key(text(POOL_NAME_RE, "lower-case letters, digits, '.' and '-'"), "appliance"),
-    "condor_host": Key(text(HOST_RE, "'auto' or a host name or IP address"), "auto"),
+    # how workers and remote submitters reach the central manager; HTCondor advertises it
+    "condor_host": Key(condor_address, "auto"),
 }
 
 SCHEDULER_KEYS = {
@@ -229,6 +260,43 @@ RETENTION_KEYS = {
     "worker_days": Key(number(1, 36500), 30.0),      # rows of retired and failed workers
     # seconds between applications of the limits above; short only for soak runs
     "prune_every": Key(number(60, 86400), 3600.0),
+}
+
+
+def collector_address(value, path):
+    """federation.flock_to[].collector: a pool's central manager, host or host:port."""
+    value = text()(value, path)
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, None
+    if not HOST_RE.match(host) or (port is not None and not (port.isdigit() and 1 <= int(port) <= 65535)):
+        raise _Bad(path, f"must be a host name or IP address, optionally with :port "
+                         f"(e.g. cm.example.org or 192.0.2.10:9618), got {_shown(value)}")
+    return value
+
+
+_described(collector_address, "str")
+
+
+def absolute_path(value, path):
+    value = text()(value, path)
+    if not value.startswith("/") or "\0" in value:
+        raise _Bad(path, f"must be an absolute path inside the container, got {_shown(value)}")
+    return value
+
+
+_described(absolute_path, "str")
+
+# Other pools this appliance's schedd flocks jobs to (appliance/federation.py): jobs no
+# enabled cloud here can run, or that wait at max_workers, are offered to them.
+FLOCK_TO_KEYS = {
+    "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
+    "collector": Key(collector_address, required=True),
+    # the IDTOKEN that pool's `cloud_admin --allow-schedd` (or condor_token_create) made for us
+    "token_file": Key(absolute_path, required=True),
+}
+FEDERATION_KEYS = {
+    "flock_to": Key(lambda v, p: v, ()),     # checked with FLOCK_TO_KEYS in _parse_federation
 }
 
 WORKER_KEYS = {
@@ -270,6 +338,11 @@ def option_keys(ctype: str) -> dict[str, Key]:
 class PoolConfig:
     name: str = "appliance"
     condor_host: str = "auto"
+
+    @property
+    def public_address(self) -> tuple[str, int] | None:
+        """(host, port) that clients outside reach HTCondor at, or None when condor_host is 'auto'."""
+        return None if self.condor_host == "auto" else split_host_port(self.condor_host)
 
 
 @dataclass(frozen=True)
@@ -322,12 +395,26 @@ class CloudConfig:
 
 
 @dataclass(frozen=True)
+class FlockTarget:
+    """A pool this appliance's schedd flocks to: its collector and the token it gave us."""
+    name: str
+    collector: str
+    token_file: str
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    flock_to: tuple[FlockTarget, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     pool: PoolConfig
     scheduler: SchedulerConfig
     clouds: tuple[CloudConfig, ...]
     source: str = "<defaults>"
     retention: RetentionConfig = RetentionConfig()
+    federation: FederationConfig = FederationConfig()
 
     def cloud(self, name: str) -> CloudConfig:
         for c in self.clouds:
@@ -353,7 +440,7 @@ def parse(data: Any, source: str = "<string>") -> Config:
 def _parse(data: Any) -> Config:
     top = _section(data, "", {
         "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
-        "retention": Key(lambda v, p: v),
+        "retention": Key(lambda v, p: v), "federation": Key(lambda v, p: v),
     })
     pool = PoolConfig(**_section(top["pool"], "pool", POOL_KEYS))
     sched = SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS))
@@ -374,7 +461,31 @@ def _parse(data: Any) -> Config:
             raise _Bad("pool.condor_host", f"must be the central manager's public address (a host name or IP "
                                            f"that instances reach on port 9618) when an {cloud.type} cloud is "
                                            f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
-    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention)
+    federation = _parse_federation(top["federation"])
+    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention, federation=federation)
+
+
+def _parse_federation(raw: Any) -> FederationConfig:
+    section = _section(raw, "federation", FEDERATION_KEYS)
+    targets = section["flock_to"]
+    if targets in ((), None):
+        return FederationConfig()
+    if not isinstance(targets, list):
+        raise _Bad("federation.flock_to", f"expected a list of pools, got {_shown(targets)}")
+    out: list[FlockTarget] = []
+    for i, item in enumerate(targets):
+        path = f"federation.flock_to[{i}]"
+        if not isinstance(item, dict):
+            raise _Bad(path, f"expected a mapping with name, collector and token_file, got {_shown(item)}")
+        target = FlockTarget(**_section(item, path, FLOCK_TO_KEYS))
+        for earlier in out:
+            if earlier.name == target.name:
+                raise _Bad(f"{path}.name", f"duplicate pool name {target.name!r}")
+            if earlier.collector.lower() == target.collector.lower():
+                raise _Bad(f"{path}.collector", f"{target.collector!r} is already federation.flock_to's "
+                                                f"{earlier.name!r}")
+        out.append(target)
+    return FederationConfig(tuple(out))
 
 
 def _parse_cloud(raw: Any, path: str) -> CloudConfig:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from . import lifecycle, outcomes
+from . import federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
@@ -29,7 +29,7 @@ from .lifecycle import State
 from .matching import template_ad
 from .model import CloudHealth, Observation
 from .ops import RUNTIME_STATUS
-from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide
+from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
 from .store import Store, StoreError
 from .workerconf import WorkerSpec
 
@@ -57,6 +57,8 @@ class Daemon:
         self.drivers = dict(drivers)
         self.clock = clock
         self.templates = {c.name: template_ad(c, cfg.pool.name) for c in cfg.clouds}
+        # the federation.flock_to pools our schedd flocks to (bootstrap installed their tokens)
+        self.flock_to = federation.flock_targets_in_use(cfg)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")
         self.stopping = threading.Event()
         self.cycles = 0
@@ -123,7 +125,7 @@ class Daemon:
         obs = self.observe(now)
         views = self.views()
         plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
-                      self.templates, self.redrain, self.stranded)
+                      self.templates, self.redrain, self.stranded, flock_to=self.flock_to)
         health = {v.name: v.health for v in views}
         launches = self.record_plan(plan, health, now)
         health.update(plan.health)
@@ -135,6 +137,8 @@ class Daemon:
         launched = self.launch(launches) if launches else []
         if plan.reschedule:
             self.condor.reschedule()
+        if plan.flock_outs:
+            self.send_away(plan)
 
         # what the results mean (pure), then one write
         followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base)
@@ -155,7 +159,8 @@ class Daemon:
                                          "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
                                          "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
             self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
-            self.store.put("demand", [asdict(g) for g in plan.groups])
+            self.store.put("demand", [group_row(g) for g in plan.groups])
+            self.store.put("schedds", [asdict(s) for s in plan.schedds])
         self.housekeeping(now)
         return plan
 
@@ -184,7 +189,14 @@ class Daemon:
             except CloudError as err:
                 resources[name] = None
                 self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
-        return Observation(now, groups, slots, resources, schedd_ok, watching_since=self.started)
+        # remote schedds allowed to flock here (cloud_admin --allow-schedd): their demand, and
+        # what was found of each; one that cannot be read is reported, not an error
+        remote, schedds = (), ()
+        allowed = federation.allowed_schedds()
+        if allowed:
+            remote, schedds = self.condor.remote_demand(allowed)
+        return Observation(now, tuple(groups) + tuple(remote), slots, resources, schedd_ok,
+                           watching_since=self.started, schedds=tuple(schedds))
 
     def _warn_once(self, key: str, message: str) -> None:
         if self._warned.get(key) != message:
@@ -255,6 +267,18 @@ class Daemon:
             except (CondorError, OSError) as err:
                 results.append(outcomes.DrainResult(d.worker_id, d.cloud, str(err)))
         return results
+
+    def send_away(self, plan: Plan) -> None:
+        """Let the jobs the plan sends to other pools flock (set their FlockTo)."""
+        for f in plan.flock_outs:
+            try:
+                n = self.condor.send_away(f.group_key, f.count, f.flock_to)
+            except (CondorError, OSError) as err:
+                self._warn_once(f"flock:{f.group_key}", f"cannot send jobs to {', '.join(f.pools)}: {err}")
+                continue
+            if n:
+                log.info("sent %d job(s) away: %s", n, f.reason)
+                self.store.event("federation", f"sent {n} job(s) away by flocking: {f.reason}")
 
     def remove(self, orders: list[Terminate]) -> list[outcomes.RemovalResult]:
         jobs = []

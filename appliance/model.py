@@ -24,6 +24,11 @@ class JobGroup:
     target_clouds: tuple[str, ...] | None = None
     owner_hint: str = ""
     ad: Any = field(default=None, compare=False, hash=False, repr=False)  # classad.ClassAd
+    # where the jobs wait: "" for this appliance's own schedd, else the name an operator
+    # gave a remote schedd with `cloud_admin --allow-schedd` (its jobs flock here)
+    schedd: str = ""
+    # the pools the jobs may flock to (their FlockTo), as the schedd names them; None: not set
+    flock_to: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,24 @@ class CloudHealth:
     breaker_open: bool = False   # too many quick failures: no launches until re-enabled
 
 
+class ScheddState(StrEnum):
+    """What the observe step found out about one allowed remote schedd."""
+    FLOCKING = "flocking"        # its queue was read: its idle jobs offered here are demand
+    QUIET = "quiet"              # advertised here, but offers no idle job now
+    ABSENT = "absent"            # allowed, but it has not advertised itself here (yet)
+    UNREADABLE = "unreadable"    # it flocks here, but its queue could not be read
+
+
+@dataclass(frozen=True)
+class RemoteSchedd:
+    """One allowed remote schedd as this cycle saw it (its jobs are in Observation.groups)."""
+    name: str                    # the name given to `cloud_admin --allow-schedd`
+    state: ScheddState
+    detail: str = ""             # the schedd's own name and address, or why it could not be read
+    offered: int = 0             # idle jobs it offers this pool, from its submitter ads
+    users: tuple[str, ...] = ()  # its submitters flocking here
+
+
 @dataclass(frozen=True)
 class Observation:
     now: float
@@ -115,3 +138,5 @@ class Observation:
     # judged lost, or late to boot, on time that passed while nobody watched:
     # after a restart every worker gets its full grace again.
     watching_since: float = 0.0
+    # the allowed remote schedds, each with what reading it found (see appliance/federation.py)
+    schedds: tuple[RemoteSchedd, ...] = ()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .. import ops
-from .common import BAD_INPUT, NOT_RUNNING, OK, Exit, emit_json, open_state, run
+from ..config import ConfigError, load
+from .common import BAD_INPUT, BROKEN, NOT_RUNNING, OK, Exit, emit_json, open_state, run, table
 
 EXAMPLES = """\
 examples:
@@ -20,8 +22,16 @@ examples:
                                         drain one worker (running jobs finish), then remove it
   cloud_admin -k -c docker -a           drain and remove all of docker's workers
   cloud_admin -k -c docker -a --now     remove them at once, without draining (kills jobs)
+  cloud_admin --add-user alice          a lab user: her account, and a token and client settings
+                                        to submit from her own machine (docs/remote-submission.md)
+  cloud_admin --list-users              the lab users
+  cloud_admin --remove-user alice       her tokens stop working; her jobs and account are removed
+  cloud_admin --allow-schedd lab        let the schedd "lab" flock jobs here: writes its token and the
+                                        lines its admin adds (docs/federation.md)
+  cloud_admin --list-schedds            the allowed remote schedds and what the scheduler sees of them
+  cloud_admin --revoke-schedd lab       its token stops working; its ads are withdrawn
 
-exit codes: 0 done, 1 unknown cloud/worker or bad number, 2 usage, 3 saved but the
+exit codes: 0 done, 1 unknown cloud/worker/user, bad number or user name, 2 usage, 3 saved but the
 scheduler is not running, 4 bad config or state
 """
 
@@ -34,6 +44,20 @@ def parser() -> argparse.ArgumentParser:
     act.add_argument("-d", "--disable", metavar="NAME", help="disable a cloud (stops new launches only)")
     act.add_argument("-k", "--kill", action="store_true", help="drain and remove workers (needs -c and -n or -a)")
     act.add_argument("-v", "--max-workers", metavar="N", help="set a cloud's max_workers (needs -c)")
+    act.add_argument("--add-user", metavar="NAME", help="add a lab user (or give one another token): prints "
+                                                       "her token and client settings")
+    act.add_argument("--list-users", action="store_true", help="list the lab users")
+    act.add_argument("--remove-user", metavar="NAME", help="remove a lab user: her tokens stop working, her jobs "
+                                                          "are removed")
+    act.add_argument("--allow-schedd", metavar="NAME", help="let a remote schedd flock jobs here: makes its token "
+                                                           "and the lines its admin adds on their side")
+    act.add_argument("--revoke-schedd", metavar="NAME", help="make a remote schedd's token useless and withdraw its ads")
+    act.add_argument("--list-schedds", action="store_true", help="list the remote schedds allowed to flock here")
+    p.add_argument("--address", metavar="HOST[:PORT]", help="with --allow-schedd: the address the remote schedd "
+                                                           "flocks to (default: pool.condor_host, else this host)")
+    p.add_argument("--read-token", metavar="FILE", help="with --allow-schedd: a READ token from the remote pool, "
+                                                       "to read its schedd's queue when it does not allow anonymous "
+                                                       "READ (an appliance gives one: see docs/federation.md)")
     p.add_argument("-c", "--cloud", metavar="NAME", help="the cloud for -k and -v")
     p.add_argument("-n", "--worker", metavar="ID", help="with -k: one worker")
     p.add_argument("-a", "--all", action="store_true", help="with -k: all the cloud's workers")
@@ -54,6 +78,13 @@ def main(argv=None) -> int:
     toggle = args.enable if args.enable is not None else args.disable
     if args.cloud is not None and toggle is not None:
         p.error("-e and -d take the cloud name directly: cloud_admin -e NAME")
+
+    if (args.address or args.read_token) and args.allow_schedd is None:
+        p.error("--address and --read-token only go with --allow-schedd")
+    if args.add_user is not None or args.list_users or args.remove_user is not None:
+        return users_command(args)
+    if args.allow_schedd is not None or args.revoke_schedd is not None or args.list_schedds:
+        return schedds_command(args)
 
     cfg, store = open_state()
     try:
@@ -83,6 +114,135 @@ def main(argv=None) -> int:
         print(f"cloud_admin: saved, but the scheduler is {sched['message']}; it applies when the scheduler runs",
               file=sys.stderr)
         return NOT_RUNNING
+    return OK
+
+
+def users_command(args) -> int:
+    """--add-user, --list-users, --remove-user: accounts and tokens, done at once (the scheduler
+    has no part in them)."""
+    from .. import users
+    try:
+        cfg = load()
+    except ConfigError as err:
+        raise Exit(BROKEN, f"configuration error: {err}") from None
+    lab = users.Users(cfg)
+    try:
+        if args.list_users:
+            rows = lab.list()
+            if args.json:
+                emit_json({"users": rows})
+            else:
+                print(table([(r["user"], r["uid"], r["identity"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["added"])),
+                              r["account"], r["key"]) for r in rows],
+                            ("USER", "UID", "IDENTITY", "ADDED", "ACCOUNT", "TOKENS")) if rows else "no lab users")
+            return OK
+        if args.remove_user is not None:
+            result = lab.remove(args.remove_user)
+            if args.json:
+                emit_json(result)
+            else:
+                print(f"{result['user']}: removed; tokens for {result['identity']} no longer work, "
+                      f"{result['removed_jobs']} job(s) of theirs removed from the queue")
+            if result["jobs_problem"]:
+                print(f"cloud_admin: their jobs could not be removed: {result['jobs_problem']}", file=sys.stderr)
+            return OK
+        result = lab.add(args.add_user)
+    except users.UserError as err:
+        raise Exit(BAD_INPUT, str(err)) from None
+    if args.json:
+        emit_json(result)
+    else:
+        print(_user_text(result, cfg.pool.name))
+    for problem in (result["client"]["warning"], result["daemons_problem"] and
+                    f"the pool's daemons were not told of the new key ({result['daemons_problem']}): "
+                    f"the token works once they restart"):
+        if problem:
+            print(f"cloud_admin: warning: {problem}", file=sys.stderr)
+    return OK
+
+
+def _user_text(r: dict, pool: str) -> str:
+    """What --add-user prints: the token and the exact client settings, ready to paste."""
+    client = r["client"]
+    head = (f"{r['user']}: added (uid {r['uid']})" if r["created"] else
+            f"{r['user']}: exists; here is another token (the earlier ones keep working)")
+    return "\n".join([
+        f"{head}. Jobs submitted with this token are owned by {r['user']} ({r['identity']}).",
+        "",
+        f"Token ({', '.join(r['authorizations'])}: read the pool, submit and manage their own jobs; valid until",
+        f"`cloud_admin --remove-user {r['user']}`). It is a password: hand it over privately.",
+        "",
+        r["token"],
+        "",
+        f"On the submitting machine, save the token as {client['token_file']} (mode 0600), and",
+        "add these lines to ~/.condor/user_config (or to the condor_config it uses):",
+        "",
+        *client["config"],
+        "",
+        "or, instead of the file, set them in the environment (the Python bindings too):",
+        "",
+        *[f"export {k}={v}" for k, v in client["env"].items()],
+        "",
+        f"Then: condor_submit -spool job.sub; condor_q; condor_transfer_data {r['user']}",
+        "(docs/remote-submission.md in the appliance's repository).",
+    ])
+
+
+def schedds_command(args) -> int:
+    """--allow-schedd, --revoke-schedd, --list-schedds: keys, tokens and condor settings, done at
+    once; the scheduler sees the change on its next cycle."""
+    from .. import federation
+    cfg, store = open_state()
+    try:
+        if args.list_schedds:
+            rows = federation.schedds_status(store)
+            if args.json:
+                emit_json({"schedds": rows})
+            else:
+                print(table([(r["name"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["allowed_since"])),
+                              r["address"], "yes" if r["read_token"] else "no", r["state"], r["offered"],
+                              r["idle_jobs"], r["detail"]) for r in rows],
+                            ("SCHEDD", "ALLOWED", "FLOCKS TO", "READ TOKEN", "STATE", "OFFERED", "COUNTED", "DETAIL"))
+                      if rows else "no remote schedds are allowed to flock here")
+            return OK
+        if args.revoke_schedd is not None:
+            result = federation.revoke_schedd(args.revoke_schedd, cfg.pool.name)
+            store.event("federation", f"schedd {result['schedd']} revoked: its token no longer works "
+                                      f"({result['identity']})")
+            text = (f"{result['schedd']}: revoked; its token ({result['identity']}) no longer works and its ads "
+                    f"were withdrawn. Its jobs stay in its own queue.")
+        else:
+            address = args.address or federation.default_address(cfg.pool.condor_host)
+            result = federation.allow_schedd(args.allow_schedd, cfg.pool.name, address, args.read_token)
+        if args.allow_schedd is not None and result["read_token_only"]:
+            store.event("federation", f"schedd {result['schedd']}: its queue is now read with the token its pool gave")
+            text = (f"{result['schedd']}: its queue is now read with the read token given; its own token "
+                    f"({result['identity']}) stays valid.")
+        elif args.allow_schedd is not None:
+            store.event("federation", f"schedd {result['schedd']} allowed to flock here ({result['identity']})"
+                                      + (" with a new token; the earlier one no longer works" if result["again"] else ""))
+            files = result["files"]
+            text = "\n".join([
+                f"{result['schedd']}: allowed to flock here as {result['identity']}"
+                + (" (a new token: the earlier one no longer works)" if result["again"] else "") + ".",
+                "For the schedd's admin (copy both; the token is a password, hand it over privately):",
+                f"  {files['config']}   {result['config_lines']} settings for their condor config, "
+                f"with how to install them",
+                f"  {files['token']}   the token, for their /etc/condor/tokens.d/",
+                f"It flocks to {result['address']}" + ("" if args.address else " (change with --address)") + "; "
+                + ("its queue is read with the read token given." if result["read_token"] else
+                   "its queue is read anonymously (READ), as HTCondor allows by default."),
+            ])
+    except federation.FederationError as err:
+        raise Exit(BAD_INPUT, str(err)) from None
+    if args.json:
+        emit_json(result)
+    else:
+        print(text)
+    for what in ("reconfig_error", "withdraw_error"):
+        if result.get(what):
+            print(f"cloud_admin: warning: the pool's daemons were not told ({result[what]}): it applies when they "
+                  f"restart", file=sys.stderr)
     return OK
 
 

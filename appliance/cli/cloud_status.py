@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from .. import ops
+from .. import federation, ops
 from .common import BAD_INPUT, NOT_RUNNING, OK, Exit, duration, emit_json, open_state, run, table
 
 EXAMPLES = """\
@@ -13,7 +13,8 @@ examples:
   cloud_status              clouds: enabled, booting/idle/busy/draining, max, health
   cloud_status -m           workers: id, cloud, state, condor name, age, idle for
   cloud_status -m -a        workers, including those that ended in the last hour
-  cloud_status -q           demand: idle jobs grouped by request, which clouds can run them
+  cloud_status -q           demand: idle jobs grouped by request (and by schedd, for jobs that flock
+                            here), which clouds can run them; the remote schedds allowed to flock here
   cloud_status -c local     one cloud, its workers and its recent events
   cloud_status -e           the latest events (every worker transition, with its reason)
   cloud_status --json       any of the above as JSON
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
             text = _workers(data)
         elif args.queue:
             data = ops.queue_status(store)
+            schedds = federation.schedds_status(store)
+            if schedds:      # only where remote schedds are allowed to flock here
+                data["schedds"] = schedds
             text = _queue(data)
         elif args.cloud:
             data = ops.cloud_status(store, cfg, args.cloud)
@@ -102,15 +106,27 @@ def _workers(rows) -> str:
 
 
 def _queue(q) -> str:
+    schedds = _schedds(q.get("schedds") or [])
     if not q["groups"]:
-        return "no idle jobs"
-    body = table([[g["count"], g["cpus"], g["memory"], g["disk"] // 1024, ",".join(g["clouds"]) or "none",
+        return "no idle jobs" + schedds
+    remote = any(g.get("schedd") for g in q["groups"])
+    body = table([([g.get("schedd") or "local", g.get("owner") or "-"] if remote else []) +
+                  [g["count"], g["cpus"], g["memory"], g["disk"] // 1024, ",".join(g["clouds"]) or "none",
                    g["status"], g["reason"]] for g in q["groups"]],
-                 ["JOBS", "CPUS", "MEMORY", "DISK", "CLOUDS", "STATUS", "WHY"])
+                 (["SCHEDD", "OWNER"] if remote else []) + ["JOBS", "CPUS", "MEMORY", "DISK", "CLOUDS", "STATUS", "WHY"])
     extra = ""
     if q["unschedulable_jobs"]:
         extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no enabled cloud can ever run them"
-    return f"{q['idle_jobs']} idle job(s) in {len(q['groups'])} group(s)\n\n{body}{extra}"
+    return f"{q['idle_jobs']} idle job(s) in {len(q['groups'])} group(s)\n\n{body}{extra}{schedds}"
+
+
+def _schedds(rows) -> str:
+    """The remote schedds allowed to flock here: whether their queue could be read, and their demand."""
+    if not rows:
+        return ""
+    body = table([[r["name"], r["state"], r["offered"], r["idle_jobs"], ",".join(r["users"]) or "-", r["detail"]]
+                  for r in rows], ["SCHEDD", "STATE", "OFFERED", "COUNTED", "USERS", "DETAIL"])
+    return f"\n\nremote schedds allowed to flock here (cloud_admin --allow-schedd):\n\n{body}"
 
 
 def _cloud(c) -> str:

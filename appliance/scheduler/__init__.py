@@ -13,7 +13,10 @@ One cycle decides in named phases, each a module of this package:
 4. orphans     cloud resources with our labels and no live worker are removed;
 5. drains      this cycle's drains plus failed ones whose retry is due;
 6. requeues    jobs left "running" on workers the appliance removed go back
-               in the queue.
+               in the queue;
+7. flock       local jobs no enabled cloud can run, or that wait at max_workers,
+               are sent to the pools of federation.flock_to; each allowed remote
+               schedd (whose jobs place() counted like local ones) is reported.
 
 The daemon executes the Plan (act) and writes what happened (record); what a
 result means for the next cycle is decided in appliance/outcomes.py, also pure.
@@ -28,14 +31,29 @@ from ..matching import template_ad
 from ..model import Observation, Worker
 from .draft import Draft
 from .drains import plan_drains
+from .flock import report_schedds, send_away
 from .orphans import find_orphans
 from .place import Capacity, Placement, describe, launch_block, place
-from .plan import CloudView, Drain, GroupReport, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, Transition
+from .plan import (
+    CloudView,
+    Drain,
+    FlockOut,
+    GroupReport,
+    Launch,
+    Plan,
+    RedrainEntry,
+    ScheddReport,
+    StrandedJobs,
+    Terminate,
+    Transition,
+    group_row,
+)
 from .reconcile import REQUESTED_GRACE, judge_health, reconcile
 from .requeues import REQUEUE_PATIENCE, plan_requeues
 from .scale_down import ScaleInPolicy, newest_starting_then_longest_idle, scale_down
 
-__all__ = ["Capacity", "CloudView", "Drain", "Draft", "GroupReport", "Launch", "Placement", "Plan",
+__all__ = ["Capacity", "CloudView", "Drain", "Draft", "FlockOut", "GroupReport", "Launch", "Placement", "Plan",
+           "ScheddReport", "group_row",
            "REQUESTED_GRACE", "REQUEUE_PATIENCE", "RedrainEntry", "StrandedJobs", "ScaleInPolicy", "Terminate", "Transition", "decide",
            "describe", "launch_block", "newest_starting_then_longest_idle"]
 
@@ -45,7 +63,9 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
            templates: Mapping[str, object] | None = None,
            redrain: Mapping[str, RedrainEntry] | None = None,
            stranded: Mapping[str, StrandedJobs] | None = None,
-           scale_in: ScaleInPolicy = newest_starting_then_longest_idle) -> Plan:
+           scale_in: ScaleInPolicy = newest_starting_then_longest_idle,
+           flock_to: Sequence = ()) -> Plan:
+    """flock_to: the federation.flock_to pools (config.FlockTarget) the schedd flocks to."""
     templates = dict(templates or {})
     for c in clouds:
         if c.name not in templates:
@@ -56,9 +76,11 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     health = judge_health(d, {c.name: c.health for c in clouds}, settings)
     # a cloud whose workers just failed is backing off from now: its demand goes elsewhere
     clouds = [replace(c, health=health[c.name]) for c in clouds]
-    placement = place(d, obs, clouds, settings, templates)
+    placement = place(d, obs, clouds, settings, templates, flock_to)
     scale_down(d, obs, clouds, placement, settings, scale_in)
     find_orphans(d, obs)
     plan_drains(d, redrain or {})
     plan_requeues(d, obs, stranded or {})
+    send_away(d, placement, flock_to)
+    report_schedds(d, obs)
     return d.plan

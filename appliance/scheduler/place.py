@@ -38,9 +38,12 @@ class Capacity:
 
 @dataclass
 class Placement:
-    """What placing the demand found out, for scale-down."""
+    """What placing the demand found out, for scale-down and sending away."""
     assigned: dict[str, int] = field(default_factory=dict)          # worker id -> jobs placed on it
     runnable_on: dict[str, set[str]] = field(default_factory=dict)  # group key -> clouds that could run it
+    # local group key -> (jobs, why) that this appliance will not run: no enabled cloud can
+    # run them, or they wait only at max_workers (per cloud or global); flocking may take them
+    overflow: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def launch_block(view: CloudView, now: float) -> str | None:
@@ -57,6 +60,19 @@ def launch_block(view: CloudView, now: float) -> str | None:
 
 def describe(group: JobGroup) -> str:
     return f"{group.cpus} cpu, {group.memory} MB, {group.disk // 1024} MB disk"
+
+
+def whose(group: JobGroup) -> str:
+    """' of schedd X' for a remote schedd's jobs, for launch reasons."""
+    return f" of schedd {group.schedd}" if group.schedd else ""
+
+
+def sent_away(group: JobGroup, flock_to: Sequence) -> tuple[str, ...]:
+    """The federation.flock_to pools a local group's jobs were sent to (their FlockTo names them)."""
+    if group.schedd or not group.flock_to:
+        return ()
+    asked = {p.lower() for p in group.flock_to}
+    return tuple(t.name for t in flock_to if t.collector.lower() in asked)
 
 
 def existing_capacity(d: Draft, obs: Observation, views: Mapping[str, CloudView]) -> list[Capacity]:
@@ -81,7 +97,7 @@ def existing_capacity(d: Draft, obs: Observation, views: Mapping[str, CloudView]
 
 
 def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: SchedulerConfig,
-          templates: Mapping[str, object]) -> Placement:
+          templates: Mapping[str, object], flock_to: Sequence = ()) -> Placement:
     now = d.now
     views = {c.name: c for c in clouds}
     capacity = existing_capacity(d, obs, views)
@@ -114,17 +130,21 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
 
         launched = 0
         waits: list[str] = []
-        for c in runnable:
+        only_max_workers = True         # every wait is a max_workers limit
+        away = sent_away(group, flock_to)
+        for c in (() if away else runnable):     # nothing is launched for jobs sent away
             if remaining <= 0:
                 break
             if blocked[c.name]:
                 waits.append(f"{c.name}: {blocked[c.name]}")
+                only_max_workers = False
                 continue
             pw = per_worker(c.config, group)
             while remaining > 0:
                 limit = _headroom(c, live_count, total_live, booting, settings)
                 if limit:
                     waits.append(f"{c.name}: {limit}")
+                    only_max_workers = only_max_workers and "max_workers" in limit
                     break
                 size = c.config.worker
                 cap = Capacity(None, c.name, size.cpus, size.memory, size.disk * 1024, False, now)
@@ -136,21 +156,30 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
                 total_live += 1
                 booting += 1
                 launched += 1
-                d.plan.launches.append(Launch(c.name, f"{group.count} idle job(s) asking {describe(group)}"))
+                d.plan.launches.append(Launch(c.name, f"{group.count} idle job(s){whose(group)} asking "
+                                                      f"{describe(group)}"))
 
         enabled_runnable = tuple(c.name for c in runnable if c.health.enabled)
-        if not enabled_runnable:
+        if away:
+            status = "sent away"
+            reason = (f"offered to {', '.join(away)} by flocking: no worker is launched here for it"
+                      + (" (workers here have room for some)" if remaining < group.count else ""))
+        elif not enabled_runnable:
             why = "; ".join(f"{c.name}: {verdicts[c.name].reason or 'disabled'}" for c in ordered) or "no clouds configured"
             status, reason = "unschedulable", f"no enabled cloud can run it ({why})"
+            if not group.schedd:
+                placement.overflow[group.key] = (group.count, "no enabled cloud here can run it")
         elif remaining > 0:
             status, reason = "waiting", f"{remaining} job(s) without a worker: " + "; ".join(waits)
+            if not group.schedd and waits and only_max_workers:
+                placement.overflow[group.key] = (remaining, "waiting at max_workers")
         elif launched:
             status, reason = "launching", f"{launched} new worker(s)"
         else:
             status, reason = "served", "existing or booting workers have room"
         d.plan.groups.append(GroupReport(group.key, group.count, group.cpus, group.memory, group.disk,
                                          group.requirements, group.target_clouds, enabled_runnable,
-                                         status, reason))
+                                         status, reason, group.schedd, group.owner_hint))
 
     placement.assigned = {c.worker_id: c.assigned for c in capacity if c.worker_id}
     return placement

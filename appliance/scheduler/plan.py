@@ -5,7 +5,7 @@ anything further, and its record step writes what happened.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..config import CloudConfig
 from ..lifecycle import State
@@ -67,8 +67,40 @@ class GroupReport:
     requirements: str
     target_clouds: tuple[str, ...] | None
     clouds: tuple[str, ...]      # enabled clouds whose workers could run these jobs
-    status: str                  # served | launching | waiting | unschedulable
+    status: str                  # served | launching | waiting | unschedulable | sending away | sent away
     reason: str
+    schedd: str = ""             # "" for our own schedd, else the remote schedd the jobs flock from
+    owner: str = ""              # a remote schedd's submitter (user@domain); "" for our own
+
+
+def group_row(g: GroupReport) -> dict:
+    """A group as the store keeps it (cloud_status -q --json, /api/queue): `schedd` and
+    `owner` only for the jobs of a remote schedd, so a local group reads as it always did."""
+    row = asdict(g)
+    if not g.schedd:
+        del row["schedd"], row["owner"]
+    return row
+
+
+@dataclass(frozen=True)
+class FlockOut:
+    """Let `count` idle jobs of a local group flock to other pools: set their FlockTo."""
+    group_key: str
+    count: int
+    flock_to: str                # the value of FlockTo: the pools as FLOCK_TO names them
+    pools: tuple[str, ...]       # their names in federation.flock_to, for the log
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScheddReport:
+    """One allowed remote schedd, as this cycle saw it."""
+    name: str
+    state: str                   # flocking | quiet | absent | unreadable
+    detail: str
+    offered: int                 # idle jobs it offers this pool (its submitter ads)
+    idle_jobs: int               # of those, counted as demand (read from its queue)
+    users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,3 +138,5 @@ class Plan:
     requeues: list[StrandedJobs] = field(default_factory=list)      # put their jobs back in the queue now
     requeues_abandoned: list[StrandedJobs] = field(default_factory=list)  # tried long enough: give up
     reschedule: bool = False    # a worker joined: ask the negotiator to match now
+    flock_outs: list[FlockOut] = field(default_factory=list)        # jobs to send to other pools
+    schedds: list[ScheddReport] = field(default_factory=list)       # allowed remote schedds

@@ -13,7 +13,7 @@ from functools import wraps
 
 from flask import Blueprint, jsonify, request
 
-from .. import ops
+from .. import federation, ops
 from . import auth, config, store
 from .openapi import spec
 
@@ -131,6 +131,14 @@ def workers():
 @api_auth
 def queue():
     return answer(ops.queue_status(store()))
+
+
+@bp.get("/schedds")
+@api_auth
+def schedds():
+    """The remote schedds allowed to flock here (cloud_admin --allow-schedd), and what the
+    scheduler last saw of each; their demand is in /api/queue, by schedd."""
+    return answer(federation.schedds_status(store()))
 
 
 @bp.get("/events")

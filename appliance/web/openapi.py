@@ -45,11 +45,25 @@ EVENT = _obj({
     "from_state": _nullable(STR), "to_state": _nullable(STR), "reason": STR,
 })
 
+_GROUP_REQUIRED = ["key", "count", "cpus", "memory", "disk", "requirements", "target_clouds", "clouds", "status",
+                   "reason"]
 GROUP = _obj({
     "key": STR, "count": INT, "cpus": INT, "memory": INT, "disk": {"type": "integer", "description": "KiB"},
     "requirements": STR, "target_clouds": _nullable({"type": "array", "items": STR}),
     "clouds": {"type": "array", "items": STR},
-    "status": {"type": "string", "enum": ["served", "launching", "waiting", "unschedulable"]}, "reason": STR,
+    "status": {"type": "string", "enum": ["served", "launching", "waiting", "unschedulable", "sending away",
+                                          "sent away"],
+               "description": "sending away / sent away: offered to the pools of federation.flock_to"},
+    "reason": STR,
+    "schedd": {"type": "string", "description": "empty for this appliance's schedd, else the remote schedd "
+                                                "(cloud_admin --allow-schedd) whose jobs flock here"},
+    "owner": {"type": "string", "description": "a remote schedd's submitter (user@domain)"},
+}, _GROUP_REQUIRED)
+
+SCHEDD = _obj({
+    "name": STR, "allowed_since": NUM, "address": STR, "read_token": BOOL,
+    "state": {"type": "string", "enum": ["flocking", "quiet", "absent", "unreadable", "unknown"]},
+    "detail": STR, "offered": INT, "idle_jobs": INT, "users": {"type": "array", "items": STR},
 })
 
 QUEUE = _obj({
@@ -82,7 +96,8 @@ CLOUDS_OK = {"description": "the clouds", "content": {"application/json": {"sche
 AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many failed logins from this client"),
                "503": _err("the configuration file is invalid")}
 NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
-REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail")}
+REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail",
+                                                           "Schedd")}
 
 
 def spec() -> dict[str, Any]:
@@ -127,8 +142,14 @@ def spec() -> dict[str, Any]:
                     "description": "also those that ended in the last hour"}],
                 "responses": {"200": _ok("the workers", {"type": "array", "items": REF["Worker"]}),
                               "400": _err("bad parameter"), **AUTH_ERRORS}}},
-            "/api/queue": {"get": {"summary": "demand: idle jobs grouped by request, the clouds that can run them",
+            "/api/queue": {"get": {"summary": "demand: idle jobs grouped by request (and by remote schedd, for jobs "
+                                              "that flock here), the clouds that can run them",
                                    "responses": {"200": _ok("the demand", REF["Queue"]), **AUTH_ERRORS}}},
+            "/api/schedds": {"get": {"summary": "remote schedds allowed to flock here (cloud_admin --allow-schedd), "
+                                                "and what the scheduler last saw of each",
+                                     "responses": {"200": _ok("the schedds", {"type": "array",
+                                                                              "items": REF["Schedd"]}),
+                                                   **AUTH_ERRORS}}},
             "/api/events": {"get": {
                 "summary": "events: every worker transition and operator action, oldest first",
                 "parameters": [
@@ -145,7 +166,7 @@ def spec() -> dict[str, Any]:
                 "basic": {"type": "http", "scheme": "basic"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"}},
             "schemas": {"Scheduler": SCHEDULER, "Cloud": CLOUD, "CloudDetail": CLOUD_DETAIL, "Worker": WORKER,
-                        "Event": EVENT, "JobGroup": GROUP, "Queue": QUEUE,
+                        "Event": EVENT, "JobGroup": GROUP, "Schedd": SCHEDD, "Queue": QUEUE,
                         "Error": _obj({"error": STR, "config_error": STR}, ["error"])},
         },
     }

@@ -12,7 +12,7 @@ from functools import wraps
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
-from .. import ops
+from .. import federation, ops
 from ..cli.common import duration
 from ..config import ConfigError
 from . import auth, config, store, web_problems
@@ -80,7 +80,7 @@ def view_model() -> dict:
     workers = ops.workers_status(s, include_ended=True)
     live = [w for w in workers if w["state"] not in ("retired", "failed")]
     ended = [w for w in workers if w["state"] in ("retired", "failed")][-10:][::-1]
-    queue = ops.queue_status(s)
+    queue = {**ops.queue_status(s), "schedds": federation.schedds_status(s)}
     events = ops.events(s, limit=EVENTS_SHOWN)[::-1]
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,

@@ -76,7 +76,7 @@ def test_cloud_types_come_from_the_registry():
 BAD = [
     ("pool: [1, 2", "<string>: line 1, column 12: not valid YAML: expected ',' or ']', but got '<stream end>'"),
     ("- a\n- b", "<string>: (top level): expected a mapping, got ['a', 'b']"),
-    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, pool, retention, scheduler)"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, federation, pool, retention, scheduler)"),
     ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
                                   "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
