@@ -51,6 +51,21 @@ def _dir(path: str, mode: int, owner: tuple[int, int] = (0, 0)) -> None:
     os.chown(path, *owner)
 
 
+def share_state_db(state_dir: str, owner: tuple[int, int]) -> None:
+    """The state DB's files belong to root and the appliance group, mode 0660, whoever made them.
+
+    A `docker exec ... cloud_status` at the very start can run before this bootstrap: its
+    Store then made the directory and the files as root:root, and the web app (group
+    appliance) could never open them, even after the directory was given its group."""
+    for name in ("appliance.db", "appliance.db-wal", "appliance.db-shm"):
+        path = os.path.join(state_dir, name)
+        try:
+            os.chown(path, *owner)
+            os.chmod(path, 0o660)
+        except FileNotFoundError:
+            pass
+
+
 def _secret_file(path: str, content: str, mode: int = 0o600, owner: tuple[int, int] = (0, 0)) -> bool:
     """Write a secret once; never overwrite. Returns True if it was created now."""
     try:
@@ -419,6 +434,7 @@ def main() -> int:
     condor = _ids("condor")
     _dir(STATE, 0o755)
     _dir(f"{STATE}/state", 0o2770, app_group)
+    share_state_db(f"{STATE}/state", app_group)
     _dir(f"{STATE}/keys", 0o700)
     _dir(f"{STATE}/worker-keys", 0o700)
     _dir(f"{STATE}/workers", 0o755)

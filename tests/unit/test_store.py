@@ -1,4 +1,7 @@
 """The SQLite store: transitions with their events, runtime settings that persist."""
+import os
+import stat
+
 import pytest
 
 from appliance.config import loads
@@ -78,3 +81,18 @@ def test_kv(store):
     assert store.get("demand", []) == ([], 0.0)
     store.put("demand", [{"count": 3}], now=5.0)
     assert store.get("demand") == ([{"count": 3}], 5.0)
+
+
+def test_bootstrap_shares_a_db_that_a_cli_made_before_it(tmp_path):
+    # `docker exec appliance cloud_status` right at start can create the DB before bootstrap
+    # runs: root's files in root's directory, which the web app (group appliance) cannot open
+    from appliance.bootstrap import share_state_db
+    state = tmp_path / "state"
+    s = Store(str(state / "appliance.db"))
+    s.event("test", "one write, so the -wal and -shm exist")
+    for f in state.iterdir():
+        os.chmod(f, 0o600)
+    share_state_db(str(state), (os.getuid(), os.getgid()))
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in state.iterdir()}
+    assert modes == {"appliance.db": 0o660, "appliance.db-wal": 0o660, "appliance.db-shm": 0o660}, modes
+    s.close()
