@@ -164,7 +164,7 @@ def start(client: docker.DockerClient, image: str, tmp: Path, tag: str, config: 
 
 def stop(app: WebAppliance) -> None:
     try:
-        app.c.remove(force=True)
+        app.c.remove(force=True, v=True)     # and its anonymous volumes (the image declares some)
     except docker.errors.NotFound:
         pass
 
