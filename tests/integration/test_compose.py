@@ -78,6 +78,9 @@ def test_compose_up_runs_a_job_on_a_worker_container_and_down_leaves_nothing():
 
     # nothing left: no container (appliance or worker), no volume, no network of the project
     assert not docker_json("ps", "-a", "--filter", f"label=appliance.pool={pool}")
-    assert not docker_json("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}")
+    # compose's build labels the image with the project, so every container of appliance:latest
+    # (other tests', workers) carries it; only the containers compose made have a container number
+    assert not docker_json("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                           "--filter", "label=com.docker.compose.container-number")
     assert not docker_json("volume", "ls", "--filter", f"label=com.docker.compose.project={PROJECT}")
     assert not docker_json("network", "ls", "--filter", f"label=com.docker.compose.project={PROJECT}")
