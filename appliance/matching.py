@@ -15,17 +15,13 @@ import htcondor  # noqa: F401  (registers HTCondor's ClassAd functions: stringLi
 
 from .config import CloudConfig
 from .model import JobGroup
+from .shapes import DISK_QUANTUM_KB, MEMORY_QUANTUM_MB, rounded_disk, rounded_memory  # noqa: F401 (re-exported)
 
 # The worker's START expression. Also written into every worker's condor
 # config (workerconf.py), so the negotiator enforces what we matched on.
 WORKER_START = ("(TARGET.TargetClouds =?= undefined) || "
                 "stringListIMember(MY.CloudName, TARGET.TargetClouds)")
 
-# HTCondor rounds requests up before carving a dynamic slot
-# (MODIFY_REQUEST_EXPR_REQUESTMEMORY / _REQUESTDISK defaults): mirror it so a
-# worker we plan for really holds the jobs we count on it.
-MEMORY_QUANTUM_MB = 128
-DISK_QUANTUM_KB = 1024
 
 
 def _arch() -> str:
@@ -59,14 +55,6 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance") -> classad.Cla
     ad["START"] = classad.ExprTree(WORKER_START)
     ad["Requirements"] = classad.ExprTree("START")
     return ad
-
-
-def rounded_memory(mb: int) -> int:
-    return -(-mb // MEMORY_QUANTUM_MB) * MEMORY_QUANTUM_MB if mb > 0 else 0
-
-
-def rounded_disk(kb: int) -> int:
-    return -(-kb // DISK_QUANTUM_KB) * DISK_QUANTUM_KB if kb > 0 else 0
 
 
 def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup) -> int:

@@ -28,7 +28,21 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
-from .matching import rounded_disk, rounded_memory
+# HTCondor rounds requests up before carving a dynamic slot
+# (MODIFY_REQUEST_EXPR_REQUESTMEMORY / _REQUESTDISK defaults): mirror it so a
+# worker we plan for really holds the jobs we count on it. Here, not in
+# matching.py, so that the configuration (which holds Shapes) loads without HTCondor.
+MEMORY_QUANTUM_MB = 128
+DISK_QUANTUM_KB = 1024
+
+
+def rounded_memory(mb: int) -> int:
+    return -(-mb // MEMORY_QUANTUM_MB) * MEMORY_QUANTUM_MB if mb > 0 else 0
+
+
+def rounded_disk(kb: int) -> int:
+    return -(-kb // DISK_QUANTUM_KB) * DISK_QUANTUM_KB if kb > 0 else 0
+
 
 # prices are compared in millionths per hour, as integers, so that equal costs
 # compare equal (0.01 * 4 == 0.04) and ties are decided by rule, not by rounding
