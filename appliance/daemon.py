@@ -26,7 +26,7 @@ from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
 from .lifecycle import State
-from .matching import template_ad
+from .matching import template_ads
 from .model import CloudHealth, Observation
 from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
@@ -56,7 +56,7 @@ class Daemon:
         self.condor = condor
         self.drivers = dict(drivers)
         self.clock = clock
-        self.templates = {c.name: template_ad(c, cfg.pool.name) for c in cfg.clouds}
+        self.templates = template_ads(cfg.clouds, cfg.pool.name)
         # the federation.flock_to pools our schedd flocks to (bootstrap installed their tokens)
         self.flock_to = federation.flock_targets_in_use(cfg)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")

@@ -94,6 +94,8 @@ class Worker:
     condor_name: str = ""
     last_seen: float = 0.0
     reason: str = ""
+    # the name of its shape (config: the cloud's shapes); "" for a worker recorded before shapes
+    shape: str = ""
 
 
 @dataclass(frozen=True)
