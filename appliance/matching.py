@@ -73,9 +73,11 @@ def template_ads(clouds: Iterable[CloudConfig], pool_name: str = "appliance") ->
     return {(c.name, s.name): template_ad(c, pool_name, s) for c in clouds for s in c.shapes}
 
 
-def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup) -> int:
-    """How many jobs of `group` fit in the given free resources."""
+def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup, gpus: int = 0) -> int:
+    """How many jobs of `group` fit in the given free resources (GPUs count only for jobs asking some)."""
     counts = [cpus // max(group.cpus, 1)]
+    if group.gpus > 0:
+        counts.append(gpus // group.gpus)
     mem = rounded_memory(group.memory)
     if mem:
         counts.append(memory_mb // mem)
@@ -87,7 +89,7 @@ def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup) -> int:
 
 def per_worker(shape: Shape, group: JobGroup) -> int:
     """How many jobs of `group` one fresh worker of this shape holds."""
-    return fits(shape.cpus, shape.memory, shape.disk * 1024, group)
+    return fits(shape.cpus, shape.memory, shape.disk * 1024, group, shape.gpus)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def shape_can_run(group: JobGroup, cloud: CloudConfig, shape: Shape, template: c
 
 
 def _asks(group: JobGroup) -> str:
-    return f"asks for {group.cpus} cpus, {group.memory} MB, {group.disk // 1024} MB disk"
+    return (f"asks for {group.cpus} cpus, {group.memory} MB, {group.disk // 1024} MB disk"
+            + (f", {group.gpus} gpus" if group.gpus else ""))
 
 
 def _size(s: Shape) -> str:

@@ -34,11 +34,13 @@ class Capacity:
     created_at: float
     assigned: int = 0
     shape: str = ""          # the worker's shape: a group's Requirements may accept some shapes only
+    gpus: int = 0
 
     def take(self, group: JobGroup, n: int) -> None:
         self.cpus -= n * group.cpus
         self.memory -= n * rounded_memory(group.memory)
         self.disk -= n * rounded_disk(group.disk)
+        self.gpus -= n * group.gpus
         self.assigned += n
 
 
@@ -66,7 +68,8 @@ def launch_block(view: CloudView, now: float) -> str | None:
 
 
 def describe(group: JobGroup) -> str:
-    return f"{group.cpus} cpu, {group.memory} MB, {group.disk // 1024} MB disk"
+    return f"{group.cpus} cpu, {group.memory} MB, {group.disk // 1024} MB disk" + (
+        f", {group.gpus} gpu" if group.gpus else "")
 
 
 def whose(group: JobGroup) -> str:
@@ -94,12 +97,12 @@ def existing_capacity(d: Draft, obs: Observation, views: Mapping[str, CloudView]
         slot = obs.slots.get(w.id) if obs.slots is not None else None
         if slot is not None:
             capacity.append(Capacity(w.id, w.cloud, slot.free_cpus, slot.free_memory, slot.free_disk,
-                                     True, w.created_at, shape=size.name))
+                                     True, w.created_at, shape=size.name, gpus=slot.free_gpus))
         elif st is State.BUSY:
             continue    # busy, and its room unknown until it advertises again: count on none
         else:
             capacity.append(Capacity(w.id, w.cloud, size.cpus, size.memory, size.disk * 1024,
-                                     st not in lifecycle.STARTING, w.created_at, shape=size.name))
+                                     st not in lifecycle.STARTING, w.created_at, shape=size.name, gpus=size.gpus))
     capacity.sort(key=lambda c: (not c.joined, c.created_at))
     return capacity
 
@@ -146,7 +149,7 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
                 break
             if (cap.cloud, cap.shape) not in shapes:
                 continue
-            n = min(remaining, fits(cap.cpus, cap.memory, cap.disk, group))
+            n = min(remaining, fits(cap.cpus, cap.memory, cap.disk, group, cap.gpus))
             if n > 0:
                 cap.take(group, n)
                 remaining -= n
@@ -163,7 +166,7 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
     def allowed(demand: Demand, candidate: Candidate) -> bool:
         return (candidate.cloud, candidate.shape.name) in wanting[int(demand.key)].shapes
 
-    demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk))
+    demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk, r.group.gpus))
                for i, r in enumerate(wanting)]
     fitted: dict[int, GroupFit] = {id(r): f for r, f in zip(wanting, cheapest_fit(
         demands, candidates, headroom, global_headroom, allowed=allowed), strict=True)}

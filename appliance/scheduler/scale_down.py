@@ -79,5 +79,5 @@ def could_run_any(slot: SlotSummary, worker: tuple[str, str], groups: Iterable[J
     """Some idle job could start on this worker, (cloud, shape), now. Placement may have
     given the jobs to other workers whose collector ads are a few seconds stale; the
     negotiator, not our plan, decides where they run, so such a worker stays."""
-    return any(worker in runnable_on.get(g.key, ()) and fits(slot.free_cpus, slot.free_memory, slot.free_disk, g) > 0
-               for g in groups)
+    return any(worker in runnable_on.get(g.key, ())
+               and fits(slot.free_cpus, slot.free_memory, slot.free_disk, g, slot.free_gpus) > 0 for g in groups)

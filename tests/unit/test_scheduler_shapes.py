@@ -6,11 +6,14 @@ prices, the smallest that fits), clouds in priority order, within the limits.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import classad
 import pytest
 
 from appliance.config import CloudConfig, SchedulerConfig
 from appliance.lifecycle import State
-from appliance.model import CloudHealth
+from appliance.model import CloudHealth, SlotSummary
 from appliance.scheduler import CloudView, decide
 from appliance.shapes import Shape
 
@@ -195,6 +198,53 @@ def test_unschedulable_reason_names_every_shape():
     assert "docker: Requirements do not match its workers of any shape that fits" in plan.groups[0].reason
 
 
+GPU = shape("gpu", 4, 16384, gpus=1)
+
+
+def gpu_group(count, gpus=1, key=None):
+    """Jobs with request_gpus: HTCondor adds the GPUs clause to their Requirements."""
+    g = group(count, key=key or f"gpu{count}-{gpus}")
+    g.ad["RequestGPUs"] = gpus
+    g.ad["Requirements"] = classad.ExprTree("TARGET.GPUs >= RequestGPUs && TARGET.Cpus >= RequestCpus")
+    return dataclasses.replace(g, gpus=gpus)
+
+
+GPUS = [
+    # (name, groups, workers and slots, expected launches, expected statuses)
+    ("a job asking a GPU gets the GPU shape", [gpu_group(1)], [], {("docker", "gpu"): 1}, ["launching"]),
+    ("one job per GPU: two GPU jobs need two 1-GPU workers, whatever their cpus", [gpu_group(2)], [],
+     {("docker", "gpu"): 2}, ["launching"]),
+    ("a job asking more GPUs than any shape has is unschedulable", [gpu_group(1, gpus=2)], [], {},
+     ["unschedulable"]),
+    ("jobs asking no GPU do not take the GPU shape", [group(2)], [], {("docker", "small"): 2}, ["launching"]),
+    ("a starting GPU worker holds one GPU job", [gpu_group(2)],
+     [(worker("w", "docker", State.BOOTING, shape="gpu"), None)], {("docker", "gpu"): 1}, ["launching"]),
+    ("a joined GPU worker whose GPU is taken holds no more GPU jobs", [gpu_group(1)],
+     [(worker("w", "docker", State.BUSY, shape="gpu"),
+       SlotSummary("w", "w@host", 1, 3, 8192, 4 * 1024 * 1024, 4, free_gpus=0))], {("docker", "gpu"): 1},
+     ["launching"]),
+]
+
+
+@pytest.mark.parametrize("name,groups,workers,expected,expected_statuses", GPUS, ids=[c[0] for c in GPUS])
+def test_gpus(name, groups, workers, expected, expected_statuses):
+    ws = [w for w, _ in workers]
+    slots = [s for _, s in workers if s is not None]
+    clouds = [cloud(shapes=(SMALL, GPU))]
+    plan = decide(observe(groups, slots, [(w.cloud, w.id) for w in ws], ("docker",)), ws, clouds, SETTINGS)
+    assert launched(plan) == expected, [g.reason for g in plan.groups]
+    assert statuses(plan) == expected_statuses, [g.reason for g in plan.groups]
+
+
+def test_a_gpu_request_is_named_in_reasons():
+    plan = decide(observe([gpu_group(1, gpus=2)], clouds=("docker",)), [], [cloud(shapes=(SMALL, GPU))], SETTINGS)
+    assert "asks for 1 cpus, 128 MB, 1 MB disk, 2 gpus; its shapes have: small 1 cpus, 1024 MB, 4096 MB disk; " \
+           "gpu 4 cpus, 16384 MB, 4096 MB disk, 1 gpus" in plan.groups[0].reason
+    plan = decide(observe([gpu_group(1)], clouds=("docker",)), [], [cloud(shapes=(SMALL, GPU))], SETTINGS)
+    assert plan.launches[0].reason.startswith("1 idle job(s) asking 1 cpu, 128 MB, 1 MB disk, 1 gpu: smallest fit: "
+                                              "1 x gpu (no price)")
+
+
 SCALE_DOWN = [
     # (name, groups, the idle worker's shape, its free cpus, drained?)
     ("an idle worker with no job is drained", [], "small", 1, True),
@@ -203,6 +253,7 @@ SCALE_DOWN = [
      "small", 1, True),
     ("an idle big worker is kept for them", [group(1, requirements=ON_BIG)], "big", 4, False),
     ("a worker recorded before shapes is judged as the smallest shape", [group(1, requirements=ON_BIG)], "", 4, True),
+    ("an idle worker without GPUs is drained when only GPU jobs wait", [gpu_group(1)], "big", 4, True),
 ]
 
 
