@@ -410,12 +410,14 @@ class CloudConfig:
     def __post_init__(self):
         if self.settings is not None and not self.options:
             object.__setattr__(self, "options", MappingProxyType(self.settings.as_dict()))
-        if not self.shapes:
-            object.__setattr__(self, "shapes", (lone_shape(self.worker, self.settings),))
+        lone = lone_shape(self.worker, self.settings)
+        shapes = tuple(self.shapes)
+        if not shapes or (self.worker != WorkerSize() and _is_lone(shapes, lone)):
+            # made from `worker` (dataclasses.replace() passes the shapes made before back in)
+            shapes = (lone,)
         elif self.worker != WorkerSize():
             raise ValueError(f"cloud {self.name!r}: give shapes or worker, not both")
-        else:
-            object.__setattr__(self, "shapes", tuple(self.shapes))
+        object.__setattr__(self, "shapes", shapes)
 
     def opt(self, key: str) -> Any:
         return self.options[key]
@@ -439,6 +441,11 @@ class CloudConfig:
 
 
 DEFAULT_SHAPE = "default"
+
+
+def _is_lone(shapes: tuple[Shape, ...], lone: Shape) -> bool:
+    """These shapes are a lone worker's (perhaps of an earlier `worker`): one unpriced shape of its name."""
+    return len(shapes) == 1 and shapes[0].name == lone.name and shapes[0].price is None and not shapes[0].gpus
 
 
 def lone_shape(size: WorkerSize, settings: Any = None) -> Shape:

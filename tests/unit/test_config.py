@@ -217,6 +217,12 @@ def test_a_cloud_built_by_hand_has_its_worker_as_its_one_shape():
     assert c.shape_of("big") is big and c.shape_of("") is small and c.shape_of("gone") is small
     with pytest.raises(ValueError, match="shapes or worker, not both"):
         CloudConfig("d", "docker", worker=WorkerSize(cpus=2), shapes=(small,))
+    # dataclasses.replace() passes the shapes made from `worker` back in: they follow the worker
+    from dataclasses import replace
+    lone = CloudConfig("d", "docker", worker=WorkerSize(cpus=3))
+    assert replace(lone, max_workers=5).shapes == lone.shapes
+    assert [s.cpus for s in replace(lone, worker=WorkerSize(cpus=8)).shapes] == [8]
+    assert replace(c, max_workers=5).shapes == (big, small)
 
 
 def test_missing_file_names_the_file(tmp_path):
