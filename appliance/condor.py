@@ -39,7 +39,7 @@ WORKER_KEYS_DIR = os.environ.get("APPLIANCE_WORKER_KEYS_DIR", "/var/lib/applianc
 IDLE = 1
 # scheduler, grid and local universe jobs never need an execute node
 NO_WORKER_UNIVERSES = {7, 9, 12}
-DEMAND_PROJECTION = ["JobStatus", "JobUniverse", "RequestCpus", "RequestMemory", "RequestDisk",
+DEMAND_PROJECTION = ["JobStatus", "JobUniverse", "RequestCpus", "RequestMemory", "RequestDisk", "RequestGPUs",
                      "Requirements", "TargetClouds", "FlockTo"]
 REMOTE_PROJECTION = [*DEMAND_PROJECTION, "User"]
 SUBMITTER_PROJECTION = ["Name", "ScheddName", "IdleJobs", "RunningJobs", "SubmitterTag", "AuthenticatedIdentity"]
@@ -49,7 +49,7 @@ REMOTE_TIMEOUT = 5.0
 # ...and is asked at most this often (the scheduler cycles every 0.25 s while a worker
 # starts): an answer this fresh is used again, sparing the remote schedd (and its log)
 REMOTE_MIN_INTERVAL = 1.0
-SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "TotalSlotCpus"]
+SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "GPUs", "TotalSlotCpus"]
 
 
 class CondorError(Exception):
@@ -377,6 +377,11 @@ def _request(ad: classad.ClassAd) -> tuple:
     return cpus, memory, disk, req, _names(ad.get("TargetClouds")), _names(ad.get("FlockTo"))
 
 
+def _gpus(ad: classad.ClassAd) -> int:
+    """What one job asks of GPUs (request_gpus); 0 when it asks none."""
+    return _int(ad, "RequestGPUs", 0)
+
+
 def _names(value) -> tuple[str, ...] | None:
     if value is None or isinstance(value, classad.Value):     # unset, or set to undefined/error
         return None
@@ -386,9 +391,11 @@ def _names(value) -> tuple[str, ...] | None:
 def job_group_key(ad: classad.ClassAd, schedd: str = "", owner: str = "") -> str:
     """The demand group a job belongs to (the same for its group-by row)."""
     cpus, memory, disk, req, target_clouds, flock_to = _request(ad)
-    # the key of a local group without FlockTo is what it was before flocking existed
+    # the key of a local group without FlockTo is what it was before flocking existed,
+    # and of one asking no GPU what it was before GPUs were counted
     extra = f"|{schedd}|{owner}|{flock_to}" if (schedd or owner or flock_to) else ""
-    return hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}{extra}".encode()).hexdigest()[:12]
+    gpus = f"|gpus={_gpus(ad)}" if _gpus(ad) else ""
+    return hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}{gpus}{extra}".encode()).hexdigest()[:12]
 
 
 def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[JobGroup, ...]:
@@ -409,14 +416,14 @@ def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[J
         if key in merged:
             g = merged[key]
             merged[key] = JobGroup(key, g.count + count, cpus, memory, disk, req, target_clouds, owner, ad=g.ad,
-                                   schedd=schedd, flock_to=flock_to)
+                                   schedd=schedd, flock_to=flock_to, gpus=g.gpus)
         else:
             job = classad.ClassAd()
             job.update(ad)
             job["MyType"] = "Job"
             job["TargetType"] = "Machine"
             merged[key] = JobGroup(key, count, cpus, memory, disk, req, target_clouds, owner, ad=job,
-                                   schedd=schedd, flock_to=flock_to)
+                                   schedd=schedd, flock_to=flock_to, gpus=_gpus(ad))
     return tuple(merged.values())
 
 
@@ -480,7 +487,7 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
         wid = ad.get("WorkerId")
         if not wid:
             continue
-        a = acc.setdefault(wid, {"name": "", "claimed": 0, "cpus": 0, "memory": 0, "disk": 0, "total": 0})
+        a = acc.setdefault(wid, {"name": "", "claimed": 0, "cpus": 0, "memory": 0, "disk": 0, "gpus": 0, "total": 0})
         name = str(ad.get("Name", ""))
         daemon = name.split("@", 1)[1] if name.startswith("slot") and "@" in name else name
         a["name"] = a["name"] or daemon
@@ -490,6 +497,7 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
             a["cpus"] += int(ad.get("Cpus", 0))
             a["memory"] += int(ad.get("Memory", 0))
             a["disk"] += int(ad.get("Disk", 0))
+            a["gpus"] += _int(ad, "GPUs", 0)
         a["total"] = max(a["total"], int(ad.get("TotalSlotCpus", ad.get("Cpus", 0)) or 0))
-    return {wid: SlotSummary(wid, a["name"], a["claimed"], a["cpus"], a["memory"], a["disk"], a["total"])
-            for wid, a in acc.items()}
+    return {wid: SlotSummary(wid, a["name"], a["claimed"], a["cpus"], a["memory"], a["disk"], a["total"],
+                             free_gpus=a["gpus"]) for wid, a in acc.items()}

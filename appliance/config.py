@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .clouds import registry  # imports no driver and no cloud SDK
+from .shapes import Shape  # pure: imports nothing of HTCondor
 
 DEFAULT_PATH = "/etc/appliance/appliance.yaml"
 
@@ -26,6 +27,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 POOL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# a shape's name: an EC2 instance type (t3.medium), a flavor (p2-3gb) or any short label
+SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -155,8 +158,8 @@ def classad_attributes(value, path):
     return MappingProxyType(out)
 
 
-_RESERVED_ATTRS = {"applianceworker", "workerid", "cloudname", "cloudtype", "cpus", "memory",
-                   "disk", "requirements", "start", "name", "mytype"}
+_RESERVED_ATTRS = {"applianceworker", "workerid", "cloudname", "cloudtype", "workershape", "cpus", "memory",
+                   "disk", "gpus", "requirements", "start", "name", "mytype"}
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,19 @@ WORKER_KEYS = {
     "attributes": Key(classad_attributes, MappingProxyType({})),
 }
 
+# One size of worker a cloud can launch: `shapes:` lists several instead of one `worker:`.
+SHAPE_KEYS = {
+    "name": Key(text(SHAPE_NAME_RE, "1-64 letters, digits, '.', '_' and '-' (for ec2: the instance type)"),
+                required=True),
+    "cpus": WORKER_KEYS["cpus"],
+    "memory": WORKER_KEYS["memory"],
+    "disk": WORKER_KEYS["disk"],
+    "gpus": Key(integer(0, 64), 0),
+    "attributes": WORKER_KEYS["attributes"],
+    # per hour, in any currency as long as every cloud uses the same; none: unknown
+    "price": Key(number(0, 1_000_000), None),
+}
+
 COMMON_CLOUD_KEYS = {
     "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
     "type": Key(text(), required=True),    # checked against the registry first, in _parse_cloud
@@ -313,6 +329,7 @@ COMMON_CLOUD_KEYS = {
     "priority": Key(integer(-1000, 1000), 0),
     "max_workers": Key(integer(0, 100000), 10),
     "worker": Key(lambda v, p: v, None),   # checked with WORKER_KEYS below
+    "shapes": Key(lambda v, p: v, None),   # checked with SHAPE_KEYS in _parse_shapes
 }
 
 # Each cloud type's own keys are declared by its options dataclass beside its driver
@@ -380,18 +397,62 @@ class CloudConfig:
     enabled: bool = True
     priority: int = 0
     max_workers: int = 10
+    # the size of each worker when the cloud has one; `shapes` instead when it has several
     worker: WorkerSize = WorkerSize()
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # the same options, typed: an instance of the type's options dataclass (DockerOptions...).
     # None when a CloudConfig is built by hand; drivers then validate `options` themselves.
     settings: Any = None
+    # the sizes of worker this cloud launches, in the order given; never empty once made:
+    # without `shapes:` the one `worker:` is one unpriced shape (lone_shape)
+    shapes: tuple[Shape, ...] = ()
 
     def __post_init__(self):
         if self.settings is not None and not self.options:
             object.__setattr__(self, "options", MappingProxyType(self.settings.as_dict()))
+        lone = lone_shape(self.worker, self.settings)
+        shapes = tuple(self.shapes)
+        if not shapes or (self.worker != WorkerSize() and _is_lone(shapes, lone)):
+            # made from `worker` (dataclasses.replace() passes the shapes made before back in)
+            shapes = (lone,)
+        elif self.worker != WorkerSize():
+            raise ValueError(f"cloud {self.name!r}: give shapes or worker, not both")
+        object.__setattr__(self, "shapes", shapes)
 
     def opt(self, key: str) -> Any:
         return self.options[key]
+
+    def shape(self, name: str) -> Shape | None:
+        """The shape of this name, or None (a worker recorded before shapes, or under an older file)."""
+        for s in self.shapes:
+            if s.name == name:
+                return s
+        return None
+
+    def shape_of(self, name: str) -> Shape:
+        """A worker's shape from its recorded name. A name this cloud no longer has (or none,
+        from before shapes were recorded) means its only shape, or else its smallest one:
+        planning on less room than a worker has launches too much, which is cancelled;
+        planning on more would leave jobs waiting on a worker that cannot hold them."""
+        found = self.shape(name)
+        if found is not None:
+            return found
+        return min(self.shapes, key=lambda s: s.size)
+
+
+DEFAULT_SHAPE = "default"
+
+
+def _is_lone(shapes: tuple[Shape, ...], lone: Shape) -> bool:
+    """These shapes are a lone worker's (perhaps of an earlier `worker`): one unpriced shape of its name."""
+    return len(shapes) == 1 and shapes[0].name == lone.name and shapes[0].price is None and not shapes[0].gpus
+
+
+def lone_shape(size: WorkerSize, settings: Any = None) -> Shape:
+    """A cloud's one `worker:` as a shape: unpriced, named by its type's options (an ec2
+    cloud's instance_type) or else 'default'."""
+    name = settings.lone_shape_name() if settings is not None else None
+    return Shape(name or DEFAULT_SHAPE, size.cpus, size.memory, size.disk, attributes=size.attributes)
 
 
 @dataclass(frozen=True)
@@ -499,10 +560,36 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
         raise _Bad(f"{path}.type", f"unknown cloud type {_shown(ctype)} (known: {', '.join(known)})")
     keys = {**COMMON_CLOUD_KEYS, **option_keys(ctype)}
     values = _section(raw, path, keys)
-    worker = WorkerSize(**_section(values.pop("worker"), f"{path}.worker", WORKER_KEYS))
-    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k != "worker"}
+    raw_worker, raw_shapes = values.pop("worker"), values.pop("shapes")
+    if raw_shapes is not None and raw_worker is not None:
+        raise _Bad(f"{path}.shapes", "cannot be used together with worker: list every size of worker as a shape "
+                                     "(a lone worker is one shape)")
+    worker = WorkerSize(**_section(raw_worker, f"{path}.worker", WORKER_KEYS))
+    shapes = _parse_shapes(raw_shapes, f"{path}.shapes") if raw_shapes is not None else ()
+    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes")}
     settings = _settings(ctype, values, path)
-    return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, **common)
+    try:
+        settings.validate_shapes(bool(shapes))
+    except registry.OptionError as err:
+        raise _Bad(_join(path, err.key), err.problem) from None
+    return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes, **common)
+
+
+def _parse_shapes(raw: Any, path: str) -> tuple[Shape, ...]:
+    """`shapes:`: a non-empty list of {name, cpus, memory, disk, gpus, attributes, price}, names unique."""
+    if not isinstance(raw, list) or not raw:
+        raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name, got {_shown(raw)}")
+    out: list[Shape] = []
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(item, dict):
+            raise _Bad(where, f"expected a mapping with at least a name (and cpus, memory, disk, gpus, "
+                              f"attributes, price), got {_shown(item)}")
+        shape = Shape(**_section(item, where, SHAPE_KEYS))
+        if any(s.name == shape.name for s in out):
+            raise _Bad(f"{where}.name", f"duplicate shape name {shape.name!r} (names are unique per cloud)")
+        out.append(shape)
+    return tuple(out)
 
 
 def _settings(ctype: str, values: dict, path: str) -> Any:

@@ -26,7 +26,7 @@ from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
 from .lifecycle import State
-from .matching import template_ad
+from .matching import template_ads
 from .model import CloudHealth, Observation
 from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
@@ -56,7 +56,7 @@ class Daemon:
         self.condor = condor
         self.drivers = dict(drivers)
         self.clock = clock
-        self.templates = {c.name: template_ad(c, cfg.pool.name) for c in cfg.clouds}
+        self.templates = template_ads(cfg.clouds, cfg.pool.name)
         # the federation.flock_to pools our schedd flocks to (bootstrap installed their tokens)
         self.flock_to = federation.flock_targets_in_use(cfg)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")
@@ -220,7 +220,7 @@ class Daemon:
             rows = []
             for launch in plan.launches:
                 wid = self._new_id(launch.cloud)
-                self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now)
+                self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape)
                 rows.append((wid, launch))
         return rows
 
@@ -331,7 +331,7 @@ class Daemon:
             if skip:
                 return result(blame=outcomes.Blame.SKIPPED, error=skip)
             try:
-                spec = self.worker_spec(wid, launch.cloud)
+                spec = self.worker_spec(wid, launch.cloud, launch.shape)
             except Exception as err:
                 r = result(blame=outcomes.Blame.APPLIANCE, error=str(err))
             else:
@@ -352,12 +352,15 @@ class Daemon:
         futures = [self.pool.submit(start, wid, launch) for wid, launch in rows]
         return [f.result() for f in futures]
 
-    def worker_spec(self, wid: str, cloud: str) -> WorkerSpec:
-        """The worker's own token and key: the appliance's part of a launch."""
-        return WorkerSpec(worker_id=wid, cloud=self.cfg.cloud(cloud), pool=self.cfg.pool.name,
+    def worker_spec(self, wid: str, cloud: str, shape: str = "") -> WorkerSpec:
+        """The worker's own token and key: the appliance's part of a launch; its size is
+        the shape the plan chose (recorded with its row, so the scheduler counts on it)."""
+        config = self.cfg.cloud(cloud)
+        return WorkerSpec(worker_id=wid, cloud=config, pool=self.cfg.pool.name,
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
-                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900))
+                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900),
+                          shape=config.shape_of(shape))
 
     def condor_host(self, driver: Driver) -> str:
         host = self.cfg.pool.condor_host

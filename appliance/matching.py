@@ -1,13 +1,15 @@
-"""Could a worker of this cloud run these jobs? ClassAd matching, no I/O.
+"""Could a worker of this cloud, of this shape, run these jobs? ClassAd matching, no I/O.
 
-Each cloud has a template machine ad: what a fresh, empty worker of that cloud
-will advertise. A job group matches a cloud when the job's Requirements and the
-worker's START (which enforces +TargetClouds) accept each other, exactly as the
-negotiator will decide once the worker exists.
+Each shape of each cloud has a template machine ad: what a fresh, empty worker
+of that shape will advertise (WorkerShape names it). A job group matches a
+shape when the job's Requirements and the worker's START (which enforces
++TargetClouds) accept each other, exactly as the negotiator will decide once
+the worker exists; a cloud can run the group when one of its shapes can.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import classad
@@ -15,17 +17,13 @@ import htcondor  # noqa: F401  (registers HTCondor's ClassAd functions: stringLi
 
 from .config import CloudConfig
 from .model import JobGroup
+from .shapes import DISK_QUANTUM_KB, MEMORY_QUANTUM_MB, Shape, rounded_disk, rounded_memory  # noqa: F401
 
 # The worker's START expression. Also written into every worker's condor
 # config (workerconf.py), so the negotiator enforces what we matched on.
 WORKER_START = ("(TARGET.TargetClouds =?= undefined) || "
                 "stringListIMember(MY.CloudName, TARGET.TargetClouds)")
 
-# HTCondor rounds requests up before carving a dynamic slot
-# (MODIFY_REQUEST_EXPR_REQUESTMEMORY / _REQUESTDISK defaults): mirror it so a
-# worker we plan for really holds the jobs we count on it.
-MEMORY_QUANTUM_MB = 128
-DISK_QUANTUM_KB = 1024
 
 
 def _arch() -> str:
@@ -33,12 +31,17 @@ def _arch() -> str:
     return {"x86_64": "X86_64", "amd64": "X86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(machine, machine)
 
 
-def template_ad(cloud: CloudConfig, pool_name: str = "appliance") -> classad.ClassAd:
-    size = cloud.worker
+# templates by (cloud name, shape name)
+TemplateKey = tuple[str, str]
+
+
+def template_ad(cloud: CloudConfig, pool_name: str = "appliance", shape: Shape | None = None) -> classad.ClassAd:
+    """What a fresh worker of `shape` (by default the cloud's first) will advertise."""
+    size = shape or cloud.shapes[0]
     ad = classad.ClassAd()
     ad["MyType"] = "Machine"
     ad["TargetType"] = "Job"
-    ad["Name"] = f"slot1@{cloud.name}-template"
+    ad["Name"] = f"slot1@{cloud.name}-{size.name}-template"
     ad["Arch"] = _arch()
     ad["OpSys"] = "LINUX"
     ad["Cpus"] = size.cpus
@@ -46,6 +49,9 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance") -> classad.Cla
     ad["Memory"] = size.memory
     ad["TotalMemory"] = size.memory
     ad["Disk"] = size.disk * 1024
+    if size.gpus:
+        ad["GPUs"] = size.gpus
+        ad["TotalGPUs"] = size.gpus
     ad["HasFileTransfer"] = True
     ad["FileSystemDomain"] = f"{cloud.name}-template.{pool_name}"
     ad["UidDomain"] = pool_name
@@ -54,6 +60,7 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance") -> classad.Cla
     ad["WorkerId"] = f"{cloud.name}-template"
     ad["CloudName"] = cloud.name
     ad["CloudType"] = cloud.type
+    ad["WorkerShape"] = size.name
     for key, value in size.attributes.items():
         ad[key] = value
     ad["START"] = classad.ExprTree(WORKER_START)
@@ -61,17 +68,16 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance") -> classad.Cla
     return ad
 
 
-def rounded_memory(mb: int) -> int:
-    return -(-mb // MEMORY_QUANTUM_MB) * MEMORY_QUANTUM_MB if mb > 0 else 0
+def template_ads(clouds: Iterable[CloudConfig], pool_name: str = "appliance") -> dict[TemplateKey, classad.ClassAd]:
+    """One template ad per (cloud, shape)."""
+    return {(c.name, s.name): template_ad(c, pool_name, s) for c in clouds for s in c.shapes}
 
 
-def rounded_disk(kb: int) -> int:
-    return -(-kb // DISK_QUANTUM_KB) * DISK_QUANTUM_KB if kb > 0 else 0
-
-
-def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup) -> int:
-    """How many jobs of `group` fit in the given free resources."""
+def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup, gpus: int = 0) -> int:
+    """How many jobs of `group` fit in the given free resources (GPUs count only for jobs asking some)."""
     counts = [cpus // max(group.cpus, 1)]
+    if group.gpus > 0:
+        counts.append(gpus // group.gpus)
     mem = rounded_memory(group.memory)
     if mem:
         counts.append(memory_mb // mem)
@@ -81,9 +87,9 @@ def fits(cpus: int, memory_mb: int, disk_kb: int, group: JobGroup) -> int:
     return max(min(counts), 0)
 
 
-def per_worker(cloud: CloudConfig, group: JobGroup) -> int:
-    s = cloud.worker
-    return fits(s.cpus, s.memory, s.disk * 1024, group)
+def per_worker(shape: Shape, group: JobGroup) -> int:
+    """How many jobs of `group` one fresh worker of this shape holds."""
+    return fits(shape.cpus, shape.memory, shape.disk * 1024, group, shape.gpus)
 
 
 @dataclass(frozen=True)
@@ -92,17 +98,49 @@ class Verdict:
     reason: str = ""
 
 
-def can_run(group: JobGroup, cloud: CloudConfig, template: classad.ClassAd) -> Verdict:
-    """Could a fresh worker of `cloud` ever run a job of `group`? And if not, why."""
+def can_run(group: JobGroup, cloud: CloudConfig, templates: Mapping[TemplateKey, classad.ClassAd]) -> Verdict:
+    """Could a fresh worker of some shape of `cloud` ever run a job of `group`? And if not, why."""
+    return cloud_verdict(group, cloud, shape_verdicts(group, cloud, templates))
+
+
+def shape_verdicts(group: JobGroup, cloud: CloudConfig,
+                   templates: Mapping[TemplateKey, classad.ClassAd]) -> dict[str, Verdict]:
+    """For each shape of `cloud` (by name): could a fresh worker of it run a job of `group`?"""
+    return {s.name: shape_can_run(group, cloud, s, templates[(cloud.name, s.name)]) for s in cloud.shapes}
+
+
+def cloud_verdict(group: JobGroup, cloud: CloudConfig, verdicts: Mapping[str, Verdict]) -> Verdict:
+    """The cloud can run the group if one of its shapes can; if none can, why (naming each shape's size)."""
+    if any(v.ok for v in verdicts.values()):
+        return Verdict(True)
+    if len(verdicts) == 1:
+        return next(iter(verdicts.values()))
+    if all(v.reason.startswith("asks for") for v in verdicts.values()):
+        sizes = "; ".join(f"{s.name} {_size(s)}" for s in cloud.shapes)
+        return Verdict(False, f"{_asks(group)}; its shapes have: {sizes}")
+    if any(v.reason.startswith("+TargetClouds") for v in verdicts.values()):
+        return next(iter(verdicts.values()))
+    return Verdict(False, f"Requirements do not match its workers of any shape that fits: {group.requirements}")
+
+
+def shape_can_run(group: JobGroup, cloud: CloudConfig, shape: Shape, template: classad.ClassAd) -> Verdict:
+    """Could a fresh worker of `cloud` of this shape ever run a job of `group`? And if not, why."""
     if group.target_clouds is not None and cloud.name not in group.target_clouds:
         return Verdict(False, f"+TargetClouds is {','.join(group.target_clouds)}")
-    if per_worker(cloud, group) < 1:
-        s = cloud.worker
-        return Verdict(False, f"asks for {group.cpus} cpus, {group.memory} MB, {group.disk // 1024} MB disk; "
-                              f"its workers have {s.cpus} cpus, {s.memory} MB, {s.disk} MB disk")
+    if per_worker(shape, group) < 1:
+        return Verdict(False, f"{_asks(group)}; its workers have {_size(shape)}")
     if group.ad is not None and not _matches(group.ad, template):
         return Verdict(False, f"Requirements do not match its workers: {group.requirements}")
     return Verdict(True)
+
+
+def _asks(group: JobGroup) -> str:
+    return (f"asks for {group.cpus} cpus, {group.memory} MB, {group.disk // 1024} MB disk"
+            + (f", {group.gpus} gpus" if group.gpus else ""))
+
+
+def _size(s: Shape) -> str:
+    return f"{s.cpus} cpus, {s.memory} MB, {s.disk} MB disk" + (f", {s.gpus} gpus" if s.gpus else "")
 
 
 def _matches(job: classad.ClassAd, machine: classad.ClassAd) -> bool:

@@ -29,6 +29,7 @@ class JobGroup:
     schedd: str = ""
     # the pools the jobs may flock to (their FlockTo), as the schedd names them; None: not set
     flock_to: tuple[str, ...] | None = None
+    gpus: int = 0          # GPUs each job asks for (request_gpus)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class SlotSummary:
     free_memory: int       # MB
     free_disk: int         # KiB
     total_cpus: int = 0
+    free_gpus: int = 0     # GPUs not yet given to a job (a worker without GPUs: 0)
 
 
 class ResourceState(StrEnum):
@@ -94,6 +96,8 @@ class Worker:
     condor_name: str = ""
     last_seen: float = 0.0
     reason: str = ""
+    # the name of its shape (config: the cloud's shapes); "" for a worker recorded before shapes
+    shape: str = ""
 
 
 @dataclass(frozen=True)

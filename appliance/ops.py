@@ -113,7 +113,10 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             "draining": n["draining"], "max_workers": h.max_workers, "health": health,
             "backoff_seconds": max(round(h.backoff_until - now), 0), "failures": h.failures,
             "last_error": h.last_error, "last_error_at": h.last_error_at or None,
-            "worker": {"cpus": c.worker.cpus, "memory": c.worker.memory, "disk": c.worker.disk},
+            # its first shape (its one size, for a cloud with a lone `worker:`), as before shapes
+            "worker": {"cpus": c.shapes[0].cpus, "memory": c.shapes[0].memory, "disk": c.shapes[0].disk},
+            "shapes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory, "disk": s.disk, "gpus": s.gpus,
+                        "price": s.price} for s in c.shapes],
         })
     return out
 
@@ -135,7 +138,7 @@ def workers_status(store: Store, now: float | None = None, include_ended: bool =
             "id": w.id, "cloud": w.cloud, "state": w.state.value, "condor_name": w.condor_name,
             "age_seconds": round(now - w.created_at), "state_seconds": round(now - w.state_since),
             "idle_seconds": round(now - w.state_since) if w.state is State.IDLE else None,
-            "resource_id": w.resource_id, "reason": w.reason,
+            "resource_id": w.resource_id, "reason": w.reason, "shape": w.shape,
         })
     return out
 

@@ -128,6 +128,16 @@ def _v3_retention_indexes(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v4_worker_shape(db: sqlite3.Connection) -> None:
+    """Each worker's shape: the name of one of its cloud's shapes (config `shapes:`),
+    which sizes it until it joins and matches it against jobs' Requirements.
+
+    Workers recorded before shapes get '': the scheduler counts them as their cloud's
+    only shape (a cloud with one `worker:`, as every cloud was then), else its smallest.
+    """
+    _run(db, "ALTER TABLE workers ADD COLUMN shape TEXT NOT NULL DEFAULT ''")
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only;
 # never edit or reorder a released step. All pending steps run in one
 # transaction when a Store opens the file, so an upgrade happens entirely or not
@@ -136,6 +146,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_base_schema,
     _v2_transition_counts,
     _v3_retention_indexes,
+    _v4_worker_shape,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -184,7 +195,7 @@ class StoreUnusable(StoreError):
 # upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason"
+_WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason, shape"
 
 
 class Store:
@@ -319,12 +330,14 @@ class Store:
             self._depth = 0
 
     # ------------------------------------------------------------ workers
-    def add_worker(self, worker_id: str, cloud: str, reason: str, now: float | None = None) -> Worker:
+    def add_worker(self, worker_id: str, cloud: str, reason: str, now: float | None = None,
+                   shape: str = "") -> Worker:
         now = time.time() if now is None else now
         lifecycle.check(None, State.REQUESTED)
         with self.tx() as db:
-            db.execute("INSERT INTO workers (id, cloud, state, created_at, state_since, reason) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (worker_id, cloud, State.REQUESTED.value, now, now, reason))
+            db.execute("INSERT INTO workers (id, cloud, state, created_at, state_since, reason, shape) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (worker_id, cloud, State.REQUESTED.value, now, now, reason, shape))
             self._event(db, now, "worker", reason, worker_id, cloud, None, State.REQUESTED.value)
         return self.worker(worker_id)
 
@@ -550,7 +563,8 @@ class Store:
 def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
-                  condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"])
+                  condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"],
+                  shape=row["shape"])
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, frozenset[str]]:

@@ -57,7 +57,7 @@ import json, statistics, time
 import htcondor
 from appliance.condor import Condor
 from appliance.config import load
-from appliance.matching import template_ad
+from appliance.matching import template_ads
 from appliance.model import Observation
 from appliance.scheduler import CloudView, decide
 from appliance.store import Store
@@ -65,7 +65,7 @@ from appliance.store import Store
 cfg = load()
 store = Store()
 views = [CloudView(cfg.cloud(h.name), h) for h in store.cloud_health(cfg)]
-templates = {{c.name: template_ad(c, cfg.pool.name) for c in cfg.clouds}}
+templates = template_ads(cfg.clouds, cfg.pool.name)
 condor = Condor(cfg.pool.name)
 
 def ours():

@@ -100,9 +100,12 @@ def _last_error(c, now: float) -> str:
 def _workers(rows) -> str:
     if not rows:
         return "no workers"
-    return table([[w["id"], w["cloud"], w["state"], w["condor_name"], duration(w["age_seconds"]),
-                   duration(w["idle_seconds"]), w["reason"]] for w in rows],
-                 ["WORKER", "CLOUD", "STATE", "CONDOR NAME", "AGE", "IDLE FOR", "LAST CHANGE"])
+    # a SHAPE column only when some cloud has named shapes (a lone worker's is 'default')
+    shaped = any(w.get("shape") not in (None, "", "default") for w in rows)
+    return table([[w["id"], w["cloud"], *([w.get("shape") or "-"] if shaped else []), w["state"], w["condor_name"],
+                   duration(w["age_seconds"]), duration(w["idle_seconds"]), w["reason"]] for w in rows],
+                 ["WORKER", "CLOUD", *(["SHAPE"] if shaped else []), "STATE", "CONDOR NAME", "AGE", "IDLE FOR",
+                  "LAST CHANGE"])
 
 
 def _queue(q) -> str:
@@ -134,9 +137,19 @@ def _cloud(c) -> str:
     err = f"\nlast error: {c['last_error']}" if c["last_error"] else ""
     w = _workers(c["workers"])
     ev = _events(c["events"]) if c["events"] else "no events"
-    size = c["worker"]
-    return (f"{head}\nworker size: {size['cpus']} cpus, {size['memory']} MB, {size['disk']} MB disk;"
-            f" priority {c['priority']}{err}\n\n{w}\n\n{ev}")
+    return f"{head}\n{_sizes(c)}; priority {c['priority']}{err}\n\n{w}\n\n{ev}"
+
+
+def _sizes(c) -> str:
+    """'worker size: ...' for a cloud with one unpriced size, else each shape with its price."""
+    shapes = c.get("shapes") or [{"name": "default", "price": None, "gpus": 0, **c["worker"]}]
+
+    def size(s) -> str:
+        return (f"{s['cpus']} cpus, {s['memory']} MB, {s['disk']} MB disk" + (f", {s['gpus']} gpus" if s["gpus"] else "")
+                + (f", {s['price']:g}/h" if s["price"] is not None else ""))
+    if len(shapes) == 1 and shapes[0]["price"] is None:
+        return f"worker size: {size(shapes[0])}"
+    return "shapes: " + "; ".join(f"{s['name']} {size(s)}" for s in shapes)
 
 
 def _events(rows) -> str:

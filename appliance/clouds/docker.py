@@ -54,13 +54,13 @@ class DockerDriver(du.EngineDriver):
             network, _ = self.placement()
         except du.ENGINE_ERRORS as err:
             raise du.translate(err, "inspect the appliance's own container") from None
-        size = self.cloud.worker
+        size = spec.size        # the worker's shape: its container gets that many cpus and that much memory
         files = worker_files(spec, "/var/lib/condor-worker")
         try:
             container = self.client.containers.create(
                 self.settings.image, command=["worker"], name=self.name_for(spec.worker_id),
                 hostname=spec.worker_id, detach=True, network=network,
-                labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels),
+                labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels, size.name),
                 environment={"APPLIANCE_WORKER_ID": spec.worker_id},
                 nano_cpus=int(size.cpus * 1e9), mem_limit=f"{size.memory + DAEMON_MEMORY_MB}m",
                 restart_policy={"Name": "no"}, stop_signal="SIGQUIT",

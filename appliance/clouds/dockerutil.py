@@ -22,10 +22,14 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 LABEL_POOL = "appliance.pool"
 LABEL_WORKER = "appliance.worker"
 LABEL_CLOUD = "appliance.cloud"
+LABEL_SHAPE = "appliance.shape"     # for operators (docker ps --filter); nothing reads it back
 
 
-def labels(pool_id: str, cloud: str, worker_id: str, extra=None) -> dict[str, str]:
-    return {**dict(extra or {}), LABEL_POOL: pool_id, LABEL_CLOUD: cloud, LABEL_WORKER: worker_id}
+def labels(pool_id: str, cloud: str, worker_id: str, extra=None, shape: str = "") -> dict[str, str]:
+    out = {**dict(extra or {}), LABEL_POOL: pool_id, LABEL_CLOUD: cloud, LABEL_WORKER: worker_id}
+    if shape:
+        out[LABEL_SHAPE] = shape
+    return out
 
 
 def label_filter(pool_id: str, cloud: str) -> list[str]:

@@ -51,6 +51,7 @@ for _name in ("botocore", "boto3", "urllib3"):
 TAG_POOL = "appliance:pool"
 TAG_CLOUD = "appliance:cloud"
 TAG_WORKER = "appliance:worker"
+TAG_SHAPE = "appliance:shape"       # for operators and billing reports; nothing reads it back
 
 # pending/running are live; the others exist but are ending (or ended)
 ALIVE = ("pending", "running")
@@ -138,9 +139,16 @@ class Ec2Driver(Driver):
         raise CloudError(ErrorKind.CONFIG, "pool.condor_host is auto, but EC2 instances need the central "
                                            "manager's public address: set pool.condor_host")
 
-    def tags(self, worker_id: str) -> dict[str, str]:
-        return {**dict(self.settings.tags), "Name": f"{self.pool}-{worker_id}",
-                TAG_POOL: self.pool_id, TAG_CLOUD: self.cloud.name, TAG_WORKER: worker_id}
+    def tags(self, worker_id: str, shape: str = "") -> dict[str, str]:
+        out = {**dict(self.settings.tags), "Name": f"{self.pool}-{worker_id}",
+               TAG_POOL: self.pool_id, TAG_CLOUD: self.cloud.name, TAG_WORKER: worker_id}
+        if shape:
+            out[TAG_SHAPE] = shape
+        return out
+
+    def instance_type(self, spec: WorkerSpec) -> str:
+        """The worker's shape is its instance type; a cloud with one `worker:` names it in instance_type."""
+        return self.settings.instance_type or spec.size.name
 
     def client_token(self, worker_id: str) -> str:
         return worker_id[:64]
@@ -152,14 +160,16 @@ class Ec2Driver(Driver):
         user_data = self.user_data(spec)
         secrets = {spec.token, spec.key.decode(errors="replace"),
                    base64.b64encode(user_data.encode()).decode()} - {""}
-        reply = self._call("RunInstances", secrets, **self.run_params(spec.worker_id, user_data))
+        reply = self._call("RunInstances", secrets,
+                           **self.run_params(spec.worker_id, user_data, self.instance_type(spec)))
         return reply["Instances"][0]["InstanceId"]
 
-    def run_params(self, worker_id: str, user_data: str) -> dict:
+    def run_params(self, worker_id: str, user_data: str, instance_type: str | None = None) -> dict:
         o = self.settings
-        tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id).items()]
+        instance_type = instance_type or o.instance_type
+        tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id, instance_type or "").items()]
         params: dict = {
-            "ImageId": o.ami, "InstanceType": o.instance_type, "MinCount": 1, "MaxCount": 1,
+            "ImageId": o.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
             "ClientToken": self.client_token(worker_id), "UserData": user_data,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},

@@ -19,7 +19,9 @@ class Ec2Options(CloudOptions):
     region: str = option(text(), doc="the AWS region")
     ami: str = option(text(re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id like ami-0123456789abcdef0"),
                       doc="the image (`ami-` and 8-17 hex digits): Debian 13 for the default boot script")
-    instance_type: str = option(text(), doc="e.g. `t3.large`")
+    instance_type: str | None = option(text(), None, "e.g. `t3.large`: the one instance type of a cloud without "
+                                                     "`shapes`; with `shapes`, each shape's name is its instance type",
+                                       shown="required without `shapes`")
     subnet: str | None = option(text(), None, "`SubnetId`", shown="the default VPC")
     security_groups: tuple[str, ...] = option(text_list(text()), (),
                                               "ids (`sg-...`) or, in the default VPC, names",
@@ -47,6 +49,15 @@ class Ec2Options(CloudOptions):
     def validate(self) -> None:
         if self.market == "on-demand" and self.spot_max_price:
             raise OptionError("spot_max_price", "only applies when market is spot")
+
+    def validate_shapes(self, listed: bool) -> None:
+        if listed and self.instance_type:
+            raise OptionError("instance_type", "cannot be used with shapes: each shape's name is its instance type")
+        if not listed and not self.instance_type:
+            raise OptionError("instance_type", "is required (or list shapes, each named by its instance type)")
+
+    def lone_shape_name(self) -> str | None:
+        return self.instance_type
 
 
 register("ec2", "appliance.clouds.ec2:Ec2Driver", Ec2Options)

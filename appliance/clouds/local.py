@@ -70,7 +70,7 @@ class LocalDriver(Driver):
             # its jobs run as accounts of its own, inside the appliance: never as their owner,
             # never as an account of another worker or of the appliance
             with _ACCOUNTS_LOCK:
-                install_accounts(home, spec.worker_id, spec.cloud.worker.cpus, condor_gid)
+                install_accounts(home, spec.worker_id, spec.size.cpus, condor_gid)
             err = open(os.path.join(home, "log", "master.stderr"), "ab")
             proc = subprocess.Popen(
                 ["condor_master", "-f"],

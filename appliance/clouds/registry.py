@@ -32,7 +32,7 @@ from typing import Any
 # order the modules happen to be imported in); each registers its type
 BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options")
 # keys every cloud has (config.COMMON_CLOUD_KEYS): an option may not reuse one
-RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker"})
+RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes"})
 
 
 class OptionError(ValueError):
@@ -53,6 +53,14 @@ class CloudOptions:
     def validate(self) -> None:
         """Cross-checks between keys; raise OptionError(key, problem). Single keys are
         checked by their field's check before the dataclass is made."""
+
+    def validate_shapes(self, listed: bool) -> None:
+        """Cross-checks with the cloud's sizes: `listed` is True when it has `shapes:`,
+        False when it has one `worker:` (or the default). Raise OptionError(key, problem)."""
+
+    def lone_shape_name(self) -> str | None:
+        """The name of the one shape of a cloud without `shapes:` (None: 'default')."""
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -72,8 +72,8 @@ class SwarmDriver(du.EngineDriver):
 
     def launch(self, spec: WorkerSpec) -> str:
         network, _ = self.placement()
-        size = self.cloud.worker
-        lab = du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels)
+        size = spec.size        # the worker's shape: reserved and limited to its cpus and memory
+        lab = du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels, size.name)
         name = self.name_for(spec.worker_id)
         try:
             existing = self.client.services.list(filters={"name": name})

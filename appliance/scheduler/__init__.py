@@ -5,8 +5,9 @@ One cycle decides in named phases, each a module of this package:
                its lifecycle; judge_health turns those moves into each cloud's
                health (a join heals it, a failure before joining backs it off);
 2. place       each group of idle jobs goes first on capacity that exists or is
-               booting, and only the rest asks for new workers, cloud by cloud
-               in priority order, within the limits;
+               booting, and only the rest asks for new workers: the cheapest
+               shapes that fit it (without prices, the smallest), cloud by
+               cloud in priority order, within the limits;
 3. scale_down  idle workers with nothing to run are drained, unneeded starting
                workers cancelled, and a cloud over max_workers shrinks in the
                order its scale-in policy gives;
@@ -60,16 +61,19 @@ __all__ = ["Capacity", "CloudView", "Drain", "Draft", "FlockOut", "GroupReport",
 
 def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudView],
            settings: SchedulerConfig, kills: Mapping[str, bool] | None = None,
-           templates: Mapping[str, object] | None = None,
+           templates: Mapping[tuple[str, str], object] | None = None,
            redrain: Mapping[str, RedrainEntry] | None = None,
            stranded: Mapping[str, StrandedJobs] | None = None,
            scale_in: ScaleInPolicy = newest_starting_then_longest_idle,
            flock_to: Sequence = ()) -> Plan:
-    """flock_to: the federation.flock_to pools (config.FlockTarget) the schedd flocks to."""
+    """templates: the template ad of each (cloud, shape) (matching.template_ads), made here
+    for those not given; flock_to: the federation.flock_to pools (config.FlockTarget) the
+    schedd flocks to."""
     templates = dict(templates or {})
     for c in clouds:
-        if c.name not in templates:
-            templates[c.name] = template_ad(c.config)
+        for shape in c.config.shapes:
+            if (c.name, shape.name) not in templates:
+                templates[(c.name, shape.name)] = template_ad(c.config, shape=shape)
 
     d = Draft.start(obs.now, workers)
     reconcile(d, obs, settings, kills or {})

@@ -1,7 +1,11 @@
 """Phase 2, place demand: each group of idle jobs is first placed on capacity
 that exists or is already booting (so nothing is launched twice for the same
-jobs), and only the rest asks for new workers, cloud by cloud in priority
-order, within per-cloud and global max_workers and max_booting.
+jobs), and only the rest asks for new workers. Which workers is decided by
+appliance.shapes.cheapest_fit: the shapes that serve the group at the least
+cost (without prices, the smallest shape that fits), cloud by cloud in
+priority order (clouds of equal priority compete on price), within per-cloud
+and global max_workers and max_booting. A group's Requirements are matched
+against each shape's own template ad.
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from dataclasses import dataclass, field
 from .. import lifecycle
 from ..config import SchedulerConfig
 from ..lifecycle import State
-from ..matching import Verdict, can_run, fits, per_worker, rounded_disk, rounded_memory
+from ..matching import TemplateKey, Verdict, cloud_verdict, fits, rounded_disk, rounded_memory, shape_verdicts
 from ..model import JobGroup, Observation
+from ..shapes import Candidate, Demand, GroupFit, Pick, Request, cheapest_fit
 from .draft import Draft
 from .plan import CloudView, GroupReport, Launch
 
@@ -28,11 +33,14 @@ class Capacity:
     joined: bool
     created_at: float
     assigned: int = 0
+    shape: str = ""          # the worker's shape: a group's Requirements may accept some shapes only
+    gpus: int = 0
 
     def take(self, group: JobGroup, n: int) -> None:
         self.cpus -= n * group.cpus
         self.memory -= n * rounded_memory(group.memory)
         self.disk -= n * rounded_disk(group.disk)
+        self.gpus -= n * group.gpus
         self.assigned += n
 
 
@@ -40,7 +48,8 @@ class Capacity:
 class Placement:
     """What placing the demand found out, for scale-down and sending away."""
     assigned: dict[str, int] = field(default_factory=dict)          # worker id -> jobs placed on it
-    runnable_on: dict[str, set[str]] = field(default_factory=dict)  # group key -> clouds that could run it
+    # group key -> the (cloud, shape) pairs whose workers could run it
+    runnable_on: dict[str, set[TemplateKey]] = field(default_factory=dict)
     # local group key -> (jobs, why) that this appliance will not run: no enabled cloud can
     # run them, or they wait only at max_workers (per cloud or global); flocking may take them
     overflow: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -59,7 +68,8 @@ def launch_block(view: CloudView, now: float) -> str | None:
 
 
 def describe(group: JobGroup) -> str:
-    return f"{group.cpus} cpu, {group.memory} MB, {group.disk // 1024} MB disk"
+    return f"{group.cpus} cpu, {group.memory} MB, {group.disk // 1024} MB disk" + (
+        f", {group.gpus} gpu" if group.gpus else "")
 
 
 def whose(group: JobGroup) -> str:
@@ -76,28 +86,40 @@ def sent_away(group: JobGroup, flock_to: Sequence) -> tuple[str, ...]:
 
 
 def existing_capacity(d: Draft, obs: Observation, views: Mapping[str, CloudView]) -> list[Capacity]:
-    """Room on workers that exist or are starting, joined ones first, oldest first."""
+    """Room on workers that exist or are starting, joined ones first, oldest first.
+    A worker not yet in the collector is counted as an empty worker of its shape."""
     capacity = []
     for w in d.live:
         st = d.state[w.id]
         if st not in (State.REQUESTED, State.BOOTING, State.IDLE, State.BUSY) or w.cloud not in views:
             continue
+        size = views[w.cloud].config.shape_of(w.shape)
         slot = obs.slots.get(w.id) if obs.slots is not None else None
         if slot is not None:
             capacity.append(Capacity(w.id, w.cloud, slot.free_cpus, slot.free_memory, slot.free_disk,
-                                     True, w.created_at))
+                                     True, w.created_at, shape=size.name, gpus=slot.free_gpus))
         elif st is State.BUSY:
             continue    # busy, and its room unknown until it advertises again: count on none
         else:
-            size = views[w.cloud].config.worker
             capacity.append(Capacity(w.id, w.cloud, size.cpus, size.memory, size.disk * 1024,
-                                     st not in lifecycle.STARTING, w.created_at))
+                                     st not in lifecycle.STARTING, w.created_at, shape=size.name, gpus=size.gpus))
     capacity.sort(key=lambda c: (not c.joined, c.created_at))
     return capacity
 
 
+@dataclass
+class _Row:
+    """One group on its way through place()."""
+    group: JobGroup
+    verdicts: dict[str, Verdict]         # per cloud
+    runnable: list[CloudView]            # clouds with a shape that could run it, in priority order
+    shapes: set[TemplateKey]             # (cloud, shape) pairs that could run it
+    remaining: int                       # jobs without room after existing and starting workers
+    away: tuple[str, ...]                # the pools its jobs were sent to (nothing launched for them)
+
+
 def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: SchedulerConfig,
-          templates: Mapping[str, object], flock_to: Sequence = ()) -> Placement:
+          templates: Mapping[TemplateKey, object], flock_to: Sequence = ()) -> Placement:
     now = d.now
     views = {c.name: c for c in clouds}
     capacity = existing_capacity(d, obs, views)
@@ -112,69 +134,78 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
     blocked = {c.name: launch_block(c, now) for c in clouds}
     placement = Placement()
 
+    # 1. what each shape could run, and the room that exists or is starting
+    rows: list[_Row] = []
     for group in obs.groups:
-        verdicts: dict[str, Verdict] = {c.name: can_run(group, c.config, templates[c.name]) for c in ordered}
-        runnable = [c for c in ordered if verdicts[c.name].ok]
-        usable = {c.name for c in runnable}
-        placement.runnable_on[group.key] = usable
+        verdicts, shapes = {}, set()
+        for c in ordered:
+            per_shape = shape_verdicts(group, c.config, templates)
+            verdicts[c.name] = cloud_verdict(group, c.config, per_shape)
+            shapes |= {(c.name, name) for name, v in per_shape.items() if v.ok}
+        placement.runnable_on[group.key] = shapes
         remaining = group.count
         for cap in capacity:
             if remaining <= 0:
                 break
-            if cap.cloud not in usable:
+            if (cap.cloud, cap.shape) not in shapes:
                 continue
-            n = min(remaining, fits(cap.cpus, cap.memory, cap.disk, group))
+            n = min(remaining, fits(cap.cpus, cap.memory, cap.disk, group, cap.gpus))
             if n > 0:
                 cap.take(group, n)
                 remaining -= n
+        rows.append(_Row(group, verdicts, [c for c in ordered if verdicts[c.name].ok], shapes, remaining,
+                         sent_away(group, flock_to)))
 
+    # 2. the cheapest new workers for what is left, group by group, within the limits
+    wanting = [r for r in rows if r.remaining > 0 and not r.away and r.runnable]
+    candidates = [Candidate(c.name, shape, c.config.priority) for c in ordered if not blocked[c.name]
+                  for shape in c.config.shapes]
+    headroom = {c.name: max(c.health.max_workers - live_count[c.name], 0) for c in ordered}
+    global_headroom = max(min(settings.max_workers - total_live, settings.max_booting - booting), 0)
+
+    def allowed(demand: Demand, candidate: Candidate) -> bool:
+        return (candidate.cloud, candidate.shape.name) in wanting[int(demand.key)].shapes
+
+    demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk, r.group.gpus))
+               for i, r in enumerate(wanting)]
+    fitted: dict[int, GroupFit] = {id(r): f for r, f in zip(wanting, cheapest_fit(
+        demands, candidates, headroom, global_headroom, allowed=allowed), strict=True)}
+
+    # 3. launches and each group's report, in the order cheapest_fit spent the limits
+    for row in rows:
+        group = row.group
+        fit = fitted.get(id(row))
+        picks = fit.picks if fit is not None else ()
+        remaining = fit.waiting if fit is not None else row.remaining
         launched = 0
-        waits: list[str] = []
-        only_max_workers = True         # every wait is a max_workers limit
-        away = sent_away(group, flock_to)
-        for c in (() if away else runnable):     # nothing is launched for jobs sent away
-            if remaining <= 0:
-                break
-            if blocked[c.name]:
-                waits.append(f"{c.name}: {blocked[c.name]}")
-                only_max_workers = False
-                continue
-            pw = per_worker(c.config, group)
-            while remaining > 0:
-                limit = _headroom(c, live_count, total_live, booting, settings)
-                if limit:
-                    waits.append(f"{c.name}: {limit}")
-                    only_max_workers = only_max_workers and "max_workers" in limit
-                    break
-                size = c.config.worker
-                cap = Capacity(None, c.name, size.cpus, size.memory, size.disk * 1024, False, now)
-                n = min(remaining, pw)
-                cap.take(group, n)
-                capacity.append(cap)
-                remaining -= n
-                live_count[c.name] += 1
-                total_live += 1
-                booting += 1
-                launched += 1
-                d.plan.launches.append(Launch(c.name, f"{group.count} idle job(s){whose(group)} asking "
-                                                      f"{describe(group)}"))
+        for pick in picks:
+            reason = f"{group.count} idle job(s){whose(group)} asking {describe(group)}"
+            if _shaped(views[pick.cloud]):
+                reason += f": {pick.reason}"
+            d.plan.launches.extend(Launch(pick.cloud, reason, pick.shape.name) for _ in range(pick.workers))
+            live_count[pick.cloud] += pick.workers
+            total_live += pick.workers
+            booting += pick.workers
+            launched += pick.workers
 
-        enabled_runnable = tuple(c.name for c in runnable if c.health.enabled)
-        if away:
+        enabled_runnable = tuple(c.name for c in row.runnable if c.health.enabled)
+        if row.away:
             status = "sent away"
-            reason = (f"offered to {', '.join(away)} by flocking: no worker is launched here for it"
-                      + (" (workers here have room for some)" if remaining < group.count else ""))
+            reason = (f"offered to {', '.join(row.away)} by flocking: no worker is launched here for it"
+                      + (" (workers here have room for some)" if row.remaining < group.count else ""))
         elif not enabled_runnable:
-            why = "; ".join(f"{c.name}: {verdicts[c.name].reason or 'disabled'}" for c in ordered) or "no clouds configured"
+            why = "; ".join(f"{c.name}: {row.verdicts[c.name].reason or 'disabled'}" for c in ordered) \
+                or "no clouds configured"
             status, reason = "unschedulable", f"no enabled cloud can run it ({why})"
             if not group.schedd:
                 placement.overflow[group.key] = (group.count, "no enabled cloud here can run it")
         elif remaining > 0:
+            waits, only_max_workers = _waits(row.runnable, blocked, live_count, total_live, booting, settings)
             status, reason = "waiting", f"{remaining} job(s) without a worker: " + "; ".join(waits)
             if not group.schedd and waits and only_max_workers:
                 placement.overflow[group.key] = (remaining, "waiting at max_workers")
         elif launched:
-            status, reason = "launching", f"{launched} new worker(s)"
+            status, reason = "launching", f"{launched} new worker(s)" + _picked(picks, views)
         else:
             status, reason = "served", "existing or booting workers have room"
         d.plan.groups.append(GroupReport(group.key, group.count, group.cpus, group.memory, group.disk,
@@ -183,6 +214,36 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
 
     placement.assigned = {c.worker_id: c.assigned for c in capacity if c.worker_id}
     return placement
+
+
+def _shaped(view: CloudView) -> bool:
+    """The cloud has a choice of shapes, or prices: launch reasons then say which shape and why."""
+    shapes = view.config.shapes
+    return len(shapes) > 1 or any(s.price for s in shapes)
+
+
+def _picked(picks: Sequence[Pick], views: Mapping[str, CloudView]) -> str:
+    shown = [f"{p.workers} x {p.shape.name} on {p.cloud}" for p in picks if _shaped(views[p.cloud])]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def _waits(runnable: Sequence[CloudView], blocked: Mapping[str, str | None], live_count: Mapping[str, int],
+           total_live: int, booting: int, settings: SchedulerConfig) -> tuple[list[str], bool]:
+    """Why each cloud that could run a group launched no (more) workers for it, and
+    whether every such reason is a max_workers limit (per cloud or global)."""
+    waits: list[str] = []
+    only_max_workers = True
+    for c in runnable:
+        why = blocked[c.name]
+        if why:
+            waits.append(f"{c.name}: {why}")
+            only_max_workers = False
+            continue
+        limit = _headroom(c, live_count, total_live, booting, settings)
+        if limit:
+            waits.append(f"{c.name}: {limit}")
+            only_max_workers = only_max_workers and "max_workers" in limit
+    return waits, only_max_workers
 
 
 def _headroom(c: CloudView, live_count: Mapping[str, int], total_live: int, booting: int,

@@ -34,6 +34,7 @@ class Transition:
 class Launch:
     cloud: str
     reason: str
+    shape: str = ""           # the name of one of the cloud's shapes: the size of the worker
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,21 @@ def newest_starting_then_longest_idle(candidates: Sequence[Worker], d: Draft) ->
 
 def scale_down(d: Draft, obs: Observation, clouds: Sequence[CloudView], placement: Placement,
                settings: SchedulerConfig, policy: ScaleInPolicy = newest_starting_then_longest_idle) -> None:
-    drain_or_cancel_unneeded(d, obs, placement, settings)
+    drain_or_cancel_unneeded(d, obs, placement, settings, {c.name: c for c in clouds})
     for view in clouds:
         enforce_max_workers(d, view, policy)
 
 
-def drain_or_cancel_unneeded(d: Draft, obs: Observation, placement: Placement, settings: SchedulerConfig) -> None:
+def drain_or_cancel_unneeded(d: Draft, obs: Observation, placement: Placement, settings: SchedulerConfig,
+                             views: Mapping[str, CloudView] | None = None) -> None:
     for w in d.live:
         st = d.state[w.id]
         # with the queue unreadable nothing is known to be unneeded: drain and cancel nothing
         if not obs.schedd_ok or placement.assigned.get(w.id):
             continue
         if st is State.IDLE and w.id in d.plan.seen \
-                and not could_run_any(obs.slots[w.id], w.cloud, obs.groups, placement.runnable_on):
+                and not could_run_any(obs.slots[w.id], (w.cloud, shape_name(w, views)), obs.groups,
+                                      placement.runnable_on):
             idle_for = d.now - d.since[w.id]
             if idle_for >= settings.idle_timeout:
                 d.drain(w, f"idle for {idle_for:.0f}s with no job it could run", f"idle for {idle_for:.0f}s")
@@ -65,10 +67,17 @@ def enforce_max_workers(d: Draft, view: CloudView, policy: ScaleInPolicy) -> Non
             d.end(w, State.RETIRED, reason)
 
 
-def could_run_any(slot: SlotSummary, cloud: str, groups: Iterable[JobGroup],
-                  runnable_on: Mapping[str, set[str]]) -> bool:
-    """Some idle job could start on this worker now. Placement may have given the
-    jobs to other workers whose collector ads are a few seconds stale; the
+def shape_name(w: Worker, views: Mapping[str, CloudView] | None) -> str:
+    """The worker's shape as its cloud's configuration knows it (a worker recorded before
+    shapes, or of a shape since removed from the file, is sized as CloudConfig.shape_of says)."""
+    view = (views or {}).get(w.cloud)
+    return view.config.shape_of(w.shape).name if view is not None else w.shape
+
+
+def could_run_any(slot: SlotSummary, worker: tuple[str, str], groups: Iterable[JobGroup],
+                  runnable_on: Mapping[str, set[tuple[str, str]]]) -> bool:
+    """Some idle job could start on this worker, (cloud, shape), now. Placement may have
+    given the jobs to other workers whose collector ads are a few seconds stale; the
     negotiator, not our plan, decides where they run, so such a worker stays."""
-    return any(cloud in runnable_on.get(g.key, ()) and fits(slot.free_cpus, slot.free_memory, slot.free_disk, g) > 0
-               for g in groups)
+    return any(worker in runnable_on.get(g.key, ())
+               and fits(slot.free_cpus, slot.free_memory, slot.free_disk, g, slot.free_gpus) > 0 for g in groups)

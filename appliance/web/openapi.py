@@ -31,6 +31,9 @@ CLOUD = _obj({
                               "re-enable the cloud to retry"},
     "backoff_seconds": INT, "failures": INT, "last_error": STR, "last_error_at": _nullable(NUM),
     "worker": _obj({"cpus": INT, "memory": INT, "disk": INT}),
+    "shapes": {"type": "array", "description": "the sizes of worker it launches (its `worker` is the first)",
+               "items": _obj({"name": STR, "cpus": INT, "memory": INT, "disk": INT, "gpus": INT,
+                              "price": _nullable({**NUM, "description": "per hour; null: no price set"})})},
 })
 
 WORKER = _obj({
@@ -38,6 +41,8 @@ WORKER = _obj({
     "state": {"type": "string", "enum": ["requested", "booting", "idle", "busy", "draining", "retired", "failed"]},
     "condor_name": STR, "age_seconds": INT, "state_seconds": INT, "idle_seconds": _nullable(INT),
     "resource_id": STR, "reason": STR,
+    "shape": {"type": "string", "description": "its shape (one of its cloud's); empty for a worker started by a "
+                                               "release before shapes"},
 })
 
 EVENT = _obj({

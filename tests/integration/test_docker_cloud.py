@@ -86,6 +86,47 @@ def test_worker_container_has_limits_labels_and_no_secret_in_its_environment(sta
     assert out.decode().split() == ["600", "root"], out
 
 
+SHAPE_SCRIPT = JOB_SCRIPT.replace("(WorkerId|CloudName)", "(WorkerId|CloudName|WorkerShape)")
+MiB = 1024 * 1024
+
+
+def test_each_job_gets_a_container_of_the_smallest_shape_that_fits(start_appliance, network, client):
+    """Two shapes: a 1-cpu job gets a 1-cpu container, a 2-cpu job a 2-cpu one."""
+    config = f"""
+scheduler: {{interval: 1, idle_timeout: 20, boot_timeout: 120}}
+clouds:
+  - name: docker
+    type: docker
+    image: {IMAGE}
+    max_workers: 2
+    shapes:
+      - {{name: small, cpus: 1, memory: 512}}
+      - {{name: large, cpus: 2, memory: 1024}}
+"""
+    app = start_appliance(config, network=network, docker_socket=True)
+    one = app.submit(job_sub(1, seconds=20), {"job.sh": SHAPE_SCRIPT}, directory="/home/submit/one")
+    two = app.submit(job_sub(1, seconds=20, extra="request_cpus = 2"), {"job.sh": SHAPE_SCRIPT},
+                     directory="/home/submit/two")
+    app.wait("two worker containers", lambda: len(worker_containers(client, app)) == 2, timeout=60)
+    sizes = {}
+    for c in worker_containers(client, app):
+        host = c.attrs["HostConfig"]
+        sizes[c.attrs["Config"]["Labels"]["appliance.shape"]] = (host["NanoCpus"], host["Memory"])
+    assert sizes == {"small": (1_000_000_000, (512 + 256) * MiB), "large": (2_000_000_000, (1024 + 256) * MiB)}
+    assert sorted(w["shape"] for w in app.status("-m")["data"]) == ["large", "small"]
+    reasons = [e["reason"] for e in app.events() if e["to_state"] == "requested"]
+    assert any("smallest fit: 1 x small" in r for r in reasons) and any("smallest fit: 1 x large" in r
+                                                                         for r in reasons), reasons
+
+    app.wait("both jobs to complete", lambda: len(completed(app, one)) == len(completed(app, two)) == 1, timeout=240)
+    # the 2-cpu job can only have run on the large worker; the 1-cpu one ran on either
+    # (the negotiator, not the plan, decides where it runs)
+    assert 'WorkerShape = "large"' in app.sh("cat /home/submit/two/out.0")
+    assert re.search(r'^WorkerShape = "(small|large)"$', app.sh("cat /home/submit/one/out.0"), re.M)
+    app.wait("the workers to retire", lambda: app.status("-m")["data"] == [], timeout=120)
+    app.wait("no labelled container left", lambda: worker_containers(client, app) == [], timeout=30)
+
+
 def test_killed_worker_job_reruns_and_worker_is_replaced(start_appliance, network, client):
     app = start_appliance(docker_config(idle=30, max_workers=1), network=network, docker_socket=True)
     cluster = app.submit(job_sub(1, seconds=25), {"job.sh": JOB_SCRIPT})

@@ -136,3 +136,36 @@ def test_queue_shows_unschedulable(env, capsys):
     out = capsys.readouterr().out
     assert "2 idle job(s) in 1 group(s)" in out and "unschedulable" in out
     assert "2 idle job(s) are unschedulable" in out
+
+
+SHAPED = """
+clouds:
+  - {name: local, type: local, max_workers: 2}
+  - name: docker
+    type: docker
+    shapes: [{name: small, cpus: 1, memory: 512}, {name: big, cpus: 4, memory: 4096, gpus: 1, price: 0.25}]
+"""
+
+
+def test_shapes_and_each_workers_shape_are_shown(env, tmp_path, capsys):
+    (tmp_path / "appliance.yaml").write_text(SHAPED)
+    env.add_worker("docker-b16b16", "docker", "launch", shape="big")
+    env.add_worker("local-aaaaaa", "local", "launch", shape="default")
+    assert status("-m") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["WORKER", "CLOUD", "SHAPE", "STATE"]
+    assert out[1].split()[:4] == ["docker-b16b16", "docker", "big", "requested"]
+    assert out[2].split()[:4] == ["local-aaaaaa", "local", "default", "requested"]
+    assert status("-c", "docker") == 0
+    assert ("shapes: small 1 cpus, 512 MB, 4096 MB disk; big 4 cpus, 4096 MB, 4096 MB disk, 1 gpus, 0.25/h; "
+            "priority 0") in capsys.readouterr().out
+    assert status("-c", "local") == 0
+    assert "worker size: 1 cpus, 1024 MB, 4096 MB disk; priority 0" in capsys.readouterr().out
+    assert status("--json") == 0
+    docker = json.loads(capsys.readouterr().out)["data"][1]
+    assert docker["shapes"] == [
+        {"name": "small", "cpus": 1, "memory": 512, "disk": 4096, "gpus": 0, "price": None},
+        {"name": "big", "cpus": 4, "memory": 4096, "disk": 4096, "gpus": 1, "price": 0.25}]
+    assert docker["worker"] == {"cpus": 1, "memory": 512, "disk": 4096}
+    assert status("-m", "--json") == 0
+    assert [w["shape"] for w in json.loads(capsys.readouterr().out)["data"]] == ["big", "default"]

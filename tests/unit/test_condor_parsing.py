@@ -52,3 +52,29 @@ def test_slots_are_summarized_per_worker():
     ])
     assert (s["w1"].name, s["w1"].claimed, s["w1"].free_cpus, s["w1"].free_memory) == ("w1@host", 2, 2, 1024)
     assert (s["w2"].claimed, s["w2"].free_cpus, s["w2"].total_cpus) == (0, 4, 4)
+
+
+def test_gpus_asked_are_part_of_the_request_and_of_the_key():
+    from appliance.condor import job_group_key
+    plain, one, two = group_ad(), group_ad(), group_ad()
+    one["RequestGPUs"], two["RequestGPUs"] = 1, 2
+    groups = groups_from_ads([plain, one, two])
+    assert sorted(g.gpus for g in groups) == [0, 1, 2] and len({g.key for g in groups}) == 3
+    # a job asking no GPU keeps the key it had before GPUs were counted
+    zero = group_ad()
+    zero["RequestGPUs"] = 0
+    assert job_group_key(zero) == job_group_key(plain)
+
+
+def test_free_gpus_of_a_worker_are_summed_from_its_unclaimed_slots():
+    def slot(name, state, stype, gpus):
+        a = classad.ClassAd()
+        a.update({"Name": name, "WorkerId": "w", "State": state, "SlotType": stype, "Cpus": 1, "Memory": 128,
+                  "Disk": 1000, "GPUs": gpus})
+        return a
+    s = summarize_slots([slot("slot1@w@h", "Unclaimed", "Partitionable", 1),
+                         slot("slot1_1@w@h", "Claimed", "Dynamic", 1)])
+    assert s["w"].free_gpus == 1
+    plain = classad.ClassAd()
+    plain.update({"Name": "slot1@v@h", "WorkerId": "v", "State": "Unclaimed", "SlotType": "Partitionable", "Cpus": 2})
+    assert summarize_slots([plain])["v"].free_gpus == 0

@@ -103,7 +103,8 @@ BAD = [
     ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
      "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: a, type: local, image: x}]",
-     "<string>: clouds[0].image: unknown key (known keys here: enabled, max_workers, name, priority, type, worker)"),
+     "<string>: clouds[0].image: unknown key (known keys here: enabled, max_workers, name, priority, shapes, type, "
+     "worker)"),
     ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",
      "<string>: clouds[0].ami: must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),
@@ -113,15 +114,115 @@ BAD = [
      "<string>: pool.condor_host: must be the central manager's public address (a host name or IP that instances "
      "reach on port 9618) when an ec2 cloud is configured (clouds[0], 'aws'); 'auto' cannot know it"),
     ("clouds: [{name: d, type: docker, labels: [a]}]", "<string>: clouds[0].labels: expected a mapping of names to strings, got ['a']"),
+    # shapes
+    ("clouds: [{name: d, type: docker, worker: {cpus: 2}, shapes: [{name: s}]}]",
+     "<string>: clouds[0].shapes: cannot be used together with worker: list every size of worker as a shape "
+     "(a lone worker is one shape)"),
+    ("clouds: [{name: d, type: docker, shapes: []}]",
+     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name, got []"),
+    ("clouds: [{name: d, type: docker, shapes: {name: s}}]",
+     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name, got {'name': 's'}"),
+    ("clouds: [{name: d, type: docker, shapes: [small]}]",
+     "<string>: clouds[0].shapes[0]: expected a mapping with at least a name (and cpus, memory, disk, gpus, "
+     "attributes, price), got 'small'"),
+    ("clouds: [{name: d, type: docker, shapes: [{cpus: 2}]}]", "<string>: clouds[0].shapes[0].name: is required"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: 'a b'}]}]",
+     "<string>: clouds[0].shapes[0].name: must be 1-64 letters, digits, '.', '_' and '-' (for ec2: the instance "
+     "type), got 'a b'"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, cpus: 1}, {name: s, cpus: 2}]}]",
+     "<string>: clouds[0].shapes[1].name: duplicate shape name 's' (names are unique per cloud)"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, price: -1}]}]",
+     "<string>: clouds[0].shapes[0].price: must be a number from 0 to 1000000, got -1"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, price: cheap}]}]",
+     "<string>: clouds[0].shapes[0].price: expected a number from 0 to 1000000, got 'cheap'"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, gpus: -1}]}]",
+     "<string>: clouds[0].shapes[0].gpus: must be a whole number from 0 to 64, got -1"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, size: big}]}]",
+     "<string>: clouds[0].shapes[0].size: unknown key (known keys here: attributes, cpus, disk, gpus, memory, "
+     "name, price)"),
+    ("clouds: [{name: d, type: docker, shapes: [{name: s, attributes: {WorkerShape: x}}]}]",
+     "<string>: clouds[0].shapes[0].attributes.WorkerShape: is set by the appliance and cannot be overridden"),
+    ("clouds: [{name: d, type: docker, worker: {price: 1}}]",
+     "<string>: clouds[0].worker.price: unknown key (known keys here: attributes, cpus, disk, memory)"),
+    ("pool: {condor_host: cm}\nclouds: [{name: aws, type: ec2, region: r, ami: ami-01234567}]",
+     "<string>: clouds[0].instance_type: is required (or list shapes, each named by its instance type)"),
+    ("pool: {condor_host: cm}\nclouds: [{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t3.large, "
+     "shapes: [{name: t3.medium}]}]",
+     "<string>: clouds[0].instance_type: cannot be used with shapes: each shape's name is its instance type"),
 ]
 
 
-@pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ")[1] for _, m in BAD])
+@pytest.mark.parametrize("text,message", BAD, ids=[f"{i}:{m.split(': ')[1]}" for i, (_, m) in enumerate(BAD)])
 def test_bad_file_gives_one_clear_message(text, message):
     with pytest.raises(ConfigError) as err:
         loads(text)
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_shapes_are_parsed_in_the_order_given():
+    cfg = loads("""
+pool: {condor_host: cm.example.org}
+clouds:
+  - name: docker
+    type: docker
+    shapes:
+      - {name: small, cpus: 1, memory: 512}
+      - {name: big, cpus: 4, memory: 4096, disk: 20480, gpus: 1, price: 0.5, attributes: {HasGPU: true}}
+  - name: aws
+    type: ec2
+    region: us-west-2
+    ami: ami-0123456789abcdef0
+    shapes:
+      - {name: t3.medium, cpus: 2, memory: 3584, price: 0.0416}
+      - {name: g5.xlarge, cpus: 4, memory: 15360, gpus: 1, price: 1.006}
+""")
+    docker = cfg.cloud("docker")
+    assert [(s.name, s.cpus, s.memory, s.disk, s.gpus, s.price) for s in docker.shapes] == [
+        ("small", 1, 512, 4096, 0, None), ("big", 4, 4096, 20480, 1, 0.5)]
+    assert dict(docker.shapes[1].attributes) == {"HasGPU": True} and dict(docker.shapes[0].attributes) == {}
+    assert docker.shape("big") is docker.shapes[1] and docker.shape("nope") is None
+    aws = cfg.cloud("aws")
+    assert [s.name for s in aws.shapes] == ["t3.medium", "g5.xlarge"] and aws.settings.instance_type is None
+    assert aws.shapes[0].price == 0.0416 and isinstance(aws.shapes[0].price, float)
+
+
+def test_a_lone_worker_is_one_unpriced_shape():
+    cfg = loads("""
+pool: {condor_host: cm.example.org}
+clouds:
+  - {name: local, type: local}
+  - {name: docker, type: docker, worker: {cpus: 2, memory: 2048, attributes: {Site: lab}}}
+  - {name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t3.large, worker: {cpus: 2}}
+""")
+    [local] = cfg.cloud("local").shapes
+    assert (local.name, local.cpus, local.memory, local.disk, local.gpus, local.price) == (
+        "default", 1, 1024, 4096, 0, None)
+    [docker] = cfg.cloud("docker").shapes
+    assert (docker.name, docker.cpus, docker.memory, dict(docker.attributes)) == ("default", 2, 2048, {"Site": "lab"})
+    # an ec2 cloud's one shape is named by its instance type: workers advertise WorkerShape = "t3.large"
+    [aws] = cfg.cloud("aws").shapes
+    assert (aws.name, aws.cpus, aws.price) == ("t3.large", 2, None)
+
+
+def test_a_cloud_built_by_hand_has_its_worker_as_its_one_shape():
+    from appliance.config import CloudConfig, WorkerSize
+    from appliance.shapes import Shape
+    c = CloudConfig("d", "docker", worker=WorkerSize(cpus=3))
+    assert [(s.name, s.cpus) for s in c.shapes] == [("default", 3)]
+    small, big = Shape("small", 1, 512, 1024), Shape("big", 4, 4096, 1024)
+    c = CloudConfig("d", "docker", shapes=[big, small])
+    assert c.shapes == (big, small)
+    # a worker's recorded shape; an unknown or missing one (from before shapes) counts as the smallest
+    assert c.shape_of("big") is big and c.shape_of("") is small and c.shape_of("gone") is small
+    with pytest.raises(ValueError, match="shapes or worker, not both"):
+        CloudConfig("d", "docker", worker=WorkerSize(cpus=2), shapes=(small,))
+    # dataclasses.replace() passes the shapes made from `worker` back in: they follow the worker
+    from dataclasses import replace
+    lone = CloudConfig("d", "docker", worker=WorkerSize(cpus=3))
+    assert replace(lone, max_workers=5).shapes == lone.shapes
+    assert [s.cpus for s in replace(lone, worker=WorkerSize(cpus=8)).shapes] == [8]
+    assert replace(c, max_workers=5).shapes == (big, small)
 
 
 def test_missing_file_names_the_file(tmp_path):

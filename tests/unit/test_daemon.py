@@ -114,6 +114,7 @@ class FakeDriver(Driver):
         self.crash_with: Exception | None = None
         self.list_error: CloudError | None = None
         self.launched: list[str] = []
+        self.specs: dict[str, object] = {}     # worker id -> the WorkerSpec it was launched with
         self.terminated: list[str] = []
         self.terminate_error: Exception | None = None
         self.lock = threading.Lock()
@@ -128,6 +129,7 @@ class FakeDriver(Driver):
             raise self.fail_with
         with self.lock:
             self.launched.append(spec.worker_id)
+            self.specs[spec.worker_id] = spec
             self.resources[spec.worker_id] = Resource(spec.worker_id, f"res-{spec.worker_id}")
         return f"res-{spec.worker_id}"
 
@@ -674,3 +676,27 @@ def test_a_store_that_cannot_be_written_is_reported_outside_it_and_recovers(rig,
     assert len(rig.live(State.BOOTING)) == 1
     assert not (tmp_path / "run" / "scheduler.json").exists()
     assert "database or disk is full" not in ops.scheduler_status(rig.store, now=rig.clock.now)["message"]
+
+
+def test_each_worker_is_launched_recorded_and_counted_as_the_shape_chosen_for_it(tmp_path):
+    from appliance.shapes import Shape
+    small, big = Shape("small", 1, 1024, 4096), Shape("big", 4, 4096, 4096)
+    rig = Rig(tmp_path, [CloudConfig("docker", "docker", max_workers=5, shapes=(big, small))])
+    rig.condor.groups = (group(1, key="one"), group(1, cpus=4, key="four"))
+    rig.cycle()
+    workers = {w.shape: w for w in rig.store.workers()}
+    assert set(workers) == {"small", "big"} and all(w.state is State.BOOTING for w in workers.values())
+    specs = rig.drivers["docker"].specs
+    assert {wid: (s.size.name, s.size.cpus) for wid, s in specs.items()} == {
+        workers["small"].id: ("small", 1), workers["big"].id: ("big", 4)}
+    assert "shape='big'" in repr(specs[workers["big"].id]) and "secret" not in repr(specs[workers["big"].id])
+    requested = [e["reason"] for e in rig.store.events(worker_id=workers["big"].id) if e["to_state"] == "requested"]
+    assert requested == ["launch: 1 idle job(s) asking 4 cpu, 128 MB, 1 MB disk: smallest fit: 1 x big (no price) "
+                         "for 1 job of 4 cpu/128 MB"]
+    # the next cycles (and a restarted scheduler) count each starting worker as its shape, from
+    # its row: five 1-cpu jobs fit on the two (1 + 4 cpus), so nothing more is launched for them
+    rig.restart()
+    rig.condor.groups = (group(5, key="five"),)
+    plan = rig.cycle()
+    assert not plan.launches and sorted(w.shape for w in rig.store.workers()) == ["big", "small"]
+    assert [g.status for g in plan.groups] == ["served"]

@@ -15,6 +15,7 @@ from appliance.clouds.base import CloudError, ErrorKind
 from appliance.clouds.ec2 import (
     TAG_CLOUD,
     TAG_POOL,
+    TAG_SHAPE,
     TAG_WORKER,
     Ec2Driver,
     classify,
@@ -88,7 +89,7 @@ def test_launch_sets_image_type_tags_token_and_shutdown_behaviour(endpoint):
     assert inst["KeyName"] == "ops" and "InstanceLifecycle" not in inst
     tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
     assert tags == {TAG_POOL: "launch", TAG_CLOUD: "aws", TAG_WORKER: "aws-aaaaaa", "Name": "mypool-aws-aaaaaa",
-                    "team": "physics"}
+                    "team": "physics", TAG_SHAPE: "t3.large"}
     behaviour = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
     assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
 
@@ -98,6 +99,24 @@ def test_launch_sets_image_type_tags_token_and_shutdown_behaviour(endpoint):
     # the worker's own files travel in it: its token, its key, its condor config
     assert base64.encodebytes(TOKEN.encode() + b"\n").decode().split("\n")[0] in script
     assert base64.encodebytes(KEY).decode().split("\n")[0] in script
+
+
+def test_each_shape_is_its_instance_type(endpoint):
+    d = driver(endpoint, "shapes", instance_type=None,
+               shapes=[{"name": "t3.medium", "cpus": 2, "memory": 3584, "price": 0.0416},
+                       {"name": "c5.xlarge", "cpus": 4, "memory": 7168, "price": 0.17}])
+    assert [s.name for s in d.cloud.shapes] == ["t3.medium", "c5.xlarge"]
+    big = WorkerSpec("aws-c5c5c5", d.cloud, "mypool", "cm.example.org", token=TOKEN, key=KEY,
+                     shape=d.cloud.shape("c5.xlarge"))
+    [inst] = endpoint.instances(instance_id=d.launch(big))
+    assert inst["InstanceType"] == "c5.xlarge"
+    assert {t["Key"]: t["Value"] for t in inst["Tags"]}[TAG_SHAPE] == "c5.xlarge"
+    # the instance's worker advertises the shape's size and name
+    config = worker_files(big, "/w")["condor_config"][0].decode().splitlines()
+    assert {"NUM_CPUS = 4", "MEMORY = 7168", 'WorkerShape = "c5.xlarge"'} <= set(config)
+    # without a shape: the cloud's first
+    [inst] = endpoint.instances(instance_id=d.launch(spec(d, "aws-t3t3t3")))
+    assert inst["InstanceType"] == "t3.medium"
 
 
 def test_repeated_launch_of_one_worker_makes_one_instance(endpoint):

@@ -30,7 +30,7 @@ KEYS = sorted({"pool", "scheduler", "clouds", "name", "type", "enabled", "priori
                "cpus", "memory", "disk", "attributes", "image", "url", "network", "labels", "constraints",
                "region", "ami", "instance_type", "interval", "idle_timeout", "boot_timeout", "lost_timeout",
                "backoff_base", "on_shutdown", "condor_host", "security_groups", "tags", "market",
-               "spot_max_price", "endpoint_url", "max_lifetime", "HasGPU", "bogus"})
+               "spot_max_price", "endpoint_url", "max_lifetime", "HasGPU", "shapes", "gpus", "price", "bogus"})
 
 leaf = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
@@ -44,11 +44,14 @@ values = st.recursive(
                                             inner, max_size=5)),
     max_leaves=25,
 )
+shape = st.dictionaries(st.sampled_from(["name", "cpus", "memory", "disk", "gpus", "attributes", "price", "bogus"]),
+                        values | st.sampled_from(["small", "t3.medium", "a b", 0.05, 4]), max_size=5)
 cloud = st.dictionaries(st.sampled_from(KEYS), values, max_size=6) | st.fixed_dictionaries(
     {"name": st.sampled_from(["local", "docker", "a", "Bad Name", ""]) | values,
      "type": st.sampled_from(list(CLOUD_TYPES)) | values},
-    optional={k: values for k in ("worker", "max_workers", "priority", "enabled", "image", "region", "ami",
-                                  "instance_type")})
+    optional={"shapes": st.lists(shape, max_size=3) | values,
+              **{k: values for k in ("worker", "max_workers", "priority", "enabled", "image", "region", "ami",
+                                      "instance_type")}})
 documents = st.one_of(
     values,
     st.fixed_dictionaries({}, optional={

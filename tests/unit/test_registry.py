@@ -27,14 +27,15 @@ from appliance.model import Resource, ResourceState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# what config.py's CLOUD_OPTION_KEYS said before the registry: key -> (default, required)
+# what config.py's CLOUD_OPTION_KEYS said before the registry: key -> (default, required);
+# since shapes, ec2's instance_type is required only without them (Ec2Options.validate_shapes)
 BEFORE = {
     "local": {},
     "docker": {"url": ("unix:///var/run/docker.sock", False), "image": ("appliance:latest", False),
                "network": ("auto", False), "labels": ({}, False)},
     "swarm": {"url": ("unix:///var/run/docker.sock", False), "image": ("appliance:latest", False),
               "network": ("auto", False), "labels": ({}, False), "constraints": ((), False)},
-    "ec2": {"region": (None, True), "ami": (None, True), "instance_type": (None, True), "subnet": (None, False),
+    "ec2": {"region": (None, True), "ami": (None, True), "instance_type": (None, False), "subnet": (None, False),
             "security_groups": ((), False), "key_name": (None, False), "iam_instance_profile": (None, False),
             "endpoint_url": (None, False), "env_file": (None, False), "market": ("on-demand", False),
             "spot_max_price": (None, False), "tags": ({}, False), "user_data": (None, False),
@@ -171,8 +172,8 @@ def test_a_registered_type_is_validated_built_and_documented(fake_type):
         ("clouds: [{name: f, type: fake, zone: z, size: 9}]", "clouds[0].size: must be a whole number from 1 to 8"),
         ("clouds: [{name: f, type: fake, zone: nowhere}]", "clouds[0].size: must be 1 in zone nowhere"),
         ("clouds: [{name: f, type: fake, zone: z, image: x}]",
-         "clouds[0].image: unknown key (known keys here: enabled, extras, max_workers, name, priority, size, type, "
-         "worker, zone)"),
+         "clouds[0].image: unknown key (known keys here: enabled, extras, max_workers, name, priority, shapes, size, "
+         "type, worker, zone)"),
         ("clouds: [{name: f, type: k8s}]", "unknown cloud type 'k8s' (known: local, docker, swarm, ec2, fake)"),
     ]:
         with pytest.raises(ConfigError) as err:

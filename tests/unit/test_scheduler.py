@@ -42,9 +42,10 @@ def group(count=1, cpus=1, memory=128, disk=1024, requirements="true", target=No
                     requirements, tc, ad=ad)
 
 
-def worker(wid, cloud_name="local", state=State.IDLE, created=NOW - 100, since=NOW - 10, seen=NOW, resource="r"):
+def worker(wid, cloud_name="local", state=State.IDLE, created=NOW - 100, since=NOW - 10, seen=NOW, resource="r",
+           shape=""):
     return Worker(wid, cloud_name, state, created, since, resource_id=resource, condor_name=f"{wid}@host",
-                  last_seen=seen)
+                  last_seen=seen, shape=shape)
 
 
 def slot(wid, claimed=0, cpus=1, memory=1024, disk=4 * 1024 * 1024):

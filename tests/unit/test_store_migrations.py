@@ -65,7 +65,7 @@ def test_previous_release_database_is_upgraded_with_its_data(tmp_path):
     path = str(tmp_path / "appliance.db")
     old_counts = make_v1_db(path)
     s = Store(path)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
     # the old rows, as the old code would have read them
     assert [w.id for w in s.workers(live_only=False)] == ["local-1", "local-2", "d-1"]
@@ -153,7 +153,40 @@ def test_intermediate_version_runs_only_the_missing_steps(tmp_path, monkeypatch)
     db.close()
     monkeypatch.setattr(store_mod, "MIGRATIONS", steps)
     Store(path).close()
-    assert ran == ["_v3_retention_indexes"]
+    assert ran == ["_v3_retention_indexes", "_v4_worker_shape"]
+
+
+def make_v3_db(path):
+    """A database as the release before shapes left it (schema version 3)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    for step in store_mod.MIGRATIONS[:3]:
+        step(db)
+    db.execute("INSERT INTO workers (id, cloud, state, created_at, state_since, resource_id, condor_name, "
+               "last_seen, reason) VALUES ('docker-1', 'docker', 'busy', 1.0, 2.0, 'c0ffee', 'docker-1@h', 2.0, "
+               "'running jobs in 1 slot(s)')")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+
+
+def test_workers_of_the_release_before_shapes_get_no_shape_and_new_ones_keep_theirs(tmp_path):
+    path = str(tmp_path / "appliance.db")
+    make_v3_db(path)
+    s = Store(path)
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    old = s.worker("docker-1")
+    assert (old.state, old.resource_id, old.shape) == (State.BUSY, "c0ffee", "")   # the scheduler sizes it by its cloud
+    s.add_worker("docker-2", "docker", "launch", now=3.0, shape="big")
+    s.transition("docker-2", State.BOOTING, "launched", now=4.0, resource_id="beef")
+    assert [(w.id, w.shape) for w in s.workers()] == [("docker-1", ""), ("docker-2", "big")]
+    assert s.recent_workers(0)[1].shape == "big"
+    s.close()
+    v3, fresh = str(tmp_path / "v3.db"), str(tmp_path / "fresh.db")
+    make_v3_db(v3)
+    Store(v3).close()
+    Store(fresh).close()
+    assert layout(v3) == layout(fresh)
 
 
 def _digest(path):
