@@ -73,6 +73,8 @@ class Daemon:
         # removed workers whose jobs may still show as running; kept in the store
         # because the usual case is a restart of the whole appliance
         self.stranded: dict[str, StrandedJobs] = load_stranded(store)
+        # shapes backing off after a capacity error, kept in the store for cloud_status
+        self.shape_health = store.shape_health()
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -141,7 +143,8 @@ class Daemon:
             self.send_away(plan)
 
         # what the results mean (pure), then one write
-        followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base)
+        followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
+                                           self.shape_health, self.shaped_clouds())
         self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
         stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
         stranded.update(outcomes.stranded_by_removals(removed, now))
@@ -149,6 +152,9 @@ class Daemon:
         with self.store.tx():
             self.write(followup.records, now)
             self.save_health(health, followup.health, now)
+            if followup.shape_health is not None:
+                self.shape_health = followup.shape_health
+                self.store.save_shape_health(followup.shape_health)
             self.note(drain_notes + outcomes.judge_removals(removed) + requeue_notes + followup.notes, now)
             if stranded != self.stranded:
                 self.stranded = stranded
@@ -165,7 +171,13 @@ class Daemon:
         return plan
 
     def views(self) -> list[CloudView]:
-        return [CloudView(self.cfg.cloud(h.name), h) for h in self.store.cloud_health(self.cfg)]
+        return [CloudView(self.cfg.cloud(h.name), h,
+                          {shape: sh for (cloud, shape), sh in self.shape_health.items() if cloud == h.name})
+                for h in self.store.cloud_health(self.cfg)]
+
+    def shaped_clouds(self) -> set[str]:
+        """Clouds with several shapes: a capacity error there backs off the shape, not the cloud."""
+        return {c.name for c in self.cfg.clouds if len(c.shapes) > 1}
 
     # ------------------------------------------------------------ observe
     def observe(self, now: float) -> Observation:
@@ -322,12 +334,13 @@ class Daemon:
 
     def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
         lock = threading.Lock()
+        shaped = self.shaped_clouds()
         stopped: dict[str, str] = {}      # cloud name or "*" -> why the rest is not attempted
 
         def start(wid: str, launch: Launch) -> outcomes.LaunchResult:
-            result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason)
+            result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason, shape=launch.shape)
             with lock:
-                skip = stopped.get("*") or stopped.get(launch.cloud)
+                skip = stopped.get("*") or stopped.get(launch.cloud) or stopped.get(f"{launch.cloud}/{launch.shape}")
             if skip:
                 return result(blame=outcomes.Blame.SKIPPED, error=skip)
             try:
@@ -343,10 +356,11 @@ class Daemon:
                 except Exception as err:
                     r = result(blame=outcomes.Blame.CRASH, error=repr(err))
             self.condor.drop_worker_key(wid)
-            scope = outcomes.stops_batch(r.blame)
+            scope = outcomes.stops_batch(r, shaped)
             if scope:
+                key = {"all": "*", "shape": f"{launch.cloud}/{launch.shape}"}.get(scope, launch.cloud)
                 with lock:
-                    stopped.setdefault("*" if scope == "all" else launch.cloud, outcomes.skip_reason(r.blame))
+                    stopped.setdefault(key, outcomes.skip_reason(r.blame, scope))
             return r
 
         futures = [self.pool.submit(start, wid, launch) for wid, launch in rows]

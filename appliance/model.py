@@ -113,6 +113,19 @@ class CloudHealth:
     breaker_open: bool = False   # too many quick failures: no launches until re-enabled
 
 
+@dataclass(frozen=True)
+class ShapeHealth:
+    """One shape of a cloud with several that the cloud refused capacity for (EC2's
+    InsufficientInstanceCapacity): it backs off alone while the cloud's other shapes
+    launch on. Kept in the store (kv 'shape_health'); a launch of the shape clears it."""
+    cloud: str
+    shape: str
+    backoff_until: float = 0.0
+    failures: int = 0            # capacity errors in a row: each doubles the delay
+    last_error: str = ""
+    last_error_at: float = 0.0
+
+
 class ScheddState(StrEnum):
     """What the observe step found out about one allowed remote schedd."""
     FLOCKING = "flocking"        # its queue was read: its idle jobs offered here are demand

@@ -13,6 +13,7 @@ from typing import Any
 from . import lifecycle
 from .config import Config
 from .lifecycle import State
+from .model import ShapeHealth
 from .store import Store
 
 # where the daemon reports a failing cycle when the store cannot be written (its volume is
@@ -96,6 +97,7 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
     for w in store.workers():
         if w.cloud in counts:
             counts[w.cloud][w.state.value] += 1
+    shape_health = store.shape_health()
     out = []
     for c, h in zip(cfg.clouds, store.cloud_health(cfg)):
         n = counts[c.name]
@@ -116,9 +118,19 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             # its first shape (its one size, for a cloud with a lone `worker:`), as before shapes
             "worker": {"cpus": c.shapes[0].cpus, "memory": c.shapes[0].memory, "disk": c.shapes[0].disk},
             "shapes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory, "disk": s.disk, "gpus": s.gpus,
-                        "price": s.price} for s in c.shapes],
+                        "price": s.price, **_shape_health(shape_health.get((c.name, s.name)), now)}
+                       for s in c.shapes],
         })
     return out
+
+
+def _shape_health(h: ShapeHealth | None, now: float) -> dict[str, Any]:
+    """A shape's own health: 'backoff' after the cloud refused capacity for it, until the delay
+    passes; its last capacity error stays until it launches again."""
+    if h is None:
+        return {"health": "ok", "backoff_seconds": 0, "last_error": ""}
+    return {"health": "backoff" if h.backoff_until > now else "ok",
+            "backoff_seconds": max(round(h.backoff_until - now), 0), "last_error": h.last_error}
 
 
 def cloud_status(store: Store, cfg: Config, name: str, now: float | None = None) -> dict[str, Any]:

@@ -10,13 +10,13 @@ policy lives here too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from . import backoff
 from .lifecycle import State
-from .model import CloudHealth, Worker
+from .model import CloudHealth, ShapeHealth, Worker
 from .scheduler.drains import after_drain
 from .scheduler.plan import RedrainEntry, StrandedJobs, Terminate
 
@@ -41,6 +41,7 @@ class LaunchResult:
     error: str = ""
     kind: str = ""                   # the cloud's error kind (CloudError.kind)
     retry_after: float | None = None
+    shape: str = ""                  # the shape launched
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Followup:
     records: list[Record] = field(default_factory=list)
     health: dict[str, CloudHealth] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
+    # every shape backing off after the launches (None: unchanged)
+    shape_health: dict[tuple[str, str], ShapeHealth] | None = None
 
 
 # ------------------------------------------------------------------ health
@@ -110,11 +113,18 @@ def health_notes(old: CloudHealth, new: CloudHealth, now: float) -> list[Note]:
 # ------------------------------------------------------------------ launches
 
 def judge_launches(results: Sequence[LaunchResult], health: Mapping[str, CloudHealth], now: float,
-                   backoff_base: float) -> Followup:
+                   backoff_base: float, shape_health: Mapping[tuple[str, str], ShapeHealth] | None = None,
+                   shaped: Collection[str] = ()) -> Followup:
+    """shaped: the clouds with several shapes, where a capacity error backs off the shape
+    (its demand goes to the next cheapest shape) instead of the whole cloud."""
     out = Followup()
     current = dict(health)
+    shapes = dict(shape_health or {})
     for r in results:
         if r.blame is None:
+            if shapes.pop((r.cloud, r.shape), None) is not None:
+                out.notes.append(Note(INFO, f"cloud {r.cloud}: shape {r.shape} launches again", "cloud",
+                                      f"shape {r.shape} launches again", cloud=r.cloud))
             out.records.append(Record(r.worker_id, State.BOOTING, f"launched ({r.resource_id})", r.resource_id,
                                       quiet=True))
             out.notes.append(Note(INFO, f"worker {r.worker_id} ({r.cloud}): requested -> booting: {r.reason}; "
@@ -137,25 +147,45 @@ def judge_launches(results: Sequence[LaunchResult], health: Mapping[str, CloudHe
             out.notes.append(Note(WARNING, f"worker {r.worker_id} ({r.cloud}): requested -> failed: "
                                            f"launch failed ({kind}): {r.error}"))
             h = current.get(r.cloud)
-            if h is not None:
+            if shape_backs_off(r, shaped):
+                key = (r.cloud, r.shape)
+                sh = shapes[key] = backoff.after_launch_error(shapes.get(key) or ShapeHealth(r.cloud, r.shape),
+                                                              kind, r.error, now, r.retry_after, backoff_base)
+                msg = (f"shape {r.shape} backing off {sh.backoff_until - now:.0f}s after a capacity error; "
+                       f"its demand goes to the next cheapest shape")
+                out.notes.append(Note(WARNING, f"cloud {r.cloud}: {msg}", "cloud", msg, cloud=r.cloud))
+            elif h is not None:
                 current[r.cloud] = backoff.after_launch_error(h, kind, r.error, now, r.retry_after, backoff_base)
                 out.notes.append(Note(WARNING, f"cloud {r.cloud}: backing off "
                                                f"{current[r.cloud].backoff_until - now:.0f}s after {kind} error"))
     out.health = {name: h for name, h in current.items() if h != health[name]}
+    if shapes != dict(shape_health or {}):
+        out.shape_health = shapes
     return out
 
 
-def skip_reason(blame: Blame) -> str:
+def shape_backs_off(r: LaunchResult, shaped: Collection[str]) -> bool:
+    """A capacity error on a cloud with several shapes is about that shape only."""
+    return r.blame is Blame.CLOUD and r.kind == "capacity" and r.cloud in shaped and bool(r.shape)
+
+
+def skip_reason(blame: Blame, scope: str = "cloud") -> str:
     """Why the rest of a batch is not attempted after a failure of this kind."""
     if blame is Blame.APPLIANCE:
         return "an earlier launch failed: the appliance could not prepare a worker"
+    if scope == "shape":
+        return "an earlier launch of this shape found no capacity"
     return "an earlier launch on this cloud failed"
 
 
-def stops_batch(blame: Blame | None) -> str:
-    """Which launches still queued in this cycle a failure stops: 'cloud' (the
-    rest on the same cloud: it would refuse them too), 'all' (our own failure
-    would fail every launch), or '' (none)."""
+def stops_batch(r: LaunchResult, shaped: Collection[str] = ()) -> str:
+    """Which launches still queued in this cycle a failure stops: 'shape' (the
+    rest of that shape: the cloud has no capacity for it), 'cloud' (the rest on
+    the same cloud: it would refuse them too), 'all' (our own failure would
+    fail every launch), or '' (none)."""
+    blame = r.blame
+    if shape_backs_off(r, shaped):
+        return "shape"
     if blame is Blame.CLOUD:
         return "cloud"
     if blame is Blame.APPLIANCE:

@@ -23,14 +23,15 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from . import lifecycle
 from .config import Config
 from .lifecycle import State
-from .model import CloudHealth, Worker
+from .model import CloudHealth, ShapeHealth, Worker
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
@@ -459,6 +460,14 @@ class Store:
                        "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
                        "breaker_open = excluded.breaker_open",
                        (h.name, h.backoff_until, h.failures, h.last_error, h.last_error_at, int(h.breaker_open)))
+
+    def shape_health(self) -> dict[tuple[str, str], ShapeHealth]:
+        """Shapes backing off after a capacity error (or that did, until they launch again)."""
+        rows, _ = self.get("shape_health", [])
+        return {(r["cloud"], r["shape"]): ShapeHealth(**r) for r in rows or []}
+
+    def save_shape_health(self, shapes: Mapping[tuple[str, str], ShapeHealth]) -> None:
+        self.put("shape_health", [asdict(h) for h in shapes.values()])
 
     # ------------------------------------------------------------ operator requests
     def request_kill(self, worker_ids: Iterable[str], now_flag: bool, now: float | None = None,

@@ -147,9 +147,13 @@ def _sizes(c) -> str:
     def size(s) -> str:
         return (f"{s['cpus']} cpus, {s['memory']} MB, {s['disk']} MB disk" + (f", {s['gpus']} gpus" if s["gpus"] else "")
                 + (f", {s['price']:g}/h" if s["price"] is not None else ""))
+    def health(s) -> str:
+        if s.get("health") == "backoff":
+            return f" (backing off {s['backoff_seconds']}s: {s['last_error']})"
+        return ""
     if len(shapes) == 1 and shapes[0]["price"] is None:
         return f"worker size: {size(shapes[0])}"
-    return "shapes: " + "; ".join(f"{s['name']} {size(s)}" for s in shapes)
+    return "shapes: " + "; ".join(f"{s['name']} {size(s)}{health(s)}" for s in shapes)
 
 
 def _events(rows) -> str:

@@ -163,13 +163,17 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
     headroom = {c.name: max(c.health.max_workers - live_count[c.name], 0) for c in ordered}
     global_headroom = max(min(settings.max_workers - total_live, settings.max_booting - booting), 0)
 
+    # a shape the cloud refused capacity for backs off alone: its demand goes to the next
+    # cheapest shape, then the next cloud
+    backed_off = {(c.name, name) for c in ordered for name in c.shapes_backing_off(now)}
+
     def allowed(demand: Demand, candidate: Candidate) -> bool:
         return (candidate.cloud, candidate.shape.name) in wanting[int(demand.key)].shapes
 
     demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk, r.group.gpus))
                for i, r in enumerate(wanting)]
     fitted: dict[int, GroupFit] = {id(r): f for r, f in zip(wanting, cheapest_fit(
-        demands, candidates, headroom, global_headroom, allowed=allowed), strict=True)}
+        demands, candidates, headroom, global_headroom, backed_off, allowed=allowed), strict=True)}
 
     # 3. launches and each group's report, in the order cheapest_fit spent the limits
     for row in rows:
@@ -201,6 +205,9 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
                 placement.overflow[group.key] = (group.count, "no enabled cloud here can run it")
         elif remaining > 0:
             waits, only_max_workers = _waits(row.runnable, blocked, live_count, total_live, booting, settings)
+            shape_waits = _shape_waits(row, views, now) + _budget_waits(fit)
+            waits += shape_waits
+            only_max_workers = only_max_workers and not shape_waits
             status, reason = "waiting", f"{remaining} job(s) without a worker: " + "; ".join(waits)
             if not group.schedd and waits and only_max_workers:
                 placement.overflow[group.key] = (remaining, "waiting at max_workers")
@@ -244,6 +251,23 @@ def _waits(runnable: Sequence[CloudView], blocked: Mapping[str, str | None], liv
             waits.append(f"{c.name}: {limit}")
             only_max_workers = only_max_workers and "max_workers" in limit
     return waits, only_max_workers
+
+
+def _shape_waits(row: _Row, views: Mapping[str, CloudView], now: float) -> list[str]:
+    """The shapes that could run the group and back off after a capacity error, with why."""
+    out = []
+    for c in row.runnable:
+        for name, h in views[c.name].shapes_backing_off(now).items():
+            if (c.name, name) in row.shapes:
+                out.append(f"{c.name}/{name}: backing off for {h.backoff_until - now:.0f}s after: {h.last_error}")
+    return out
+
+
+def _budget_waits(fit: GroupFit | None) -> list[str]:
+    """The budget caps that stopped launches for the group (cheapest_fit's reasons)."""
+    if fit is None or not fit.reason:
+        return []
+    return [why for why in fit.reason.split("; ") if why.startswith("budget:")]
 
 
 def _headroom(c: CloudView, live_count: Mapping[str, int], total_live: int, booting: int,

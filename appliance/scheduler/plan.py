@@ -5,11 +5,12 @@ anything further, and its record step writes what happened.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from ..config import CloudConfig
 from ..lifecycle import State
-from ..model import CloudHealth
+from ..model import CloudHealth, ShapeHealth
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,11 @@ class CloudView:
     """One configured cloud with its runtime settings and health."""
     config: CloudConfig
     health: CloudHealth
+    # its shapes backing off after a capacity error, by shape name (none: all may launch)
+    shapes: Mapping[str, ShapeHealth] = field(default_factory=dict)
+
+    def shapes_backing_off(self, now: float) -> dict[str, ShapeHealth]:
+        return {name: h for name, h in self.shapes.items() if h.backoff_until > now}
 
     @property
     def name(self) -> str:

@@ -33,7 +33,13 @@ CLOUD = _obj({
     "worker": _obj({"cpus": INT, "memory": INT, "disk": INT}),
     "shapes": {"type": "array", "description": "the sizes of worker it launches (its `worker` is the first)",
                "items": _obj({"name": STR, "cpus": INT, "memory": INT, "disk": INT, "gpus": INT,
-                              "price": _nullable({**NUM, "description": "per hour; null: no price set"})})},
+                              "price": _nullable({**NUM, "description": "per hour; null: no price set"}),
+                              "health": {"type": "string", "enum": ["ok", "backoff"],
+                                         "description": "backoff: the cloud refused capacity for this shape; "
+                                                        "its demand goes to the next cheapest shape"},
+                              "backoff_seconds": INT,
+                              "last_error": {**STR, "description": "its last capacity error, kept until it "
+                                                                   "launches again"}})},
 })
 
 WORKER = _obj({

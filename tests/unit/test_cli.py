@@ -1,5 +1,6 @@
 """cloud_status and cloud_admin against a real store, without Docker: flags, messages, exit codes, JSON."""
 import json
+import re
 import sqlite3
 import time
 
@@ -8,6 +9,7 @@ import pytest
 from appliance.cli import cloud_admin, cloud_status
 from appliance.cli.common import run
 from appliance.lifecycle import State
+from appliance.model import ShapeHealth
 from appliance.store import Store
 
 CONFIG = """
@@ -163,9 +165,24 @@ def test_shapes_and_each_workers_shape_are_shown(env, tmp_path, capsys):
     assert "worker size: 1 cpus, 1024 MB, 4096 MB disk; priority 0" in capsys.readouterr().out
     assert status("--json") == 0
     docker = json.loads(capsys.readouterr().out)["data"][1]
+    ok = {"health": "ok", "backoff_seconds": 0, "last_error": ""}
     assert docker["shapes"] == [
-        {"name": "small", "cpus": 1, "memory": 512, "disk": 4096, "gpus": 0, "price": None},
-        {"name": "big", "cpus": 4, "memory": 4096, "disk": 4096, "gpus": 1, "price": 0.25}]
+        {"name": "small", "cpus": 1, "memory": 512, "disk": 4096, "gpus": 0, "price": None, **ok},
+        {"name": "big", "cpus": 4, "memory": 4096, "disk": 4096, "gpus": 1, "price": 0.25, **ok}]
     assert docker["worker"] == {"cpus": 1, "memory": 512, "disk": 4096}
     assert status("-m", "--json") == 0
     assert [w["shape"] for w in json.loads(capsys.readouterr().out)["data"]] == ["big", "default"]
+
+
+def test_a_shape_backing_off_after_a_capacity_error_is_shown_with_its_error(env, tmp_path, capsys):
+    (tmp_path / "appliance.yaml").write_text(SHAPED)
+    env.save_shape_health({("docker", "big"): ShapeHealth("docker", "big", time.time() + 60, 1,
+                                                          "capacity: no room for 4 cpus", time.time())})
+    assert status("-c", "docker") == 0
+    out = capsys.readouterr().out
+    assert "small 1 cpus, 512 MB, 4096 MB disk; big" in out
+    assert re.search(r"big 4 cpus, 4096 MB, 4096 MB disk, 1 gpus, 0.25/h \(backing off (59|60)s: "
+                     r"capacity: no room for 4 cpus\)", out), out
+    assert status("--json") == 0
+    big = json.loads(capsys.readouterr().out)["data"][1]["shapes"][1]
+    assert big["health"] == "backoff" and big["last_error"] == "capacity: no room for 4 cpus"

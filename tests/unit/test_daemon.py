@@ -111,6 +111,7 @@ class FakeDriver(Driver):
         super().__init__(cloud, "appliance", "test-pool")
         self.resources: dict[str, Resource] = {}
         self.fail_with: CloudError | None = None
+        self.no_capacity_for: set[str] = set()     # shapes the cloud refuses capacity for
         self.crash_with: Exception | None = None
         self.list_error: CloudError | None = None
         self.launched: list[str] = []
@@ -127,6 +128,8 @@ class FakeDriver(Driver):
             raise self.crash_with
         if self.fail_with:
             raise self.fail_with
+        if spec.size.name in self.no_capacity_for:
+            raise CloudError("capacity", f"InsufficientInstanceCapacity: no {spec.size.name} available")
         with self.lock:
             self.launched.append(spec.worker_id)
             self.specs[spec.worker_id] = spec
@@ -700,3 +703,39 @@ def test_each_worker_is_launched_recorded_and_counted_as_the_shape_chosen_for_it
     plan = rig.cycle()
     assert not plan.launches and sorted(w.shape for w in rig.store.workers()) == ["big", "small"]
     assert [g.status for g in plan.groups] == ["served"]
+
+
+def test_no_capacity_for_one_shape_backs_off_that_shape_and_its_demand_takes_the_next_cheapest(tmp_path):
+    from appliance.shapes import Shape
+    small, big = Shape("small", 1, 1024, 4096, price=0.01), Shape("big", 4, 4096, 4096, price=0.03)
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=8, shapes=(small, big))])
+    driver = rig.drivers["aws"]
+    driver.no_capacity_for = {"big"}
+    rig.condor.groups = (group(4),)
+    rig.cycle()                                   # one big holds four jobs for less: refused
+    assert not driver.launched
+    assert rig.health("aws").failures == 0 and rig.health("aws").backoff_until == 0   # the cloud is fine
+    (big_health,) = rig.store.shape_health().values()
+    assert (big_health.shape, big_health.failures) == ("big", 1)
+    assert big_health.backoff_until == pytest.approx(rig.clock.now + 10)
+    assert any(r.startswith("shape big backing off 10s after a capacity error") for r in rig.reasons())
+    rig.cycle()                                   # the same demand on the next cheapest shape
+    assert sorted(s.size.name for s in driver.specs.values()) == ["small"] * 4
+    # a restarted scheduler keeps the shape's backoff; once it has passed and the cloud has
+    # capacity again, the shape launches and its record is cleared
+    rig.restart()
+    driver.no_capacity_for = set()
+    assert rig.store.shape_health()[("aws", "big")].backoff_until > rig.clock.now
+    rig.condor.groups = (group(4), group(4, key="more"))
+    rig.cycle(advance=10)
+    assert [s.size.name for s in driver.specs.values()].count("big") == 1
+    assert rig.store.shape_health() == {}
+    assert "shape big launches again" in rig.reasons()
+
+
+def test_no_capacity_on_a_cloud_with_one_shape_backs_off_the_cloud(tmp_path):
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=8)])
+    rig.drivers["aws"].fail_with = CloudError("capacity", "InsufficientInstanceCapacity")
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    assert rig.health("aws").failures == 1 and rig.store.shape_health() == {}

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.config import CloudConfig, SchedulerConfig
 from appliance.lifecycle import State
-from appliance.model import CloudHealth, SlotSummary
+from appliance.model import CloudHealth, ShapeHealth, SlotSummary
 from appliance.scheduler import CloudView, decide
 from appliance.shapes import Shape
 
@@ -31,10 +31,14 @@ CHEAP_BIG = (shape("small", 1, price=0.01), shape("big", 4, price=0.03))     # b
 DEAR_BIG = (shape("small", 1, price=0.01), shape("big", 4, price=0.05))
 
 
-def cloud(name="docker", shapes=UNPRICED, max_workers=10, priority=0, enabled=True, backoff_until=0.0, type_="docker"):
+def cloud(name="docker", shapes=UNPRICED, max_workers=10, priority=0, enabled=True, backoff_until=0.0, type_="docker",
+          no_capacity=(), expired=()):
+    """no_capacity: shapes backing off after a capacity error; expired: shapes whose backoff has passed."""
     cfg = CloudConfig(name=name, type=type_, priority=priority, max_workers=max_workers, shapes=tuple(shapes))
+    shape_health = {s: ShapeHealth(name, s, NOW + 40, 1, "capacity: InsufficientInstanceCapacity") for s in no_capacity}
+    shape_health |= {s: ShapeHealth(name, s, NOW - 1, 2, "capacity: InsufficientInstanceCapacity") for s in expired}
     return CloudView(cfg, CloudHealth(name, enabled, max_workers, backoff_until=backoff_until,
-                                      last_error="boom" if backoff_until else ""))
+                                      last_error="boom" if backoff_until else ""), shape_health)
 
 
 def launched(plan):
@@ -103,6 +107,17 @@ PLACE = [
     ("a cloud backing off: its shapes wait, the next cloud launches", [group(1)],
      [cloud("a", backoff_until=NOW + 30), cloud("b", shapes=(BIG,), priority=1)], SETTINGS,
      {("b", "big"): 1}, ["launching"]),
+    ("capacity fallback: the cheapest shape backing off, the next cheapest takes its demand", [group(4)],
+     [cloud(shapes=CHEAP_BIG, no_capacity=("big",))], SETTINGS, {("docker", "small"): 4}, ["launching"]),
+    ("capacity fallback: without prices, the next larger shape that fits", [group(1)],
+     [cloud(no_capacity=("small",))], SETTINGS, {("docker", "medium"): 1}, ["launching"]),
+    ("capacity fallback: every fitting shape backing off, the next cloud", [group(1, cpus=4)],
+     [cloud("a", no_capacity=("big",)), cloud("b", shapes=(BIG,), priority=1)], SETTINGS,
+     {("b", "big"): 1}, ["launching"]),
+    ("capacity fallback: nowhere else to go, the group waits", [group(1, cpus=4)],
+     [cloud(no_capacity=("big",))], SETTINGS, {}, ["waiting"]),
+    ("capacity fallback: a backoff that has passed, the shape is tried again", [group(4)],
+     [cloud(shapes=CHEAP_BIG, expired=("big",))], SETTINGS, {("docker", "big"): 1}, ["launching"]),
     ("Requirements on WorkerShape pick that shape, even when a smaller one fits", [group(1, requirements=ON_BIG)],
      [cloud()], SETTINGS, {("docker", "big"): 1}, ["launching"]),
     ("Requirements on a shape's attribute pick that shape", [group(1, requirements="TARGET.HasSSD =?= true")],
@@ -265,3 +280,10 @@ def test_scale_down_knows_each_workers_shape(name, groups, shape_name, free, dra
     plan = decide(observe(groups, [slot("w", cpus=free, memory=1024 * free)], [("docker", "w")], ("docker",)), [w],
                   [cloud(max_workers=10)], SETTINGS)
     assert (moved(plan) == {"w": State.DRAINING}) is drained, plan.groups
+
+
+def test_a_group_waiting_on_a_shape_without_capacity_says_which_and_why():
+    plan = decide(observe([group(1, cpus=4)]), [], [cloud(no_capacity=("big",))], SETTINGS)
+    (g,) = plan.groups
+    assert g.status == "waiting"
+    assert "docker/big: backing off for 40s after: capacity: InsufficientInstanceCapacity" in g.reason, g.reason
