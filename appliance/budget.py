@@ -11,8 +11,11 @@ worker to remove.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from .lifecycle import ENDED
+from .model import Worker
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -29,6 +32,7 @@ class Spending:
     start: float                     # when it was launched
     end: float | None = None         # when it ended; None: still running
     cloud: str = ""
+    shape: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,28 @@ class Caps:
     max_per_hour: float | None = None
     max_per_day: float | None = None
 
+    @property
+    def any(self) -> bool:
+        return self.max_per_hour is not None or self.max_per_day is not None
+
 
 @dataclass(frozen=True)
 class Spend:
     """What the pool costs now, and what it cost over the last day."""
     per_hour: float
     last_day: float
+
+
+def spending_of(workers: Iterable[Worker], shape_of: Callable[[str, str], tuple[str, float | None]]
+                ) -> list[Spending]:
+    """Each worker's share of the bill: from its launch to its end (retired or failed), or
+    on while it lives. shape_of(cloud, recorded shape) gives its shape's name and price per
+    hour (None: unpriced): config.Config.priced_shape."""
+    out = []
+    for w in workers:
+        shape, price = shape_of(w.cloud, w.shape)
+        out.append(Spending(price, w.created_at, w.state_since if w.state in ENDED else None, w.cloud, shape))
+    return out
 
 
 def cost_per_hour(records: Iterable[Spending], now: float) -> float:
@@ -85,9 +105,13 @@ def budget_allows(launch_cost_per_hour: float, spend: Iterable[Spending], caps: 
     spend, so an over-budget priced cloud never blocks a free local one.
     `where` names the budget's scope in the reason (a cloud), empty for the global one.
     """
+    return within(launch_cost_per_hour, spend_at(spend, now), caps, where)
+
+
+def within(launch_cost_per_hour: float, now_spend: Spend, caps: Caps, where: str = "") -> str | None:
+    """budget_allows on a Spend already summed (the scheduler sums once per cycle)."""
     if launch_cost_per_hour <= 0:
         return None
-    now_spend = spend_at(spend, now)
     rate = now_spend.per_hour + launch_cost_per_hour
     scope = f"{where} " if where else ""
     if caps.max_per_hour is not None and rate > caps.max_per_hour + EPSILON:
@@ -98,3 +122,16 @@ def budget_allows(launch_cost_per_hour: float, spend: Iterable[Spending], caps: 
                 f"({now_spend.last_day:.2f} in the last 24 h, {now_spend.per_hour:.2f}/h now, "
                 f"+{launch_cost_per_hour:.2f}/h)")
     return None
+
+
+def add_spend(totals: dict, records: Iterable[Spending], since: float, until: float) -> dict:
+    """Running totals {"cloud/shape": spend, "_until": time accounted up to} plus what the
+    records cost between since and until."""
+    out = dict(totals)
+    for r in records:
+        cost = spent([r], since, until)
+        if cost:
+            key = f"{r.cloud}/{r.shape}"
+            out[key] = out.get(key, 0.0) + cost
+    out["_until"] = until
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .budget import Caps  # pure, as shapes
 from .clouds import registry  # imports no driver and no cloud SDK
 from .shapes import Shape  # pure: imports nothing of HTCondor
 
@@ -322,6 +323,12 @@ SHAPE_KEYS = {
     "price": Key(number(0, 1_000_000), None),
 }
 
+# Spending caps (appliance/budget.py), for all clouds together and per cloud; none: no cap.
+BUDGET_KEYS = {
+    "max_per_hour": Key(number(0, 1_000_000_000), None),     # the cost per hour of the workers alive
+    "max_per_day": Key(number(0, 1_000_000_000), None),      # the spend over the last 24 hours
+}
+
 COMMON_CLOUD_KEYS = {
     "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
     "type": Key(text(), required=True),    # checked against the registry first, in _parse_cloud
@@ -330,6 +337,7 @@ COMMON_CLOUD_KEYS = {
     "max_workers": Key(integer(0, 100000), 10),
     "worker": Key(lambda v, p: v, None),   # checked with WORKER_KEYS below
     "shapes": Key(lambda v, p: v, None),   # checked with SHAPE_KEYS in _parse_shapes
+    "budget": Key(lambda v, p: v, None),   # checked with BUDGET_KEYS
 }
 
 # Each cloud type's own keys are declared by its options dataclass beside its driver
@@ -406,6 +414,7 @@ class CloudConfig:
     # the sizes of worker this cloud launches, in the order given; never empty once made:
     # without `shapes:` the one `worker:` is one unpriced shape (lone_shape)
     shapes: tuple[Shape, ...] = ()
+    budget: Caps = Caps()
 
     def __post_init__(self):
         if self.settings is not None and not self.options:
@@ -476,12 +485,36 @@ class Config:
     source: str = "<defaults>"
     retention: RetentionConfig = RetentionConfig()
     federation: FederationConfig = FederationConfig()
+    budget: Caps = Caps()        # for all clouds together; each cloud may have its own too
 
     def cloud(self, name: str) -> CloudConfig:
         for c in self.clouds:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    def priced_shape(self, cloud: str, shape: str) -> tuple[str, float | None]:
+        """A worker's shape (from its recorded name, as CloudConfig.shape_of reads it) and its
+        price per hour; None: unpriced, or a cloud no longer configured."""
+        for c in self.clouds:
+            if c.name == cloud:
+                found = c.shape_of(shape)
+                return found.name, found.price
+        return shape, None
+
+    @property
+    def budgets(self) -> bool:
+        """Some budget is set, here or on a cloud."""
+        return self.budget.any or any(c.budget.any for c in self.clouds)
+
+    @property
+    def daily_budgets(self) -> bool:
+        """Some max_per_day is set: the last 24 hours' workers must be accounted, not only live ones."""
+        return self.budget.max_per_day is not None or any(c.budget.max_per_day is not None for c in self.clouds)
+
+    @property
+    def priced(self) -> bool:
+        return any(s.price for c in self.clouds for s in c.shapes)
 
     @property
     def cloud_names(self) -> tuple[str, ...]:
@@ -501,7 +534,7 @@ def parse(data: Any, source: str = "<string>") -> Config:
 def _parse(data: Any) -> Config:
     top = _section(data, "", {
         "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
-        "retention": Key(lambda v, p: v), "federation": Key(lambda v, p: v),
+        "retention": Key(lambda v, p: v), "federation": Key(lambda v, p: v), "budget": Key(lambda v, p: v),
     })
     pool = PoolConfig(**_section(top["pool"], "pool", POOL_KEYS))
     sched = SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS))
@@ -523,7 +556,8 @@ def _parse(data: Any) -> Config:
                                            f"that instances reach on port 9618) when an {cloud.type} cloud is "
                                            f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
     federation = _parse_federation(top["federation"])
-    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention, federation=federation)
+    return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention, federation=federation,
+                  budget=Caps(**_section(top["budget"], "budget", BUDGET_KEYS)))
 
 
 def _parse_federation(raw: Any) -> FederationConfig:
@@ -561,18 +595,20 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
     keys = {**COMMON_CLOUD_KEYS, **option_keys(ctype)}
     values = _section(raw, path, keys)
     raw_worker, raw_shapes = values.pop("worker"), values.pop("shapes")
+    budget = Caps(**_section(values.pop("budget"), f"{path}.budget", BUDGET_KEYS))
     if raw_shapes is not None and raw_worker is not None:
         raise _Bad(f"{path}.shapes", "cannot be used together with worker: list every size of worker as a shape "
                                      "(a lone worker is one shape)")
     worker = WorkerSize(**_section(raw_worker, f"{path}.worker", WORKER_KEYS))
     shapes = _parse_shapes(raw_shapes, f"{path}.shapes") if raw_shapes is not None else ()
-    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes")}
+    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget")}
     settings = _settings(ctype, values, path)
     try:
         settings.validate_shapes(bool(shapes))
     except registry.OptionError as err:
         raise _Bad(_join(path, err.key), err.problem) from None
-    return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes, **common)
+    return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes,
+                       budget=budget, **common)
 
 
 def _parse_shapes(raw: Any, path: str) -> tuple[Shape, ...]:

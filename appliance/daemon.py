@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from . import federation, lifecycle, outcomes
+from . import budget, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
@@ -127,7 +127,8 @@ class Daemon:
         obs = self.observe(now)
         views = self.views()
         plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
-                      self.templates, self.redrain, self.stranded, flock_to=self.flock_to)
+                      self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
+                      budget=self.cfg.budget, spending=self.spending(now))
         health = {v.name: v.health for v in views}
         launches = self.record_plan(plan, health, now)
         health.update(plan.health)
@@ -165,6 +166,7 @@ class Daemon:
                                          "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
                                          "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
             self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
+            self.account_spend(now)
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
         self.housekeeping(now)
@@ -174,6 +176,26 @@ class Daemon:
         return [CloudView(self.cfg.cloud(h.name), h,
                           {shape: sh for (cloud, shape), sh in self.shape_health.items() if cloud == h.name})
                 for h in self.store.cloud_health(self.cfg)]
+
+    def spending(self, now: float) -> list[budget.Spending]:
+        """What the workers cost, for the budgets: the live ones, and those of the last 24 hours
+        when a max_per_day is set. Nothing when no budget is (the query is then saved)."""
+        if not self.cfg.budgets:
+            return []
+        workers = self.store.recent_workers(now - budget.DAY) if self.cfg.daily_budgets else self.store.workers()
+        return budget.spending_of(workers, self.cfg.priced_shape)
+
+    def account_spend(self, now: float) -> None:
+        """Add what priced workers cost since the last cycle to the running totals by cloud and
+        shape (/metrics' appliance_spend_total): kept in the store, so they only grow, across
+        restarts and pruning; a restart counts the time the scheduler was down too."""
+        if not self.cfg.priced:
+            return
+        totals, _ = self.store.get("spend_total", {})
+        since = (totals or {}).get("_until", now)
+        records = budget.spending_of(self.store.recent_workers(since), self.cfg.priced_shape)
+        totals = budget.add_spend(totals or {}, records, since, now)
+        self.store.put("spend_total", totals)
 
     def shaped_clouds(self) -> set[str]:
         """Clouds with several shapes: a capacity error there backs off the shape, not the cloud."""

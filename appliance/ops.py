@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from . import lifecycle
+from . import budget, lifecycle
 from .config import Config
 from .lifecycle import State
 from .model import ShapeHealth
@@ -98,6 +98,7 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
         if w.cloud in counts:
             counts[w.cloud][w.state.value] += 1
     shape_health = store.shape_health()
+    costs = cloud_costs(store, cfg, now) if cfg.priced else {}
     out = []
     for c, h in zip(cfg.clouds, store.cloud_health(cfg)):
         n = counts[c.name]
@@ -120,8 +121,28 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             "shapes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory, "disk": s.disk, "gpus": s.gpus,
                         "price": s.price, **_shape_health(shape_health.get((c.name, s.name)), now)}
                        for s in c.shapes],
+            # from its shapes' prices: what its workers cost per hour now and over the last 24 hours
+            "cost_per_hour": round(costs[c.name].per_hour, 6) if c.name in costs else None,
+            "spend_24h": round(costs[c.name].last_day, 6) if c.name in costs else None,
+            "budget": {"max_per_hour": c.budget.max_per_hour, "max_per_day": c.budget.max_per_day},
         })
     return out
+
+
+def cloud_costs(store: Store, cfg: Config, now: float) -> dict[str, budget.Spend]:
+    """Each cloud's cost per hour now and spend over the last 24 hours (the window the
+    budgets' max_per_day uses), from its workers' shape prices, counted per second."""
+    records = budget.spending_of(store.recent_workers(now - budget.DAY), cfg.priced_shape)
+    return {c.name: budget.spend_at([r for r in records if r.cloud == c.name], now) for c in cfg.clouds}
+
+
+def spend_status(store: Store, cfg: Config, now: float | None = None) -> dict[str, Any]:
+    """The whole pool's cost now and over the last 24 hours, with the global budget."""
+    now = time.time() if now is None else now
+    records = budget.spending_of(store.recent_workers(now - budget.DAY), cfg.priced_shape)
+    spend = budget.spend_at(records, now)
+    return {"priced": cfg.priced, "cost_per_hour": round(spend.per_hour, 6), "spend_24h": round(spend.last_day, 6),
+            "budget": {"max_per_hour": cfg.budget.max_per_hour, "max_per_day": cfg.budget.max_per_day}}
 
 
 def _shape_health(h: ShapeHealth | None, now: float) -> dict[str, Any]:

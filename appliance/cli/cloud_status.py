@@ -61,11 +61,13 @@ def main(argv=None) -> int:
             text = _events(data)
         else:
             data = ops.clouds_status(store, cfg)
-            text = _clouds(data)
+            spend = ops.spend_status(store, cfg) if cfg.priced or cfg.budgets else None
+            text = _clouds(data) + (_spend(spend) if spend else "")
     except ops.OpError as err:
         raise Exit(BAD_INPUT, str(err)) from None
     if args.json:
-        emit_json({"scheduler": sched, "data": data})
+        emit_json({"scheduler": sched, "data": data, **({"spend": spend} if not any(
+            (args.workers, args.queue, args.cloud, args.events)) and spend else {})})
     else:
         print(text)
         print(f"\nscheduler: {sched['message']}")
@@ -77,9 +79,25 @@ def main(argv=None) -> int:
 
 def _clouds(rows) -> str:
     now = time.time()
+    # cost columns only when some shape has a price
+    priced = any(c.get("cost_per_hour") is not None for c in rows)
     return table([[c["name"], c["type"], "yes" if c["enabled"] else "no", c["booting"], c["idle"], c["busy"],
-                   c["draining"], c["max_workers"], _health(c), _last_error(c, now)] for c in rows],
-                 ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX", "HEALTH", "LAST ERROR"])
+                   c["draining"], c["max_workers"],
+                   *([_money(c["cost_per_hour"]), _money(c["spend_24h"])] if priced else []),
+                   _health(c), _last_error(c, now)] for c in rows],
+                 ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX",
+                  *(["COST/H", "SPENT 24H"] if priced else []), "HEALTH", "LAST ERROR"])
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _spend(s) -> str:
+    """The pool's cost and its budget, under the clouds table."""
+    caps = [f"{k} {v:g}" for k, v in s["budget"].items() if v is not None]
+    return (f"\n\ncost: {s['cost_per_hour']:.2f}/h now, {s['spend_24h']:.2f} in the last 24 h"
+            + (f"; budget: {', '.join(caps)}" if caps else "; no budget set"))
 
 
 def _health(c) -> str:
@@ -137,7 +155,11 @@ def _cloud(c) -> str:
     err = f"\nlast error: {c['last_error']}" if c["last_error"] else ""
     w = _workers(c["workers"])
     ev = _events(c["events"]) if c["events"] else "no events"
-    return f"{head}\n{_sizes(c)}; priority {c['priority']}{err}\n\n{w}\n\n{ev}"
+    cost = ""
+    if c.get("cost_per_hour") is not None or any(v is not None for v in (c.get("budget") or {}).values()):
+        cost = "\n" + _spend({"cost_per_hour": c.get("cost_per_hour") or 0.0, "spend_24h": c.get("spend_24h") or 0.0,
+                              "budget": c["budget"]}).strip()
+    return f"{head}\n{_sizes(c)}; priority {c['priority']}{cost}{err}\n\n{w}\n\n{ev}"
 
 
 def _sizes(c) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 # order the modules happen to be imported in); each registers its type
 BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options")
 # keys every cloud has (config.COMMON_CLOUD_KEYS): an option may not reuse one
-RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes"})
+RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes", "budget"})
 
 
 class OptionError(ValueError):

@@ -7,7 +7,7 @@ One cycle decides in named phases, each a module of this package:
 2. place       each group of idle jobs goes first on capacity that exists or is
                booting, and only the rest asks for new workers: the cheapest
                shapes that fit it (without prices, the smallest), cloud by
-               cloud in priority order, within the limits;
+               cloud in priority order, within the limits and the budgets;
 3. scale_down  idle workers with nothing to run are drained, unneeded starting
                workers cancelled, and a cloud over max_workers shrinks in the
                order its scale-in policy gives;
@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from ..budget import Caps, Spending
 from ..config import SchedulerConfig
 from ..matching import template_ad
 from ..model import Observation, Worker
@@ -65,10 +66,11 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
            redrain: Mapping[str, RedrainEntry] | None = None,
            stranded: Mapping[str, StrandedJobs] | None = None,
            scale_in: ScaleInPolicy = newest_starting_then_longest_idle,
-           flock_to: Sequence = ()) -> Plan:
+           flock_to: Sequence = (), budget: Caps = Caps(), spending: Sequence[Spending] = ()) -> Plan:
     """templates: the template ad of each (cloud, shape) (matching.template_ads), made here
     for those not given; flock_to: the federation.flock_to pools (config.FlockTarget) the
-    schedd flocks to."""
+    schedd flocks to; budget: the global caps (each cloud's own are in its config);
+    spending: what the workers of the last 24 hours cost (budget.spending_of)."""
     templates = dict(templates or {})
     for c in clouds:
         for shape in c.config.shapes:
@@ -80,7 +82,7 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     health = judge_health(d, {c.name: c.health for c in clouds}, settings)
     # a cloud whose workers just failed is backing off from now: its demand goes elsewhere
     clouds = [replace(c, health=health[c.name]) for c in clouds]
-    placement = place(d, obs, clouds, settings, templates, flock_to)
+    placement = place(d, obs, clouds, settings, templates, flock_to, budget, spending)
     scale_down(d, obs, clouds, placement, settings, scale_in)
     find_orphans(d, obs)
     plan_drains(d, redrain or {})

@@ -4,7 +4,8 @@ jobs), and only the rest asks for new workers. Which workers is decided by
 appliance.shapes.cheapest_fit: the shapes that serve the group at the least
 cost (without prices, the smallest shape that fits), cloud by cloud in
 priority order (clouds of equal priority compete on price), within per-cloud
-and global max_workers and max_booting. A group's Requirements are matched
+and global max_workers and max_booting, and within the budgets (a priced
+launch that would go over a cap is not made; its demand waits and says so). A group's Requirements are matched
 against each shape's own template ad.
 """
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import lifecycle
+from ..budget import Caps, Spending, spend_at, within
 from ..config import SchedulerConfig
 from ..lifecycle import State
 from ..matching import TemplateKey, Verdict, cloud_verdict, fits, rounded_disk, rounded_memory, shape_verdicts
 from ..model import JobGroup, Observation
-from ..shapes import Candidate, Demand, GroupFit, Pick, Request, cheapest_fit
+from ..shapes import Afford, Candidate, Demand, GroupFit, Pick, Request, cheapest_fit
 from .draft import Draft
 from .plan import CloudView, GroupReport, Launch
 
@@ -118,8 +120,28 @@ class _Row:
     away: tuple[str, ...]                # the pools its jobs were sent to (nothing launched for them)
 
 
+def budget_check(views: Mapping[str, CloudView], spending: Sequence[Spending], caps: Caps,
+                 now: float) -> Afford | None:
+    """cheapest_fit's hook: may a worker adding this cost per hour be launched, under its
+    cloud's budget and the global one? None when no budget is set anywhere."""
+    if not caps.any and not any(v.config.budget.any for v in views.values()):
+        return None
+    total = spend_at(spending, now)
+    per_cloud = {name: spend_at([s for s in spending if s.cloud == name], now)
+                 for name, v in views.items() if v.config.budget.any}
+
+    def afford(cloud: str, cloud_added: float, total_added: float) -> str | None:
+        if cloud in per_cloud:
+            why = within(cloud_added, per_cloud[cloud], views[cloud].config.budget, cloud)
+            if why:
+                return why
+        return within(total_added, total, caps)
+    return afford
+
+
 def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: SchedulerConfig,
-          templates: Mapping[TemplateKey, object], flock_to: Sequence = ()) -> Placement:
+          templates: Mapping[TemplateKey, object], flock_to: Sequence = (),
+          budget: Caps = Caps(), spending: Sequence[Spending] = ()) -> Placement:
     now = d.now
     views = {c.name: c for c in clouds}
     capacity = existing_capacity(d, obs, views)
@@ -173,7 +195,8 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
     demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk, r.group.gpus))
                for i, r in enumerate(wanting)]
     fitted: dict[int, GroupFit] = {id(r): f for r, f in zip(wanting, cheapest_fit(
-        demands, candidates, headroom, global_headroom, backed_off, allowed=allowed), strict=True)}
+        demands, candidates, headroom, global_headroom, backed_off, allowed=allowed,
+        afford=budget_check(views, spending, budget, now)), strict=True)}
 
     # 3. launches and each group's report, in the order cheapest_fit spent the limits
     for row in rows:

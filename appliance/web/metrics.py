@@ -80,6 +80,9 @@ class StoreCollector:
             breaker.add_metric([c["name"]], int(c["health"] == "stopped"))
         yield from (enabled, maxw, backoff, backoff_s, breaker)
 
+        if cfg.priced:
+            yield from _cost_metrics(store, cfg)
+
         hist, _ = store.get("cycle_histogram")
         h = HistogramMetricFamily("appliance_scheduler_cycle_seconds", "Duration of the scheduler's cycles")
         if hist:
@@ -88,6 +91,32 @@ class StoreCollector:
         else:
             h.add_metric([], [("+Inf", 0)], 0.0)
         yield h
+
+
+def _cost_metrics(store: Store, cfg: Config):
+    """What priced workers cost: per hour now (live workers, by their shapes' prices) and in
+    all (the scheduler's running totals, which only grow)."""
+    rate = GaugeMetricFamily("appliance_cost_per_hour", "Cost per hour of the live workers, from their shapes' "
+                             "prices", labels=["cloud", "shape"])
+    now_rate = {(c.name, s.name): 0.0 for c in cfg.clouds for s in c.shapes if s.price}
+    for w in store.workers():
+        shape, price = cfg.priced_shape(w.cloud, w.shape)
+        if price:
+            now_rate[(w.cloud, shape)] = now_rate.get((w.cloud, shape), 0.0) + price
+    for (cloud, shape), value in sorted(now_rate.items()):
+        rate.add_metric([cloud, shape], value)
+    yield rate
+    total = CounterMetricFamily("appliance_spend", "Spend on workers since the appliance began counting, "
+                                "per second of each worker's life at its shape's price", labels=["cloud", "shape"])
+    totals, _ = store.get("spend_total", {})
+    seen = {f"{c}/{s}": (c, s) for c, s in now_rate}
+    for key, value in sorted((totals or {}).items()):
+        if key != "_until":
+            seen.pop(key, None)
+            total.add_metric(key.split("/", 1), value)
+    for cloud, shape in seen.values():
+        total.add_metric([cloud, shape], 0.0)
+    yield total
 
 
 def _le(value: float) -> str:

@@ -40,6 +40,11 @@ CLOUD = _obj({
                               "backoff_seconds": INT,
                               "last_error": {**STR, "description": "its last capacity error, kept until it "
                                                                    "launches again"}})},
+    "cost_per_hour": _nullable({**NUM, "description": "what its live workers cost per hour, from their shapes' "
+                                                      "prices; null when no shape anywhere has a price"}),
+    "spend_24h": _nullable({**NUM, "description": "what its workers cost over the last 24 hours (the window of "
+                                                  "max_per_day), per second; null as cost_per_hour"}),
+    "budget": _obj({"max_per_hour": _nullable(NUM), "max_per_day": _nullable(NUM)}),
 })
 
 WORKER = _obj({

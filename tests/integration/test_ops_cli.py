@@ -12,9 +12,10 @@ from .ops_support import job
 pytestmark = pytest.mark.timeout(300)
 
 CLOUD_KEYS = {"name", "type", "enabled", "priority", "booting", "idle", "busy", "draining", "max_workers",
-              "health", "backoff_seconds", "failures", "last_error", "last_error_at", "worker"}
+              "health", "backoff_seconds", "failures", "last_error", "last_error_at", "worker", "shapes",
+              "cost_per_hour", "spend_24h", "budget"}
 WORKER_KEYS = {"id", "cloud", "state", "condor_name", "age_seconds", "state_seconds", "idle_seconds",
-               "resource_id", "reason"}
+               "resource_id", "reason", "shape"}
 EVENT_KEYS = {"id", "time", "kind", "worker_id", "cloud", "from_state", "to_state", "reason"}
 GROUP_KEYS = {"key", "count", "cpus", "memory", "disk", "requirements", "target_clouds", "clouds", "status", "reason"}
 

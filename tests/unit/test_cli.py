@@ -186,3 +186,23 @@ def test_a_shape_backing_off_after_a_capacity_error_is_shown_with_its_error(env,
     assert status("--json") == 0
     big = json.loads(capsys.readouterr().out)["data"][1]["shapes"][1]
     assert big["health"] == "backoff" and big["last_error"] == "capacity: no room for 4 cpus"
+
+
+def test_cost_now_and_over_the_last_day_with_the_budget(env, tmp_path, capsys):
+    (tmp_path / "appliance.yaml").write_text(SHAPED.replace("clouds:", "budget: {max_per_hour: 5, max_per_day: 60}\nclouds:")
+                                             + "    budget: {max_per_day: 10}\n")
+    env.add_worker("docker-b16b16", "docker", "launch", now=time.time() - 7200, shape="big")    # up for 2 h
+    assert status() == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[8:11] == ["COST/H", "SPENT", "24H"]
+    assert lines[1].split()[:10] == ["local", "local", "yes", "0", "0", "0", "0", "2", "0.00", "0.00"]
+    assert lines[2].split()[:10] == ["docker", "docker", "yes", "1", "0", "0", "0", "10", "0.25", "0.50"]
+    assert "cost: 0.25/h now, 0.50 in the last 24 h; budget: max_per_hour 5, max_per_day 60" in out
+    assert status("-c", "docker") == 0
+    assert "cost: 0.25/h now, 0.50 in the last 24 h; budget: max_per_day 10" in capsys.readouterr().out
+    assert status("--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["spend"] == {"priced": True, "cost_per_hour": 0.25, "spend_24h": pytest.approx(0.5, abs=0.001),
+                             "budget": {"max_per_hour": 5.0, "max_per_day": 60.0}}
+    assert data["data"][1]["budget"] == {"max_per_hour": None, "max_per_day": 10.0}

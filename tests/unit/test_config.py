@@ -76,7 +76,12 @@ def test_cloud_types_come_from_the_registry():
 BAD = [
     ("pool: [1, 2", "<string>: line 1, column 12: not valid YAML: expected ',' or ']', but got '<stream end>'"),
     ("- a\n- b", "<string>: (top level): expected a mapping, got ['a', 'b']"),
-    ("pools: {}", "<string>: pools: unknown key (known keys here: clouds, federation, pool, retention, scheduler)"),
+    ("budget: {max_per_hour: -1}", "<string>: budget.max_per_hour: must be a number from 0 to 1000000000, got -1"),
+    ("budget: {per_day: 5}", "<string>: budget.per_day: unknown key (known keys here: max_per_day, max_per_hour)"),
+    ("clouds: [{name: a, type: docker, budget: 5}]", "<string>: clouds[0].budget: expected a mapping, got 5"),
+    ("clouds: [{name: a, type: docker, budget: {max_per_day: x}}]",
+     "<string>: clouds[0].budget.max_per_day: expected a number from 0 to 1000000000, got 'x'"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: budget, clouds, federation, pool, retention, scheduler)"),
     ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
                                   "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
@@ -103,7 +108,7 @@ BAD = [
     ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
      "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: a, type: local, image: x}]",
-     "<string>: clouds[0].image: unknown key (known keys here: enabled, max_workers, name, priority, shapes, type, "
+     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, max_workers, name, priority, shapes, type, "
      "worker)"),
     ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",

@@ -6,7 +6,9 @@ the clock is injected, so each scenario runs whole cycles without waiting.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import threading
 
 import pytest
@@ -739,3 +741,30 @@ def test_no_capacity_on_a_cloud_with_one_shape_backs_off_the_cloud(tmp_path):
     rig.condor.groups = (group(2),)
     rig.cycle()
     assert rig.health("aws").failures == 1 and rig.store.shape_health() == {}
+
+
+def test_a_budget_stops_launches_says_why_and_the_spend_is_counted_per_second(tmp_path):
+    from appliance.budget import Caps
+    from appliance.shapes import Shape
+    from appliance.web.metrics import render
+    small = Shape("small", 1, 1024, 4096, price=0.36)
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=8, shapes=(small,))])
+    rig.cfg = dataclasses.replace(rig.cfg, budget=Caps(max_per_hour=0.5))
+    rig.daemon.cfg = rig.cfg
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    assert len(rig.drivers["aws"].launched) == 1             # a second would cost 0.72/h
+    (row,), _ = rig.store.get("demand")
+    assert row["status"] == "waiting"
+    assert "budget: max_per_hour 0.50 reached (0.00/h now, +0.72/h)" in row["reason"], row["reason"]
+    for _ in range(10):
+        rig.cycle(advance=10)
+    assert len(rig.drivers["aws"].launched) == 1             # still, cycle after cycle
+    (row,), _ = rig.store.get("demand")
+    assert "budget: max_per_hour 0.50 reached (0.36/h now, +0.36/h)" in row["reason"], row["reason"]
+    totals, _ = rig.store.get("spend_total")
+    assert totals["aws/small"] == pytest.approx(0.36 * 100 / 3600, rel=0.05)
+    text = render(rig.store, rig.cfg).decode()
+    assert 'appliance_cost_per_hour{cloud="aws",shape="small"} 0.36' in text
+    spend = re.search(r'appliance_spend_total\{cloud="aws",shape="small"\} ([0-9.e-]+)', text)
+    assert spend and float(spend.group(1)) == pytest.approx(totals["aws/small"]), text

@@ -11,6 +11,7 @@ import dataclasses
 import classad
 import pytest
 
+from appliance.budget import HOUR, Caps, Spending
 from appliance.config import CloudConfig, SchedulerConfig
 from appliance.lifecycle import State
 from appliance.model import CloudHealth, ShapeHealth, SlotSummary
@@ -287,3 +288,55 @@ def test_a_group_waiting_on_a_shape_without_capacity_says_which_and_why():
     (g,) = plan.groups
     assert g.status == "waiting"
     assert "docker/big: backing off for 40s after: capacity: InsufficientInstanceCapacity" in g.reason, g.reason
+
+
+def budget_cloud(name="aws", max_workers=10, priority=0, caps=None):
+    view = cloud(name, shapes=(shape("small", 1, price=0.10), shape("big", 4, price=0.30)), max_workers=max_workers,
+                 priority=priority)
+    return dataclasses.replace(view, config=dataclasses.replace(view.config, budget=caps or Caps()))
+
+
+RUNNING = [Spending(0.30, NOW - HOUR, cloud="aws", shape="big")]    # one big worker up for an hour
+
+BUDGETS = [
+    # (name, groups, clouds, global caps, spending, expected launches, expected statuses, reason has)
+    ("no budget: one big for four jobs", [group(4)], [budget_cloud()], Caps(), [], {("aws", "big"): 1},
+     ["launching"], ""),
+    ("max_per_hour leaves room for one small worker only", [group(4)], [budget_cloud()], Caps(max_per_hour=0.45),
+     RUNNING, {("aws", "small"): 1}, ["waiting"], "budget: max_per_hour 0.45 reached (0.30/h now, +0.30/h)"),
+    ("max_per_hour already reached: nothing, and the reason", [group(1)], [budget_cloud()], Caps(max_per_hour=0.30),
+     RUNNING, {}, ["waiting"], "budget: max_per_hour 0.30 reached"),
+    ("max_per_day counts the last 24 hours and the next hour at the new rate", [group(1)], [budget_cloud()],
+     Caps(max_per_day=0.65), RUNNING, {}, ["waiting"], "budget: max_per_day 0.65 reached (0.30 in the last 24 h"),
+    ("a cloud's own budget: its demand goes to the next cloud", [group(1)],
+     [budget_cloud(caps=Caps(max_per_hour=0.30)), budget_cloud("gcp", priority=1)], Caps(), RUNNING,
+     {("gcp", "small"): 1}, ["launching"], ""),
+    ("a free cloud is never blocked by a budget", [group(2)],
+     [budget_cloud(), cloud("local", shapes=(SMALL,), priority=1)], Caps(max_per_hour=0.30), RUNNING,
+     {("local", "small"): 2}, ["launching"], ""),
+    ("the budget spent on one group is gone for the next", [group(1, key="a"), group(1, cpus=4, key="b")],
+     [budget_cloud()], Caps(max_per_hour=0.15), [], {("aws", "small"): 1}, ["launching", "waiting"],
+     "budget: max_per_hour 0.15 reached (0.00/h now, +0.40/h)"),
+]
+
+
+@pytest.mark.parametrize("name,groups,clouds,caps,spending,expected,expected_statuses,reason", BUDGETS,
+                         ids=[c[0] for c in BUDGETS])
+def test_budgets(name, groups, clouds, caps, spending, expected, expected_statuses, reason):
+    plan = decide(observe(groups, clouds=tuple(c.name for c in clouds)), [], clouds, SETTINGS, budget=caps,
+                  spending=spending)
+    assert launched(plan) == expected
+    assert statuses(plan) == expected_statuses
+    if reason:
+        assert any(reason in g.reason for g in plan.groups), [g.reason for g in plan.groups]
+
+
+def test_a_budget_never_touches_running_workers():
+    """Over the cap (a lowered cap, a price change): busy and idle workers stay, nothing drains
+    for the budget; only launches stop."""
+    busy = worker("aws-b", "aws", State.BUSY, shape="big")
+    plan = decide(observe([group(1)], slots=[slot("aws-b", claimed=4, cpus=0)], resources=[("aws", "aws-b")],
+                          clouds=("aws",)), [busy],
+                  [budget_cloud()], SETTINGS, budget=Caps(max_per_hour=0.01), spending=RUNNING)
+    assert not plan.launches and not plan.drains and not plan.terminations
+    assert "budget: max_per_hour 0.01 reached" in plan.groups[0].reason
