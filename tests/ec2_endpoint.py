@@ -39,6 +39,7 @@ class Fault:
     times: int | None    # None: until cleared
     after_forward: bool  # forward to moto first, then answer with the error (a lost answer)
     echo: str = ""       # a request parameter to echo in the message (a careless endpoint)
+    when: tuple[tuple[str, str], ...] = ()   # only requests with these parameters (e.g. InstanceType)
 
 
 class Ec2Endpoint:
@@ -52,9 +53,10 @@ class Ec2Endpoint:
 
     # ------------------------------------------------------------ control
     def fail(self, action: str, code: str, message: str = "", times: int | None = None,
-             after_forward: bool = False, echo: str = "") -> None:
+             after_forward: bool = False, echo: str = "", when: dict[str, str] | None = None) -> None:
         with self._lock:
-            self.faults.append(Fault(action, code, message or f"injected {code}", times, after_forward, echo))
+            self.faults.append(Fault(action, code, message or f"injected {code}", times, after_forward, echo,
+                                     tuple((when or {}).items())))
 
     def clear(self) -> None:
         with self._lock:
@@ -65,11 +67,11 @@ class Ec2Endpoint:
         with self._lock:
             return sum(1 for a in self.calls if a == action)
 
-    def _fault_for(self, action: str) -> Fault | None:
+    def _fault_for(self, action: str, params: dict[str, list[str]] | None = None) -> Fault | None:
         with self._lock:
             self.calls.append(action)
             for f in self.faults:
-                if f.action in (action, "*"):
+                if f.action in (action, "*") and all((params or {}).get(k) == [v] for k, v in f.when):
                     if f.times is not None:
                         f.times -= 1
                         if f.times <= 0:
@@ -133,7 +135,7 @@ def _handler(ep: Ec2Endpoint):
                 return
             params = urllib.parse.parse_qs(body.decode(errors="replace"))
             action = (params.get("Action") or ["?"])[0]
-            fault = ep._fault_for(action)
+            fault = ep._fault_for(action, params)
             if fault is None or fault.after_forward:
                 try:
                     status, headers, payload = self._forward(body)
