@@ -20,7 +20,7 @@ import yaml
 
 from .budget import Caps  # pure, as shapes
 from .clouds import registry  # imports no driver and no cloud SDK
-from .shapes import Shape  # pure: imports nothing of HTCondor
+from .shapes import Shape, host_shapes  # pure: imports nothing of HTCondor
 
 DEFAULT_PATH = "/etc/appliance/appliance.yaml"
 
@@ -600,7 +600,14 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
         raise _Bad(f"{path}.shapes", "cannot be used together with worker: list every size of worker as a shape "
                                      "(a lone worker is one shape)")
     worker = WorkerSize(**_section(raw_worker, f"{path}.worker", WORKER_KEYS))
-    shapes = _parse_shapes(raw_shapes, f"{path}.shapes") if raw_shapes is not None else ()
+    if raw_shapes == "auto":
+        if ctype not in AUTO_SHAPE_TYPES:
+            raise _Bad(f"{path}.shapes", f"'auto' sizes workers from this host, so only a "
+                                         f"{' or '.join(AUTO_SHAPE_TYPES)} cloud may use it; list the shapes "
+                                         f"of a {ctype} cloud")
+        shapes = host_shapes(*host_size())
+    else:
+        shapes = _parse_shapes(raw_shapes, f"{path}.shapes") if raw_shapes is not None else ()
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget")}
     settings = _settings(ctype, values, path)
     try:
@@ -611,10 +618,42 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
                        budget=budget, **common)
 
 
+# clouds whose workers run on the appliance's own host: `shapes: auto` can size them from it
+AUTO_SHAPE_TYPES = ("docker", "local")
+
+
+def host_size() -> tuple[int, int]:
+    """(cpus, memory MB) this host gives the appliance: its cpus (or its cgroup's cpu quota)
+    and its memory (or its cgroup's limit). Read at each load, so a CLI sees what the
+    scheduler sees on the same host."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = max(min(cpus, int(int(quota) / int(period))), 1)
+    except (OSError, ValueError):
+        pass
+    memory = 1024
+    try:
+        with open("/proc/meminfo") as f:
+            memory = next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, ValueError, StopIteration):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            memory = min(memory, int(limit) // (1024 * 1024))
+    except (OSError, ValueError):
+        pass
+    return cpus, memory
+
+
 def _parse_shapes(raw: Any, path: str) -> tuple[Shape, ...]:
     """`shapes:`: a non-empty list of {name, cpus, memory, disk, gpus, attributes, price}, names unique."""
     if not isinstance(raw, list) or not raw:
-        raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name, got {_shown(raw)}")
+        raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got {_shown(raw)}")
     out: list[Shape] = []
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"

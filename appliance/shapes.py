@@ -115,6 +115,22 @@ class GroupFit:
     unschedulable: bool = False      # no shape fits (or matches) a job of the group
 
 
+# `shapes: auto` keeps this much of the host's memory for the appliance itself (MB)
+HOST_RESERVE_MB = 1024
+
+
+def host_shapes(cpus: int, memory: int, disk: int = 4096) -> tuple[Shape, ...]:
+    """The shapes of `shapes: auto`: 1, 2, 4, ... cpus up to the host's cpus (the host's count
+    itself last when it is not a power of two), each with its share of the host's memory less
+    HOST_RESERVE_MB, so that a job asking for more than one worker's default just runs, up to
+    what the host has. Unpriced: the smallest that fits wins."""
+    cpus = max(cpus, 1)
+    usable = max(memory - HOST_RESERVE_MB, MEMORY_QUANTUM_MB * cpus)
+    per_cpu = max(usable // cpus // MEMORY_QUANTUM_MB * MEMORY_QUANTUM_MB, MEMORY_QUANTUM_MB)
+    counts = [n for n in (2 ** i for i in range(11)) if n < cpus] + [cpus]
+    return tuple(Shape(f"{n}cpu", n, n * per_cpu, disk) for n in counts)
+
+
 def fits(shape: Shape, request: Request) -> int:
     """How many such jobs one fresh worker of this shape holds (0: not even one)."""
     return _holds(shape.cpus, shape.memory, shape.disk * 1024, shape.gpus, request)

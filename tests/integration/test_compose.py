@@ -62,13 +62,22 @@ def test_compose_up_runs_a_job_on_a_worker_container_and_down_leaves_nothing():
         pool = dexec("cat", "/var/lib/appliance/pool-id").strip()
         out = dexec("condor_submit", "/usr/share/appliance/examples/hello.sub", user="submit")
         cluster = re.search(r"submitted to cluster (\d+)", out).group(1)
+        # a job as big as the host: the shipped `shapes: auto` has a worker for it, no config written
+        cpus = os.cpu_count()
+        out = dexec("bash", "-c", f"sed 's/request_cpus   = 1/request_cpus = {cpus}/; s/queue 3/queue 1/; "
+                                  f"s/hello[.]/big./' /usr/share/appliance/examples/hello.sub > big.sub && "
+                                  f"condor_submit big.sub", user="submit")
+        big = re.search(r"submitted to cluster (\d+)", out).group(1)
 
         def done():
-            hist = dexec("condor_history", "-constraint", f"ClusterId == {cluster}", "-af", "JobStatus")
-            return hist.split() == ["4", "4", "4"]      # hello.sub queues 3 jobs
+            hist = dexec("condor_history", "-constraint", f"ClusterId == {cluster} || ClusterId == {big}",
+                         "-af", "JobStatus")
+            return hist.split() == ["4", "4", "4", "4"]      # hello.sub queues 3 jobs, big.sub 1
         wait("the sample jobs to complete", done, timeout=240)
         result = dexec("cat", "/home/submit/hello.0.out")
-        assert 'CloudName = "docker"' in result, result
+        assert 'CloudName = "docker"' in result and 'WorkerShape = "1cpu"' in result, result
+        big_result = dexec("cat", "/home/submit/big.0.out")
+        assert f'WorkerShape = "{cpus}cpu"' in big_result and f"Cpus = {cpus}" in big_result, big_result
         worker = re.search(r'WorkerId = "(docker-[0-9a-f]{6})"', result).group(1)
         events = json.loads(dexec("cloud_status", "-e", "--json"))["data"]
         assert any(e["worker_id"] == worker and e["to_state"] == "busy" for e in events)

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from appliance import config
 from appliance.config import ConfigError, load, loads
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -124,9 +125,9 @@ BAD = [
      "<string>: clouds[0].shapes: cannot be used together with worker: list every size of worker as a shape "
      "(a lone worker is one shape)"),
     ("clouds: [{name: d, type: docker, shapes: []}]",
-     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name, got []"),
+     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got []"),
     ("clouds: [{name: d, type: docker, shapes: {name: s}}]",
-     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name, got {'name': 's'}"),
+     "<string>: clouds[0].shapes: expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got {'name': 's'}"),
     ("clouds: [{name: d, type: docker, shapes: [small]}]",
      "<string>: clouds[0].shapes[0]: expected a mapping with at least a name (and cpus, memory, disk, gpus, "
      "attributes, price), got 'small'"),
@@ -262,3 +263,34 @@ def test_check_command_exit_codes(tmp_path, capsys):
     bad.write_text("clouds: [{name: local, type: nope}]\n")
     assert main([str(bad)]) == 78
     assert "clouds[0].type: unknown cloud type 'nope'" in capsys.readouterr().err
+
+
+HOSTS = [
+    # (cpus, memory MB) -> the shapes of `shapes: auto`: (name, cpus, memory)
+    ((1, 2048), [("1cpu", 1, 1024)]),
+    ((2, 24576), [("1cpu", 1, 11776), ("2cpu", 2, 23552)]),
+    ((6, 16000), [("1cpu", 1, 2432), ("2cpu", 2, 4864), ("4cpu", 4, 9728), ("6cpu", 6, 14592)]),
+    ((16, 65536), [("1cpu", 1, 3968), ("2cpu", 2, 7936), ("4cpu", 4, 15872), ("8cpu", 8, 31744), ("16cpu", 16, 63488)]),
+    ((4, 1024), [("1cpu", 1, 128), ("2cpu", 2, 256), ("4cpu", 4, 512)]),    # tiny host: never below 128 MB a cpu
+]
+
+
+@pytest.mark.parametrize("host,expected", HOSTS, ids=[f"{c}cpu-{m}MB" for (c, m), _ in HOSTS])
+def test_auto_shapes_go_up_to_the_host_with_its_memory_shared_per_cpu(monkeypatch, host, expected):
+    monkeypatch.setattr(config, "host_size", lambda: host)
+    cfg = config.loads("clouds: [{name: d, type: docker, shapes: auto}, {name: l, type: local, shapes: auto}]")
+    for cloud in cfg.clouds:
+        assert [(s.name, s.cpus, s.memory) for s in cloud.shapes] == expected
+        assert all(s.price is None and s.disk == 4096 for s in cloud.shapes)
+
+
+def test_auto_shapes_only_where_workers_share_the_host():
+    for ctype, options in (("swarm", ""), ("ec2", ", ami: ami-0123456789abcdef0, region: us-east-1")):
+        with pytest.raises(config.ConfigError, match=r"clouds\[0\]\.shapes: 'auto' sizes workers from this host"):
+            config.loads(f"pool: {{condor_host: cm.example.org}}\nclouds: [{{name: x, type: {ctype}, shapes: auto"
+                         f"{options}}}]")
+
+
+def test_the_host_size_is_read_from_this_machine():
+    cpus, memory = config.host_size()
+    assert cpus >= 1 and memory >= 128
