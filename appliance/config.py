@@ -314,10 +314,11 @@ WORKER_KEYS = {
 SHAPE_KEYS = {
     "name": Key(text(SHAPE_NAME_RE, "1-64 letters, digits, '.', '_' and '-' (for ec2: the instance type)"),
                 required=True),
-    "cpus": WORKER_KEYS["cpus"],
-    "memory": WORKER_KEYS["memory"],
+    # cpus, memory and gpus default to 1, 1024 and 0, or on a cloud that can tell (ec2) are read from it
+    "cpus": Key(WORKER_KEYS["cpus"].check, None),
+    "memory": Key(WORKER_KEYS["memory"].check, None),
     "disk": WORKER_KEYS["disk"],
-    "gpus": Key(integer(0, 64), 0),
+    "gpus": Key(integer(0, 64), None),
     "attributes": WORKER_KEYS["attributes"],
     # per hour, in any currency as long as every cloud uses the same; none: unknown
     "price": Key(number(0, 1_000_000), None),
@@ -493,6 +494,19 @@ class Config:
                 return c
         raise KeyError(name)
 
+    def with_shape_sizes(self, sizes: Mapping[str, Mapping[str, Any]] | None) -> Config:
+        """This configuration with the sizes the clouds gave for shapes that left theirs out:
+        sizes[cloud][shape] = {"cpus", "memory" (MiB, as the cloud says), "gpus"}, as the
+        scheduler keeps them in the store (kv 'shape_sizes')."""
+        if not sizes:
+            return self
+        clouds = []
+        for c in self.clouds:
+            known = sizes.get(c.name) or {}
+            shapes = tuple(s.read(**known[s.name]) if not s.sized and s.name in known else s for s in c.shapes)
+            clouds.append(c if shapes == c.shapes else replace(c, shapes=shapes))
+        return replace(self, clouds=tuple(clouds))
+
     def priced_shape(self, cloud: str, shape: str) -> tuple[str, float | None]:
         """A worker's shape (from its recorded name, as CloudConfig.shape_of reads it) and its
         price per hour; None: unpriced, or a cloud no longer configured."""
@@ -607,7 +621,8 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
                                          f"of a {ctype} cloud")
         shapes = host_shapes(*host_size())
     else:
-        shapes = _parse_shapes(raw_shapes, f"{path}.shapes") if raw_shapes is not None else ()
+        reads = registry.lookup(ctype).options.reads_shape_sizes
+        shapes = _parse_shapes(raw_shapes, f"{path}.shapes", reads) if raw_shapes is not None else ()
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget")}
     settings = _settings(ctype, values, path)
     try:
@@ -650,8 +665,12 @@ def host_size() -> tuple[int, int]:
     return cpus, memory
 
 
-def _parse_shapes(raw: Any, path: str) -> tuple[Shape, ...]:
-    """`shapes:`: a non-empty list of {name, cpus, memory, disk, gpus, attributes, price}, names unique."""
+UNREAD_DEFAULTS = {"cpus": 1, "memory": 1024, "gpus": 0}
+
+
+def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False) -> tuple[Shape, ...]:
+    """`shapes:`: a non-empty list of {name, cpus, memory, disk, gpus, attributes, price}, names
+    unique. reads_sizes: the cloud can tell a shape's size (ec2), so what is left out is read."""
     if not isinstance(raw, list) or not raw:
         raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got {_shown(raw)}")
     out: list[Shape] = []
@@ -660,7 +679,10 @@ def _parse_shapes(raw: Any, path: str) -> tuple[Shape, ...]:
         if not isinstance(item, dict):
             raise _Bad(where, f"expected a mapping with at least a name (and cpus, memory, disk, gpus, "
                               f"attributes, price), got {_shown(item)}")
-        shape = Shape(**_section(item, where, SHAPE_KEYS))
+        values = _section(item, where, SHAPE_KEYS)
+        left_out = tuple(k for k in ("cpus", "memory", "gpus") if values[k] is None)
+        values.update({k: (0 if reads_sizes else UNREAD_DEFAULTS[k]) for k in left_out})
+        shape = Shape(**values, to_read=left_out if reads_sizes else ())
         if any(s.name == shape.name for s in out):
             raise _Bad(f"{where}.name", f"duplicate shape name {shape.name!r} (names are unique per cloud)")
         out.append(shape)

@@ -51,12 +51,13 @@ class Daemon:
 
     def __init__(self, cfg: Config, store: Store, condor: Condor, drivers: Mapping[str, Driver],
                  clock: Callable[[], float] = time.time):
-        self.cfg = cfg
+        # shapes that left their size to the cloud, sized as it said (kept in the store)
+        self.cfg = cfg.with_shape_sizes(store.get("shape_sizes", {})[0])
         self.store = store
         self.condor = condor
         self.drivers = dict(drivers)
         self.clock = clock
-        self.templates = template_ads(cfg.clouds, cfg.pool.name)
+        self.templates = template_ads(self.cfg.clouds, self.cfg.pool.name)
         # the federation.flock_to pools our schedd flocks to (bootstrap installed their tokens)
         self.flock_to = federation.flock_targets_in_use(cfg)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="act")
@@ -124,6 +125,7 @@ class Daemon:
     def cycle(self) -> Plan:
         now = self.clock()
         t0 = time.monotonic()
+        self.read_shape_sizes()
         obs = self.observe(now)
         views = self.views()
         plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
@@ -171,6 +173,30 @@ class Daemon:
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
         self.housekeeping(now)
         return plan
+
+    def read_shape_sizes(self) -> None:
+        """Ask each cloud whose shapes left their size out (ec2: by instance type) how big
+        they are: once, kept in the store; until then the cloud launches nothing."""
+        unsized = {c.name: [s.name for s in c.shapes if not s.sized] for c in self.cfg.clouds}
+        unsized = {name: shapes for name, shapes in unsized.items() if shapes}
+        if not unsized:
+            return
+        sizes = dict(self.store.get("shape_sizes", {})[0] or {})
+        for name, shapes in unsized.items():
+            try:
+                found = self.drivers[name].shape_sizes(shapes)
+            except CloudError as err:
+                self._warn_once(f"sizes:{name}", f"cloud {name}: cannot read its shapes' sizes, launching "
+                                                 f"nothing until it can: {err}")
+                continue
+            self._recovered(f"sizes:{name}")
+            sizes[name] = {**sizes.get(name, {}), **{shape: {"cpus": c, "memory_mib": m, "gpus": g}
+                                                     for shape, (c, m, g) in found.items()}}
+            log.info("cloud %s: shape sizes read from the cloud: %s", name,
+                     "; ".join(f"{shape} {c} cpus, {m} MiB, {g} gpus" for shape, (c, m, g) in found.items()))
+        self.store.put("shape_sizes", sizes)
+        self.cfg = self.cfg.with_shape_sizes(sizes)
+        self.templates = template_ads(self.cfg.clouds, self.cfg.pool.name)
 
     def views(self) -> list[CloudView]:
         return [CloudView(self.cfg.cloud(h.name), h,

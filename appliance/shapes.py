@@ -23,7 +23,7 @@ cloud at max_workers does not make the scheduler buy bigger, dearer workers.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
@@ -59,6 +59,19 @@ class Shape:
     gpus: int = 0
     attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     price: float | None = None       # per hour; None: unknown (costs nothing as far as we know)
+    # what the configuration left for the cloud to say ("cpus", "memory", "gpus"): an ec2
+    # shape named by its instance type only; filled in by sized() before it is launched
+    to_read: tuple[str, ...] = ()
+
+    @property
+    def sized(self) -> bool:
+        return not self.to_read
+
+    def read(self, cpus: int, memory_mib: int, gpus: int) -> Shape:
+        """This shape with what the cloud said it has filled in: memory less
+        os_reserve_mb() for the system and HTCondor's daemons, what the worker advertises."""
+        known = {"cpus": cpus, "memory": memory_mib - os_reserve_mb(memory_mib), "gpus": gpus}
+        return replace(self, **{k: known[k] for k in self.to_read}, to_read=())
 
     @property
     def size(self) -> tuple[int, int, int, int]:
@@ -113,6 +126,14 @@ class GroupFit:
     waiting: int = 0                 # jobs left without a worker
     reason: str = ""                 # why they wait, or why nothing can ever run them
     unschedulable: bool = False      # no shape fits (or matches) a job of the group
+
+
+def os_reserve_mb(memory_mib: int) -> int:
+    """The memory an instance keeps for its OS and HTCondor's daemons, when its size is read
+    from the cloud: an eighth, at least 512 MB, rounded up to 128 MB (a 4 GiB t3.medium
+    offers 3584 MB to jobs, a 16 GiB c5.2xlarge 14336 MB)."""
+    reserve = max(512, memory_mib // 8)
+    return -(-reserve // MEMORY_QUANTUM_MB) * MEMORY_QUANTUM_MB
 
 
 # `shapes: auto` keeps this much of the host's memory for the appliance itself (MB)

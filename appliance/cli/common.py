@@ -34,7 +34,9 @@ def open_state() -> tuple[Config, Store]:
     except ConfigError as err:
         raise Exit(BROKEN, f"configuration error: {err}") from None
     try:
-        return cfg, Store()
+        store = Store()
+        # with the sizes the scheduler read from the clouds for shapes that left theirs out
+        return cfg.with_shape_sizes(store.get("shape_sizes", {})[0]), store
     except (sqlite3.Error, OSError) as err:
         raise Exit(BROKEN, f"cannot open the appliance state: {err}") from None
 

@@ -7,7 +7,7 @@ terminates. The daemon owns the worker rows; drivers are told everything.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -73,6 +73,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def terminate(self, worker_id: str, resource_id: str) -> None:
         """Remove a worker's resource. Idempotent: a missing resource is success."""
+
+    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """(cpus, memory MiB, GPUs) of the named shapes as the cloud knows them; only for
+        types whose options say reads_shape_sizes (ec2: DescribeInstanceTypes)."""
+        raise CloudError(ErrorKind.CONFIG, f"a {self.cloud.type} cloud cannot tell its shapes' sizes: give each "
+                                           f"shape its cpus and memory")
 
     def close(self) -> None:  # noqa: B027 - optional: only drivers that hold a client need it
         """Release what the driver holds (a client's connections)."""

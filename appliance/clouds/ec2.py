@@ -26,7 +26,7 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import boto3
@@ -248,6 +248,20 @@ class Ec2Driver(Driver):
             if any(code in str(err) for code in NOT_FOUND):
                 return           # already gone: termination is idempotent
             raise
+
+    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """(vCPUs, memory MiB, GPUs) of each instance type, from DescribeInstanceTypes. An
+        unknown type is a config error naming it."""
+        answer = self._call("DescribeInstanceTypes", InstanceTypes=list(names))
+        sizes = {}
+        for t in answer.get("InstanceTypes", []):
+            gpus = sum(g.get("Count", 0) for g in (t.get("GpuInfo") or {}).get("Gpus", []))
+            sizes[t["InstanceType"]] = (t["VCpuInfo"]["DefaultVCpus"], t["MemoryInfo"]["SizeInMiB"], gpus)
+        missing = [n for n in names if n not in sizes]
+        if missing:
+            raise CloudError(ErrorKind.CONFIG, f"DescribeInstanceTypes: no instance type {', '.join(missing)} "
+                                               f"in {self.settings.region}")
+        return sizes
 
     def close(self) -> None:
         with self._lock:

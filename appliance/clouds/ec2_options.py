@@ -45,6 +45,8 @@ class Ec2Options(CloudOptions):
 
     # instances are outside the appliance's networks: 'auto' cannot find the address they reach
     needs_condor_host = True
+    # a shape named by its instance type may leave its size out: DescribeInstanceTypes has it
+    reads_shape_sizes = True
 
     def validate(self) -> None:
         if self.market == "on-demand" and self.spot_max_price:

@@ -49,6 +49,9 @@ class CloudOptions:
     # the pool's condor_host cannot be 'auto' for this type: its workers run outside the
     # appliance's networks and only an operator knows the address they reach it at
     needs_condor_host = False
+    # the cloud can say how big its shapes are (ec2: DescribeInstanceTypes), so a shape may
+    # leave out cpus, memory and gpus; the driver's shape_sizes() reads them
+    reads_shape_sizes = False
 
     def validate(self) -> None:
         """Cross-checks between keys; raise OptionError(key, problem). Single keys are

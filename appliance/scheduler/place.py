@@ -62,6 +62,9 @@ def launch_block(view: CloudView, now: float) -> str | None:
     h = view.health
     if not h.enabled:
         return "disabled"
+    unsized = [s.name for s in view.config.shapes if not s.sized]
+    if unsized:
+        return f"the sizes of {', '.join(unsized)} are not known yet: the cloud is asked each cycle (see the log)"
     if h.breaker_open:
         return f"stopped after {h.failures} quick failures in a row ({h.last_error}); re-enable it to retry"
     if h.backoff_until > now:
@@ -162,6 +165,8 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
         verdicts, shapes = {}, set()
         for c in ordered:
             per_shape = shape_verdicts(group, c.config, templates)
+            # a shape whose size the cloud has not told yet may fit: the group waits, not unschedulable
+            per_shape.update({s.name: Verdict(True) for s in c.config.shapes if not s.sized})
             verdicts[c.name] = cloud_verdict(group, c.config, per_shape)
             shapes |= {(c.name, name) for name, v in per_shape.items() if v.ok}
         placement.runnable_on[group.key] = shapes

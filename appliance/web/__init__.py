@@ -56,7 +56,8 @@ def config() -> Config:
     """The configuration, loaded once per request; a bad file raises ConfigError."""
     if "cfg" not in g:
         from flask import current_app
-        g.cfg = load(current_app.config.get("CONFIG_PATH"))
+        # with the sizes the scheduler read from the clouds for shapes that left theirs out
+        g.cfg = load(current_app.config.get("CONFIG_PATH")).with_shape_sizes(store().get("shape_sizes", {})[0])
     return g.cfg
 
 

@@ -18,7 +18,7 @@ from .ec2_support import ec2_world, pool_id, wait_for, workers
 
 pytestmark = pytest.mark.timeout(300)
 
-# t3.small is the cheapest, but small; m5.large has the memory; c5.xlarge the cpus
+# t3.small is the cheapest, but small; m5.large has the memory (its size read from EC2); c5.xlarge the cpus
 CONFIG = """
 pool: {{condor_host: {name}}}
 scheduler: {{interval: 1, idle_timeout: 10, boot_timeout: 120, lost_timeout: 30}}
@@ -33,7 +33,7 @@ clouds:
     env_file: /etc/appliance/aws.env
     shapes:
       - {{name: t3.small, cpus: 2, memory: 1800, price: 0.0208}}
-      - {{name: m5.large, cpus: 2, memory: 7000, price: 0.096}}
+      - {{name: m5.large, price: 0.096}}     # its size from DescribeInstanceTypes: 2 cpus, 8 GiB less 1 GiB
       - {{name: c5.xlarge, cpus: 4, memory: 7000, price: 0.17}}
 """
 
@@ -73,6 +73,7 @@ def test_each_group_gets_the_cheapest_type_that_fits(world):
     app.submit(sub(4, 4000), {"job.sh": JOB_SCRIPT}, directory="/home/submit/cpus")
     wait_for("three instances", lambda: len(types_running(ep, pid)) == 3, timeout=30, app=app)
     assert types_running(ep, pid) == ["c5.xlarge", "m5.large", "t3.small"]
+    assert "m5.large 2 cpus, 7168 MB, 4096 MB disk, 0.096/h" in app.sh("cloud_status -c aws")   # as EC2 said
     shapes = {w["shape"] for w in live(app)}
     assert shapes == {"t3.small", "m5.large", "c5.xlarge"}
     for inst in ep.instances(**{"tag:appliance:pool": pid}):

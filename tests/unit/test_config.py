@@ -294,3 +294,20 @@ def test_auto_shapes_only_where_workers_share_the_host():
 def test_the_host_size_is_read_from_this_machine():
     cpus, memory = config.host_size()
     assert cpus >= 1 and memory >= 128
+
+
+def test_an_ec2_shape_may_leave_its_size_to_the_cloud_and_others_get_the_defaults():
+    cfg = loads("pool: {condor_host: cm.example.org}\nclouds:\n"
+                "  - {name: aws, type: ec2, region: us-east-1, ami: ami-0123456789abcdef0,\n"
+                "     shapes: [{name: m5.large, price: 0.096}, {name: c5.xlarge, cpus: 4, memory: 7000}]}\n"
+                "  - {name: d, type: docker, shapes: [{name: s}]}\n")
+    m5, c5 = cfg.cloud("aws").shapes
+    assert (m5.to_read, m5.cpus, m5.memory, m5.gpus) == (("cpus", "memory", "gpus"), 0, 0, 0) and not m5.sized
+    assert (c5.to_read, c5.cpus, c5.memory) == (("gpus",), 4, 7000)
+    (s,) = cfg.cloud("d").shapes
+    assert (s.sized, s.cpus, s.memory, s.gpus) == (True, 1, 1024, 0)
+    sized = cfg.with_shape_sizes({"aws": {"m5.large": {"cpus": 2, "memory_mib": 8192, "gpus": 0},
+                                          "c5.xlarge": {"cpus": 4, "memory_mib": 8192, "gpus": 0}}})
+    m5, c5 = sized.cloud("aws").shapes
+    assert (m5.sized, m5.cpus, m5.memory, m5.price) == (True, 2, 7168, 0.096)
+    assert (c5.sized, c5.cpus, c5.memory) == (True, 4, 7000)      # the file's numbers win

@@ -114,6 +114,8 @@ class FakeDriver(Driver):
         self.resources: dict[str, Resource] = {}
         self.fail_with: CloudError | None = None
         self.no_capacity_for: set[str] = set()     # shapes the cloud refuses capacity for
+        self.sizes: dict[str, tuple[int, int, int]] = {}   # what shape_sizes() answers
+        self.sizes_error: CloudError | None = None
         self.crash_with: Exception | None = None
         self.list_error: CloudError | None = None
         self.launched: list[str] = []
@@ -137,6 +139,11 @@ class FakeDriver(Driver):
             self.specs[spec.worker_id] = spec
             self.resources[spec.worker_id] = Resource(spec.worker_id, f"res-{spec.worker_id}")
         return f"res-{spec.worker_id}"
+
+    def shape_sizes(self, names):
+        if self.sizes_error:
+            raise self.sizes_error
+        return {n: self.sizes[n] for n in names}
 
     def list(self):
         if self.list_error:
@@ -768,3 +775,29 @@ def test_a_budget_stops_launches_says_why_and_the_spend_is_counted_per_second(tm
     assert 'appliance_cost_per_hour{cloud="aws",shape="small"} 0.36' in text
     spend = re.search(r'appliance_spend_total\{cloud="aws",shape="small"\} ([0-9.e-]+)', text)
     assert spend and float(spend.group(1)) == pytest.approx(totals["aws/small"]), text
+
+
+def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_before(tmp_path):
+    from appliance.shapes import Shape
+    unsized = Shape("m5.large", 0, 0, 4096, to_read=("cpus", "memory", "gpus"), price=0.096)
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=4, shapes=(unsized,))])
+    driver = rig.drivers["aws"]
+    driver.sizes_error = CloudError("unavailable", "DescribeInstanceTypes: the endpoint is down")
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    rig.cycle()
+    assert not driver.launched
+    (row,), _ = rig.store.get("demand")
+    assert row["status"] == "waiting" and "the sizes of m5.large are not known yet" in row["reason"], row
+    assert rig.reasons().count("cloud aws: cannot read its shapes' sizes, launching nothing until it can: "
+                               "DescribeInstanceTypes: the endpoint is down") == 1      # said once
+    driver.sizes_error = None
+    driver.sizes = {"m5.large": (2, 8192, 0)}
+    rig.cycle()
+    (spec,) = driver.specs.values()                    # one 2-cpu worker holds both jobs
+    assert (spec.size.cpus, spec.size.memory) == (2, 7168)
+    assert rig.store.get("shape_sizes")[0] == {"aws": {"m5.large": {"cpus": 2, "memory_mib": 8192, "gpus": 0}}}
+    # a restarted scheduler takes the sizes from the store, without asking again
+    driver.sizes_error = CloudError("unavailable", "not asked")
+    daemon = rig.restart()
+    assert daemon.cfg.cloud("aws").shapes[0].sized and daemon.cfg.cloud("aws").shapes[0].cpus == 2
