@@ -73,8 +73,9 @@ def view_model() -> dict:
     try:
         cfg = config()
         clouds, cfg_error, pool = ops.clouds_status(s, cfg), None, cfg.pool.name
+        spend = ops.spend_status(s, cfg) if cfg.priced or cfg.budgets else None
     except ConfigError as err:
-        clouds, cfg_error, pool = [], str(err), "appliance"
+        clouds, cfg_error, pool, spend = [], str(err), "appliance", None
     # the scheduler's verdict first: it is what it waits on (the file may be fixed a moment before it reads it)
     cfg_error = sched.get("config_error") or cfg_error
     workers = ops.workers_status(s, include_ended=True)
@@ -85,7 +86,7 @@ def view_model() -> dict:
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
             "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
-            "web_problems": web_problems()}
+            "web_problems": web_problems(), "spend": spend}
 
 
 # ------------------------------------------------------------------ pages

@@ -202,3 +202,22 @@ def test_the_openapi_description_has_the_config_error_field(env):
     assert ok["properties"]["config_error"] == {"type": "string", "nullable": True}
     assert "config_error" in ok["required"]
     assert spec["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+def test_the_page_shows_the_cost_and_a_shape_backing_off(env, tmp_path):
+    from appliance.model import ShapeHealth
+    c, store = env
+    (tmp_path / "appliance.yaml").write_text(
+        "budget: {max_per_hour: 2}\nclouds:\n  - name: aws\n    type: docker\n    shapes:\n"
+        "      - {name: small, cpus: 1, price: 0.5}\n      - {name: big, cpus: 4, price: 1.5}\n")
+    store.add_worker("aws-aaaaaa", "aws", "launch", now=time.time() - 3600, shape="small")
+    store.save_shape_health({("aws", "big"): ShapeHealth("aws", "big", time.time() + 30, 1,
+                                                         "capacity: InsufficientInstanceCapacity", time.time())})
+    login(c)
+    page = c.get("/").text
+    assert re.search(r'data-spend title="max_per_hour 2.0 "><span class="num">0.50</span>', page), page
+    assert re.search(r'<span class="num">0.50</span><span class="lbl">last 24 h</span>', page)
+    assert re.search(r'title="capacity: InsufficientInstanceCapacity" data-shape-backoff>big (29|30)s</span>', page)
+    metrics = {f.name: f for f in text_string_to_metric_families(c.get("/metrics", headers=BASIC).text)}
+    assert [(s.labels, s.value) for s in metrics["appliance_cost_per_hour"].samples] == [
+        ({"cloud": "aws", "shape": "big"}, 0.0), ({"cloud": "aws", "shape": "small"}, 0.5)]
