@@ -29,6 +29,7 @@ import classad
 import htcondor
 
 from . import federation
+from .keyfiles import new_signing_key
 from .model import JobGroup, RemoteSchedd, ScheddState, SlotSummary
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,26 @@ def admin_identity(pool: str) -> str:
 
 def worker_key_name(worker_id: str) -> str:
     return f"worker-{worker_id}"
+
+
+def reconfig_daemons(daemons: Sequence[str] = ("collector", "schedd", "negotiator")) -> str | None:
+    """Reconfigure each daemon directly (`condor_reconfig -daemon X`); None, or what failed.
+
+    Each daemon keeps the security policy it last computed, with the list of signing keys
+    in it, until a session of another authorization level starts one again; a reconfig is
+    such a session, so the next client recomputes it with the keys and settings on disk.
+    `condor_reconfig` sent to the master did not do that in our tests. (Shelled out like
+    the drains: one short-lived call each.)"""
+    failed = []
+    for daemon in daemons:
+        try:
+            proc = subprocess.run(["condor_reconfig", "-daemon", daemon], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            failed.append(f"{daemon}: {err}")
+            continue
+        if proc.returncode != 0:
+            failed.append(f"{daemon}: {(proc.stderr or proc.stdout).strip()[-200:]}")
+    return "; ".join(failed) or None
 
 
 def token_create(identity: str, key: str, key_dir: str, authz: Iterable[str] = (), lifetime: int | None = None,
@@ -253,13 +274,7 @@ class Condor:
         Kept outside the central manager's SEC_PASSWORD_DIRECTORY, so the pool's
         daemons never accept a token signed with it.
         """
-        os.makedirs(self.worker_keys_dir, mode=0o700, exist_ok=True)
-        key = os.urandom(48).hex().encode()
-        path = os.path.join(self.worker_keys_dir, worker_key_name(worker_id))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
+        return new_signing_key(os.path.join(self.worker_keys_dir, worker_key_name(worker_id)))
 
     def drop_worker_key(self, worker_id: str) -> None:
         try:

@@ -36,6 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .keyfiles import new_signing_key, write_atomic
+
 STATE = os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
 KEYS_DIR = os.environ.get("APPLIANCE_KEYS_DIR", f"{STATE}/keys")
 FED_DIR = os.environ.get("APPLIANCE_FEDERATION_DIR", f"{STATE}/federation")
@@ -127,25 +129,9 @@ def allowed_schedds(fed_dir: str | None = None) -> list[Allowed]:
     return out
 
 
-def _write_atomic(path: str, content: str | bytes, mode: int) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _save_state(data: dict, fed_dir: str | None = None) -> None:
     os.makedirs(fed_dir or FED_DIR, mode=0o755, exist_ok=True)
-    _write_atomic(state_file(fed_dir), json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
+    write_atomic(state_file(fed_dir), json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def condor_file(allowed: Iterable[str], revoked: Iterable[str]) -> str:
@@ -166,17 +152,17 @@ def condor_file(allowed: Iterable[str], revoked: Iterable[str]) -> str:
 
 
 def _write_condor_file(data: dict, fed_dir: str | None = None) -> None:
-    _write_atomic(condor_include(fed_dir), condor_file(data["allowed"], data["revoked"]), 0o644)
+    write_atomic(condor_include(fed_dir), condor_file(data["allowed"], data["revoked"]), 0o644)
 
 
 def _reconfig(param: str, identity: str, present: bool, wait: float = 20.0) -> str | None:
     """Make the running daemons read the generated file, and wait until the collector has
     (its `param` names `identity`, or no longer does): a schedd that came a moment too soon
     would be refused, and try again only at its next update. None, or why it failed."""
-    proc = subprocess.run(["condor_reconfig"], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        said = (proc.stderr or proc.stdout).strip().splitlines()
-        return said[-1] if said else f"condor_reconfig exited {proc.returncode}"
+    from .condor import reconfig_daemons
+    problem = reconfig_daemons()
+    if problem:
+        return problem
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         got = subprocess.run(["condor_config_val", "-collector", param], capture_output=True, text=True, timeout=30)
@@ -189,8 +175,7 @@ def _reconfig(param: str, identity: str, present: bool, wait: float = 20.0) -> s
 # ------------------------------------------------------------------ keys and tokens
 
 def _new_key(name: str, keys_dir: str) -> None:
-    os.makedirs(keys_dir, mode=0o700, exist_ok=True)
-    _write_atomic(os.path.join(keys_dir, name), os.urandom(48).hex(), 0o600)
+    new_signing_key(os.path.join(keys_dir, name))
 
 
 def mint_token(identity: str, key: str, authz: Iterable[str], trust_domain: str, keys_dir: str) -> str:
@@ -271,7 +256,7 @@ def allow_schedd(name: str, pool: str, address: str, read_token_file: str | None
             raise FederationError(f"{read_token_file} does not hold an IDTOKEN (header.payload.signature)")
 
     if again and read_token:
-        _write_atomic(read_token_path(name, fed_dir), read_token + "\n", 0o600)
+        write_atomic(read_token_path(name, fed_dir), read_token + "\n", 0o600)
         data["allowed"][name]["read_token"] = True
         _save_state(data, fed_dir)
         target = out_dir(name, fed_dir)
@@ -294,10 +279,10 @@ def allow_schedd(name: str, pool: str, address: str, read_token_file: str | None
     conf = os.path.join(target, f"flock-to-{pool}.conf")
     tok = os.path.join(target, f"{pool}.token")
     lines = remote_lines(name, pool, address, now)
-    _write_atomic(conf, lines, 0o644)
-    _write_atomic(tok, token + "\n", 0o600)
+    write_atomic(conf, lines, 0o644)
+    write_atomic(tok, token + "\n", 0o600)
     if read_token:
-        _write_atomic(read_token_path(name, fed_dir), read_token + "\n", 0o600)
+        write_atomic(read_token_path(name, fed_dir), read_token + "\n", 0o600)
 
     data["allowed"][name] = {"since": now, "address": address,
                              "read_token": bool(read_token) or os.path.exists(read_token_path(name, fed_dir))}
@@ -403,7 +388,7 @@ def condor_lines(cfg, tokens_dir: str | None = None, keys_dir: str | None = None
             if len(token.split(".")) != 3:
                 raise ValueError("it does not hold an IDTOKEN (header.payload.signature)")
             os.makedirs(tokens_dir, mode=0o700, exist_ok=True)
-            _write_atomic(os.path.join(tokens_dir, f"flock-{t.name}"), token + "\n", 0o600)
+            write_atomic(os.path.join(tokens_dir, f"flock-{t.name}"), token + "\n", 0o600)
         except (OSError, ValueError) as err:
             log(f"federation.flock_to {t.name}: cannot use the token file {t.token_file}: "
                 f"{getattr(err, 'strerror', None) or err}; not flocking to {t.collector}")
@@ -413,7 +398,7 @@ def condor_lines(cfg, tokens_dir: str | None = None, keys_dir: str | None = None
             if not os.path.exists(os.path.join(keys_dir, key)):
                 _new_key(key, keys_dir)
             reader = mint_token(f"{key}@{cfg.pool.name}", key, READER_AUTHZ, cfg.pool.name, keys_dir)
-            _write_atomic(os.path.join(fed_dir, "flock-to", f"{t.name}.read-token"), reader + "\n", 0o600)
+            write_atomic(os.path.join(fed_dir, "flock-to", f"{t.name}.read-token"), reader + "\n", 0o600)
         except (OSError, FederationError) as err:
             log(f"federation.flock_to {t.name}: cannot make its read token: {err}")
         usable.append(t)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, PoolConfig
+from .keyfiles import new_signing_key, write_atomic
 from .ops import OpError, shown
 
 STATE = os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance")
@@ -164,21 +165,8 @@ class Registry:
             {"next_uid": USER_UIDS[0], "users": {}}
 
     def _write(self, data: dict) -> None:
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(KeyError, PermissionError):
-                os.chown(tmp, 0, grp.getgrnam("appliance").gr_gid)     # the web app may read it
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.replace(tmp, self.path)
+        # group appliance: the web app may read it
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o640, group="appliance", sync=True)
 
     def users(self) -> list[User]:
         data = self._read()
@@ -284,14 +272,7 @@ class System:
 
     def make_key(self, name: str) -> bool:
         """The user's own signing key, if she has none yet. True if it was made now."""
-        os.makedirs(self.keys_dir, mode=0o700, exist_ok=True)
-        try:
-            fd = os.open(self.key_path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(48).hex().encode())
-        return True
+        return new_signing_key(self.key_path(name), keep_existing=True) is not None
 
     def drop_key(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -303,22 +284,10 @@ class System:
 
     # the pool's daemons
     def refresh_daemons(self) -> str | None:
-        """Make the daemons users talk to offer the new key. Each daemon keeps the security
-        policy it last computed, with the list of signing keys in it, until a connection of
-        another authorization level starts a session; a reconfig is such a connection, so
-        the next READ or WRITE from a user recomputes it with the key on disk. Returns what
-        failed, or None. (Shelled out like condor.py's drains: one short-lived call each.)"""
-        failed = []
-        for daemon in ("collector", "schedd", "negotiator"):
-            try:
-                proc = subprocess.run(["condor_reconfig", "-daemon", daemon], capture_output=True, text=True,
-                                      timeout=30)
-            except (OSError, subprocess.TimeoutExpired) as err:
-                failed.append(f"{daemon}: {err}")
-                continue
-            if proc.returncode != 0:
-                failed.append(f"{daemon}: {(proc.stderr or proc.stdout).strip()[-200:]}")
-        return "; ".join(failed) or None
+        """Make the daemons users talk to offer the new key (condor.reconfig_daemons).
+        Returns what failed, or None."""
+        from .condor import reconfig_daemons
+        return reconfig_daemons()
 
     def remove_jobs(self, name: str) -> int:
         """Remove the user's jobs from the queue (running ones are killed). Returns how many."""

@@ -65,7 +65,7 @@ def test_compose_up_runs_a_job_on_a_worker_container_and_down_leaves_nothing():
         # a job as big as the host: the shipped `shapes: auto` has a worker for it, no config written
         cpus = os.cpu_count()
         out = dexec("bash", "-c", f"sed 's/request_cpus   = 1/request_cpus = {cpus}/; s/queue 3/queue 1/; "
-                                  f"s/hello[.]/big./' /usr/share/appliance/examples/hello.sub > big.sub && "
+                                  f"s/= hello[.]/= big./' /usr/share/appliance/examples/hello.sub > big.sub && "
                                   f"condor_submit big.sub", user="submit")
         big = re.search(r"submitted to cluster (\d+)", out).group(1)
 
