@@ -96,6 +96,8 @@ def per_worker(shape: Shape, group: JobGroup) -> int:
 class Verdict:
     ok: bool
     reason: str = ""
+    # the Requirements clauses a worker fails, each with what the worker has there
+    clauses: tuple[tuple[str, str], ...] = ()
 
 
 def can_run(group: JobGroup, cloud: CloudConfig, templates: Mapping[TemplateKey, classad.ClassAd]) -> Verdict:
@@ -120,6 +122,19 @@ def cloud_verdict(group: JobGroup, cloud: CloudConfig, verdicts: Mapping[str, Ve
         return Verdict(False, f"{_asks(group)}; its shapes have: {sizes}")
     if any(v.reason.startswith("+TargetClouds") for v in verdicts.values()):
         return next(iter(verdicts.values()))
+    failing = {name: v for name, v in verdicts.items() if v.clauses}
+    if failing:
+        everywhere = [c for c, _ in next(iter(failing.values())).clauses
+                      if all(c in dict(v.clauses) for v in failing.values())]
+        if everywhere:
+            return Verdict(False, "Requirements: " + "; ".join(
+                f"`{c}` fails on every shape that fits (" + "; ".join(
+                    f"{name} has {dict(v.clauses)[c]}" for name, v in failing.items() if dict(v.clauses)[c]) + ")"
+                for c in everywhere).replace(" ()", ""))
+        return Verdict(False, "Requirements: " + "; ".join(f"on {name}, " + _clauses(v.clauses)
+                                                          for name, v in failing.items()))
+    if any(v.reason == START_REFUSES for v in verdicts.values()):
+        return Verdict(False, START_REFUSES)
     return Verdict(False, f"Requirements do not match its workers of any shape that fits: {group.requirements}")
 
 
@@ -130,8 +145,126 @@ def shape_can_run(group: JobGroup, cloud: CloudConfig, shape: Shape, template: c
     if per_worker(shape, group) < 1:
         return Verdict(False, f"{_asks(group)}; its workers have {_size(shape)}")
     if group.ad is not None and not _matches(group.ad, template):
-        return Verdict(False, f"Requirements do not match its workers: {group.requirements}")
+        return why_not(group.ad, template)
     return Verdict(True)
+
+
+START_REFUSES = "its workers' START refuses it"
+
+
+def why_not(job: classad.ClassAd, machine: classad.ClassAd) -> Verdict:
+    """Why a job does not match a worker, as condor_q -better-analyze says it: the clauses of
+    its Requirements the worker fails, each with what the worker has ("Requirements:
+    `TARGET.GPUs >= RequestGPUs` fails (its workers have GPUs = 0)"); else the worker's own
+    START (or Requirements) refuses the job."""
+    failing = failing_clauses(job, machine)
+    if failing:
+        return Verdict(False, "Requirements: " + _clauses(failing, "its workers have "), tuple(failing))
+    if _matches_one_way(job, machine):
+        return Verdict(False, START_REFUSES)
+    return Verdict(False, f"Requirements do not match its workers: {str(job.lookup('Requirements'))}")
+
+
+def _clauses(failing, has: str = "") -> str:
+    return "; ".join(f"`{c}` fails" + (f" ({has}{values})" if values else "") for c, values in failing)
+
+
+def failing_clauses(job: classad.ClassAd, machine: classad.ClassAd) -> list[tuple[str, str]]:
+    """Each top-level `&&` clause of the job's Requirements the machine fails, with the
+    machine's values of the attributes it names ('GPUs = 0')."""
+    try:
+        requirements = job.lookup("Requirements")
+    except KeyError:
+        return []
+    out = []
+    for clause in conjuncts(str(requirements)):
+        trial = classad.ClassAd(str(job))
+        try:
+            trial["Requirements"] = classad.ExprTree(clause)
+            ok = bool(machine.matches(trial))       # X.matches(Y): Y's Requirements, evaluated against X
+            refs = [r.split(".", 1)[-1] for r in job.externalRefs(classad.ExprTree(clause))]
+        except Exception:       # a clause the library cannot evaluate on its own: say it as it is
+            ok, refs = False, []
+        if not ok:
+            out.append((clause, ", ".join(_has(machine, r) for r in dict.fromkeys(refs))))
+    return out
+
+
+def conjuncts(expr: str) -> list[str]:
+    """The top-level `&&` clauses of an expression (outside parentheses and strings),
+    each without the parentheses around the whole of it."""
+    if _top_level(expr, "||"):
+        return [_unwrap(expr.strip())]     # a || b && c is a || (b && c): no clause must hold alone
+    return [_unwrap(p.strip()) for p in _top_level(expr, "&&") or [expr] if p.strip()]
+
+
+def _top_level(expr: str, op: str) -> list[str]:
+    """expr split at `op` outside parentheses and strings; [] when there is no such `op`."""
+    parts, depth, start, quote, i = [], 0, 0, "", 0
+    while i < len(expr):
+        ch = expr[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch == '"':
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and expr.startswith(op, i):
+            parts.append(expr[start:i])
+            start = i + 2
+            i += 1
+        i += 1
+    return parts + [expr[start:]] if parts else []
+
+
+def _unwrap(clause: str) -> str:
+    """'(a && b)' -> 'a && b', when the parentheses enclose the whole clause."""
+    while clause.startswith("(") and clause.endswith(")") and _balanced(clause[1:-1]):
+        clause = clause[1:-1].strip()
+    return clause
+
+
+def _balanced(inner: str) -> bool:
+    """Its parentheses balance without going below zero: the pair around it encloses it all."""
+    depth, quote, i = 0, "", 0
+    while i < len(inner):
+        ch = inner[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch == '"':
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
+
+
+def _has(ad: classad.ClassAd, attr: str) -> str:
+    """'GPUs = 2', or 'no GPUs' when the worker does not advertise it."""
+    try:
+        return f"{attr} = {ad.lookup(attr)}"
+    except KeyError:
+        return f"no {attr}"
+
+
+def _matches_one_way(job: classad.ClassAd, machine: classad.ClassAd) -> bool:
+    """The job's Requirements hold on the machine (whatever the machine's own say)."""
+    try:
+        return bool(machine.matches(job))
+    except Exception:
+        return False
 
 
 def _asks(group: JobGroup) -> str:

@@ -5,7 +5,16 @@ import classad
 import pytest
 
 from appliance.config import CloudConfig, WorkerSize, loads
-from appliance.matching import can_run, per_worker, shape_verdicts, template_ad, template_ads
+from appliance.matching import (
+    can_run,
+    conjuncts,
+    failing_clauses,
+    per_worker,
+    shape_verdicts,
+    template_ad,
+    template_ads,
+    why_not,
+)
 from appliance.shapes import Shape
 
 from .test_scheduler import group
@@ -57,7 +66,8 @@ VERDICTS = [
      group(1, cpus=8), False, "asks for 8 cpus, 128 MB, 1 MB disk; its shapes have: small 1 cpus, 1024 MB, 4096 MB "
                               "disk; gpu 4 cpus, 16384 MB, 20480 MB disk, 1 gpus"),
     ("Requirements match no shape", group(1, requirements='TARGET.WorkerShape == "huge"'), False,
-     'Requirements do not match its workers of any shape that fits: TARGET.WorkerShape == "huge"'),
+     'Requirements: `TARGET.WorkerShape == "huge"` fails on every shape that fits (small has WorkerShape = '
+     '"small"; gpu has WorkerShape = "gpu")'),
     ("+TargetClouds names another cloud", group(1, target="aws"), False, "+TargetClouds is aws"),
 ]
 
@@ -78,3 +88,42 @@ def test_jobs_per_worker_of_a_shape():
     assert per_worker(GPU, group(1, memory=1000)) == 4           # cpus limit
     assert per_worker(GPU, group(1, cpus=1, memory=8000)) == 2   # memory limits (8064 MB each, rounded up)
     assert per_worker(SMALL, group(1, cpus=2)) == 0
+
+
+CONJUNCTS = [
+    ("HTCondor's own requirements, with the user's clause",
+     '(TARGET.Arch == "X86_64") && (TARGET.OpSys == "LINUX") && (TARGET.GPUs >= RequestGPUs)',
+     ['TARGET.Arch == "X86_64"', 'TARGET.OpSys == "LINUX"', "TARGET.GPUs >= RequestGPUs"]),
+    ("an || inside parentheses is one clause", "(a || b) && c", ["a || b", "c"]),
+    ("a top-level || keeps it whole: no clause must hold alone", "(a) && (b) || c", ["(a) && (b) || c"]),
+    ("&& inside a string does not split", 'MY.x == "a&&b" && c', ['MY.x == "a&&b"', "c"]),
+    ("a clause of && in parentheses stays one clause", "((c) && (d)) && e", ["(c) && (d)", "e"]),
+    ("one clause, unwrapped", "((a))", ["a"]),
+    ("(a) || (b): the outer pair does not enclose it all", "(a) || (b)", ["(a) || (b)"]),
+]
+
+
+@pytest.mark.parametrize("name,expr,expected", CONJUNCTS, ids=[c[0] for c in CONJUNCTS])
+def test_requirements_are_split_into_their_top_level_clauses(name, expr, expected):
+    assert conjuncts(expr) == expected
+
+
+def job_ad(requirements: str, **attrs) -> classad.ClassAd:
+    ad = classad.ClassAd({"RequestCpus": 1, "RequestMemory": 128, "RequestGPUs": 1, **attrs})
+    ad["Requirements"] = classad.ExprTree(requirements)
+    return ad
+
+
+def test_the_failing_clauses_are_named_with_what_the_workers_have():
+    machine = template_ad(CLOUD, shape=CLOUD.shapes[0])      # small: no GPU, no VMType
+    job = job_ad('(TARGET.Cpus >= RequestCpus) && (TARGET.GPUs >= RequestGPUs) && (TARGET.VMType =?= "cs")')
+    assert failing_clauses(job, machine) == [("TARGET.GPUs >= RequestGPUs", "no GPUs"),
+                                             ('TARGET.VMType is "cs"', "no VMType")]
+    assert why_not(job, machine).reason == ('Requirements: `TARGET.GPUs >= RequestGPUs` fails (its workers have '
+                                            'no GPUs); `TARGET.VMType is "cs"` fails (its workers have no VMType)')
+
+
+def test_a_worker_whose_start_refuses_the_job_is_named_as_such():
+    machine = template_ad(CLOUD, shape=CLOUD.shapes[0])
+    machine["Requirements"] = classad.ExprTree('TARGET.WorkerImage =?= "lab-tools"')
+    assert why_not(job_ad("TARGET.Cpus >= RequestCpus"), machine).reason == "its workers' START refuses it"

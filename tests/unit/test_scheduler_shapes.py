@@ -211,7 +211,9 @@ def test_unschedulable_reason_names_every_shape():
                         "medium 2 cpus, 2048 MB, 4096 MB disk)")
     plan = decide(observe([group(1, requirements='TARGET.WorkerShape == "huge"')], clouds=("docker",)), [],
                   [cloud()], SETTINGS)
-    assert "docker: Requirements do not match its workers of any shape that fits" in plan.groups[0].reason
+    assert ('docker: Requirements: `TARGET.WorkerShape == "huge"` fails on every shape that fits (big has '
+            'WorkerShape = "big"; small has WorkerShape = "small"; medium has WorkerShape = "medium")'
+            ) in plan.groups[0].reason
 
 
 GPU = shape("gpu", 4, 16384, gpus=1)
