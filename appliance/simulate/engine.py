@@ -64,6 +64,7 @@ class Machine:
     free_gpus: int
     jobs: set[int] = field(default_factory=set)
     joined: bool = False         # in the collector
+    joined_at: float = 0.0
     draining: bool = False       # condor_off -peaceful received
     stopped: float | None = None     # the resource stopped (exited, terminated, interrupted): billing ends
     detail: str = ""             # why it stopped, as the cloud's listing says
@@ -187,6 +188,8 @@ class Simulation:
         self.emptied: set[str] = set()               # workers whose last job ended at this moment
         self.open: set[str] = set()                  # joined workers with a free cpu (a superset)
         self.starting = 0                            # worker rows requested or booting
+        self.last_cycle = -math.inf
+        self.refused = False                         # a launch of the last cycle failed
         self.changed = False                         # something decide() looks at changed
         self.rate = 0.0                              # cost per hour of the resources alive
         self.spend = 0.0
@@ -234,7 +237,7 @@ class Simulation:
         elif kind == "join":
             m = self.machines[what]
             if m.stopped is None and not m.removed:
-                m.joined = True
+                m.joined, m.joined_at = True, now
                 self.roomy.add(m.id)
                 self.open.add(m.id)
                 self.changed = True
@@ -249,7 +252,8 @@ class Simulation:
                 # the worker vacates its jobs at once and leaves the pool; the instance ends after the notice
                 self.interruptions += 1
                 self._vacate(m, now)
-                m.joined, m.draining, m.ad = False, True, None
+                self._left(m, now)
+                m.draining = True
                 self.push(now + self.options.notice, "gone", m.id)
                 self.changed = True
         elif kind == "gone":
@@ -287,10 +291,21 @@ class Simulation:
             self.new_jobs = self.changed = True
         return n
 
+    def _left(self, m: Machine, now: float) -> None:
+        """It leaves the collector. The daemon, cycling on its grid, last saw it at the last
+        tick before now (if it had joined by then): that is its last_seen."""
+        if m.joined and self.last_cycle > -math.inf and m.id in self.records:
+            step = self.step()
+            tick = self.last_cycle + step * math.floor((now - self.last_cycle) / step + TINY)
+            if tick >= m.joined_at and tick >= self.seen_at.get(m.id, 0.0):
+                self.seen_at[m.id] = tick
+        m.joined, m.ad = False, None
+        self.open.discard(m.id)
+
     def _stop(self, m: Machine, now: float, detail: str, gone: bool) -> None:
         self._vacate(m, now)
-        m.stopped, m.detail, m.gone, m.joined, m.ad = now, detail, gone, False, None
-        self.open.discard(m.id)
+        self._left(m, now)
+        m.stopped, m.detail, m.gone = now, detail, gone
         self.rate -= m.shape.price or 0.0
         self.alive -= 1
         self.changed = True
@@ -389,6 +404,9 @@ class Simulation:
         stranded.update(outcomes.stranded_by_removals(removed, now))
         self.stranded = stranded
         self.write(followup.records, now)
+        # a launch that failed changed what the next cycle sees (the cloud backs off, its row
+        # failed): the daemon's next tick places that demand elsewhere
+        self.refused = any(r.blame is not None for r in launched)
         health.update(followup.health)
         self.health = health
         self.starting = sum(1 for w in self.records.values() if w.state in lifecycle.STARTING)
@@ -510,7 +528,7 @@ class Simulation:
         """The earliest time at which a cycle would decide something new without any event."""
         s = self.settings
         now = self.clock
-        wake = math.inf
+        wake = now if self.refused else math.inf
         for w in self.records.values():
             if w.state is State.IDLE:
                 wake = min(wake, w.state_since + s.idle_timeout)
@@ -531,7 +549,6 @@ class Simulation:
         for i, j in enumerate(jobs):
             self.push(EPOCH + j.submit, "submit", i)
         horizon = EPOCH + (jobs[-1].submit if jobs else 0.0) + self.options.horizon
-        last_cycle = -math.inf
         next_cycle = EPOCH
         note = ""
         while True:
@@ -552,16 +569,21 @@ class Simulation:
             self.emptied.clear()
             if self.changed:
                 self.changed = False
-                next_cycle = min(next_cycle, self.grid(last_cycle, t))
+                next_cycle = min(next_cycle, self.grid(self.last_cycle, t))
             if t >= next_cycle:
-                plan = self.cycle()
-                last_cycle = t
+                try:
+                    plan = self.cycle()
+                except Exception as err:     # the daemon logs it and fails the same way every cycle
+                    note = (f"the scheduler's cycle failed at {t - EPOCH:.0f} s: {type(err).__name__}: {err} "
+                            f"(the daemon would retry every cycle)")
+                    break
+                self.last_cycle = t
                 self.negotiate()
                 self.changed = False
                 wake = self.timers(plan)
                 if self.options.every_tick and (self.records or self.idle_count):
                     wake = t
-                next_cycle = self.grid(last_cycle, wake + TINY) if wake < math.inf else math.inf
+                next_cycle = self.grid(self.last_cycle, wake) if wake < math.inf else math.inf
             self.samples.append(Sample(t - EPOCH, self.idle_count, self.running, self.alive, self.spend))
             if self.completed == len(jobs) and not self.records and self.alive == 0:
                 break
@@ -572,7 +594,7 @@ class Simulation:
         step = self.step()
         if last == -math.inf or t <= last:
             return max(t, last + step) if last != -math.inf else t
-        return last + step * max(math.ceil((t - last) / step - TINY), 1)
+        return last + step * max(math.ceil((t - last) / step - 1e-9), 1)
 
     # ------------------------------------------------------------ the numbers
     def result(self, note: str = "") -> Result:
