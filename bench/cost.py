@@ -46,6 +46,7 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message="Neither the environment variable CONDOR_CONFIG")
@@ -54,7 +55,7 @@ from appliance.config import loads  # noqa: E402
 from appliance.shapes import Request, Shape, fits  # noqa: E402
 from appliance.simulate.cli import duration, plot  # noqa: E402
 from appliance.simulate.clouds import build_options  # noqa: E402
-from appliance.simulate.engine import simulate  # noqa: E402
+from appliance.simulate.engine import Simulation, simulate  # noqa: E402
 from appliance.simulate.workload import Job, to_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +159,33 @@ def run(text: str, jobs, seed: int):
     return result, time.perf_counter() - t0
 
 
+class Ordered(Simulation):
+    """The schedd's group-by query returns the groups in its own order; place() gives the
+    room of existing and booting workers to the groups in that order. This run lists them
+    sorted by `key` instead, to show what the order costs."""
+
+    def __init__(self, *args, key=None, **kw):
+        super().__init__(*args, **kw)
+        self.key = key
+
+    def observe(self):
+        obs = super().observe()
+        return replace(obs, groups=tuple(sorted(obs.groups, key=self.key)))
+
+
+ORDERS = {"small jobs first": lambda g: (g.memory, g.cpus), "big jobs first": lambda g: (-g.memory, -g.cpus)}
+
+
+def group_orders(text: str, jobs, seed: int) -> dict:
+    cfg = loads(text)
+    out = {}
+    for name, key in ORDERS.items():
+        r = Ordered(cfg, jobs, build_options(cfg, seed), key=key).run()
+        out[name] = {"cost": round(r.cost, 4), "makespan": round(r.makespan, 1), "workers": r.workers,
+                     "by_shape": {k: v["workers"] for k, v in r.by_shape.items()}}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2000)
@@ -168,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--max-workers", type=int, default=1000)
     ap.add_argument("--max-booting", type=int, default=1000)
+    ap.add_argument("--seeds", default="1,2,3,4,5",
+                    help="workload seeds for the spread at the benchmark's idle_timeout (the mix's order differs)")
     ap.add_argument("--speed", type=int, default=10_000, help="also time a run of this many jobs (0: no)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", help="the JSON (default bench/results/cost.json)")
@@ -216,6 +246,27 @@ def main(argv=None) -> int:
     five, one, five_cfg, one_cfg = runs[-1].pop("_results")
     for r in runs[:-1]:
         r.pop("_results")
+    orders = group_orders(five_cfg, jobs, args.seed)
+    for k, v in orders.items():
+        shapes = ", ".join(f"{n} x {key.split('/')[1]}" for key, n in sorted(v["by_shape"].items()))
+        print(f"  five shapes, idle {timeouts[-1]:g} s, groups listed {k}: cost {v['cost']:.2f} ({shapes})")
+    seeds = []
+    for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
+        js = workload(args.jobs, seed=seed)
+        first = []
+        for j in js:
+            if (j.cpus, j.memory) not in first:
+                first.append((j.cpus, j.memory))
+        a, _ = run(five_cfg, js, seed)
+        b, _ = run(one_cfg, js, seed)
+        seeds.append({"seed": seed, "groups_in_order": [f"{c} cpu/{m // 1024} GB" for c, m in first],
+                      "shapes": round(a.cost, 4), "one": round(b.cost, 4), "makespan_ratio": round(a.makespan / b.makespan, 4),
+                      "shapes_over_bound": round(a.cost / bound, 4), "one_shape_over_shapes": round(b.cost / a.cost, 4),
+                      "by_shape": {k: v["workers"] for k, v in a.by_shape.items()}})
+    for row in seeds:
+        print(f"  seed {row['seed']}: groups {' | '.join(row['groups_in_order']):36} five shapes {row['shapes']:6.2f} "
+              f"one shape {row['one']:6.2f}  over bound {row['shapes_over_bound']:.3f}  one/five "
+              f"{row['one_shape_over_shapes']:.3f}  makespan {row['makespan_ratio']:.3f}")
     if not args.out:
         WORKLOADS.mkdir(parents=True, exist_ok=True)
         (WORKLOADS / f"mixed-{args.jobs}.csv").write_text(to_csv(jobs))
@@ -257,6 +308,10 @@ def main(argv=None) -> int:
         "bound": {"cost": round(bound, 4), "per_cpu_hour": round(p, 6), "per_gib_hour": round(q, 6)},
         "ideal": round(best, 4), "ideal_one_shape": round(best_one, 4), "per_job_max": round(simple, 4),
         "goals": GOALS,
+        "seeds": seeds,
+        "group_order": {"observed": {"cost": round(five.cost, 4), "makespan": round(five.makespan, 1),
+                                     "workers": five.workers,
+                                     "by_shape": {k: v["workers"] for k, v in five.by_shape.items()}}, **orders},
         "speed": speed, "plots": plots,
     }
     out.write_text(json.dumps(data, indent=2) + "\n")
