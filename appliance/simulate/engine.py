@@ -236,7 +236,7 @@ class Simulation:
                 self.emptied.add(m.id)     # busy -> idle, unless the negotiator fills it again at once
         elif kind == "join":
             m = self.machines[what]
-            if m.stopped is None and not m.removed:
+            if m.stopped is None and not m.removed and not m.draining:    # (draining: interrupted while booting)
                 m.joined, m.joined_at = True, now
                 self.roomy.add(m.id)
                 self.open.add(m.id)

@@ -148,6 +148,18 @@ def test_spot_interruptions_requeue_jobs_that_run_again_and_complete_once():
     assert failed and all("Server.SpotInstanceTermination" in t[4] for t in failed)
 
 
+def test_a_worker_interrupted_while_booting_never_joins_and_the_cloud_backs_off():
+    cfg = loads(ONE_SHAPE)
+    opts = replace(build_options(cfg, 1, boot=["100"], interruptions=["dock=3600"]), horizon=4 * 3600)
+    sim = Simulation(cfg, jobs(2), opts)
+    sim.trace = []
+    r = sim.run()
+    assert r.completed == 0 and max(s.running for s in r.samples) == 0
+    assert all(t[2] == "booting" for t in sim.trace if t[3] == "failed")
+    # each is a quick failure: the cloud backs off, and after five in a row its breaker opens
+    assert r.workers == 5 and sim.health["dock"].breaker_open
+
+
 def test_interruptions_without_a_cloud_apply_to_spot_clouds_only():
     spot = loads("""
 pool: {condor_host: cm.example.org}
