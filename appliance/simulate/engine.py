@@ -597,15 +597,19 @@ class Simulation:
         return last + step * max(math.ceil((t - last) / step - 1e-9), 1)
 
     # ------------------------------------------------------------ the numbers
+    def spending(self) -> list[Spending]:
+        """Every worker's share of the bill as appliance/budget.py counts it (price, launch,
+        end or None while it runs): what decide() is to be given once it checks budgets."""
+        return [Spending(m.shape.price, m.launched, m.stopped, m.cloud) for m in self.machines.values()]
+
     def result(self, note: str = "") -> Result:
         end = self.clock
-        spending, lifetime, busy, cpu_seconds = [], 0.0, 0.0, 0.0
+        lifetime, busy, cpu_seconds = 0.0, 0.0, 0.0
         by_shape: dict[str, dict] = {}
         for m in self.machines.values():
             stop = m.stopped if m.stopped is not None else end
             life = stop - m.launched
             b = m.busy + ((stop - m.busy_since) if m.busy_since is not None else 0.0)
-            spending.append(Spending(m.shape.price, m.launched, stop, m.cloud))
             lifetime += life
             busy += b
             cpu_seconds += m.shape.cpus * life
@@ -631,7 +635,7 @@ class Simulation:
         return Result(
             jobs=len(self.jobs), completed=self.completed, requeued=self.requeued,
             makespan=self.last_done - EPOCH if self.completed else 0.0, end=end - EPOCH,
-            cost=spent(spending, EPOCH, end), worker_hours=lifetime / 3600,
+            cost=spent(self.spending(), EPOCH, end), worker_hours=lifetime / 3600,
             idle_fraction=(1 - busy / lifetime) if lifetime else 0.0,
             cpu_utilisation=(self.job_cpu_seconds / cpu_seconds) if cpu_seconds else 0.0,
             workers=len(self.machines), launch_failures=self.launch_failures, interruptions=self.interruptions,
