@@ -21,7 +21,9 @@ SLOW_KINDS = {"auth": 12.0, "config": 12.0, "image": 6.0}
 
 def delay_for(failures: int, kind: str = "other", base: float = BASE_DELAY) -> float:
     first = base * SLOW_KINDS.get(kind, 1.0)
-    return min(first * 2 ** max(failures - 1, 0), MAX_DELAY)
+    # the exponent stops growing long before a float would overflow (a week of capacity
+    # errors is over 1,000 in a row: 2.0 ** 1025 raised OverflowError and stopped every cycle)
+    return min(first * 2 ** min(max(failures - 1, 0), 32), MAX_DELAY)
 
 
 def after_launch_error(h: CloudHealth, kind: str, message: str, now: float,

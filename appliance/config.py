@@ -681,8 +681,11 @@ def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False) -> tuple[Shape
                               f"attributes, price), got {_shown(item)}")
         values = _section(item, where, SHAPE_KEYS)
         left_out = tuple(k for k in ("cpus", "memory", "gpus") if values[k] is None)
-        values.update({k: (0 if reads_sizes else UNREAD_DEFAULTS[k]) for k in left_out})
-        shape = Shape(**values, to_read=left_out if reads_sizes else ())
+        # the cloud is asked only for a shape that gives neither cpus nor memory: one that gives
+        # its size keeps working without the permission to ask (ec2:DescribeInstanceTypes)
+        to_read = left_out if reads_sizes and values["cpus"] is None and values["memory"] is None else ()
+        values.update({k: (0 if to_read else UNREAD_DEFAULTS[k]) for k in left_out})
+        shape = Shape(**values, to_read=to_read)
         if any(s.name == shape.name for s in out):
             raise _Bad(f"{where}.name", f"duplicate shape name {shape.name!r} (names are unique per cloud)")
         out.append(shape)

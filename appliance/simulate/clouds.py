@@ -114,6 +114,11 @@ def build_options(cfg: Config, seed: int = 0, boot: list[str] = (), capacity_err
     interruptions   [CLOUD=]RATE                     spot interruptions per worker-hour; without a
                                                      cloud, every ec2 cloud with market: spot
     """
+    for c in cfg.clouds:
+        unsized = [s.name for s in c.shapes if not s.sized]
+        if unsized:      # the real scheduler asks the cloud (DescribeInstanceTypes); nothing here can
+            raise OptionError(f"cloud {c.name!r}: shape {unsized[0]} leaves its size to the cloud; give its cpus "
+                              f"and memory in the file for the simulator")
     types = {c.name: c.type for c in cfg.clouds}
     shapes = {c.name: {s.name for s in c.shapes} for c in cfg.clouds}
     boots = {name: Delay(*DEFAULT_BOOT.get(t, FALLBACK_BOOT)) for name, t in types.items()}

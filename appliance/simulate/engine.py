@@ -148,6 +148,8 @@ class Simulation:
         self.models = {c.name: options.model(c.name, c.type) for c in cfg.clouds}
         self.ctype = {c.name: c.type for c in cfg.clouds}
         self.health = {c.name: CloudHealth(c.name, c.enabled, c.max_workers) for c in cfg.clouds}
+        self.shape_health: dict = {}                 # shapes backing off after a capacity error
+        self.shaped = {c.name for c in cfg.clouds if len(c.shapes) > 1}
         # separate streams, so that (say) a capacity error does not change every later boot delay
         self.rng_boot = random.Random(f"{options.seed}/boot")
         self.rng_capacity = random.Random(f"{options.seed}/capacity")
@@ -385,9 +387,12 @@ class Simulation:
         for wid, w in self.records.items():
             if wid not in obs.slots and self.seen_at.get(wid, 0.0) != w.last_seen and wid in self.seen_at:
                 self.records[wid] = replace(w, last_seen=self.seen_at[wid])
-        views = [CloudView(self.cfg.cloud(name), h) for name, h in self.health.items()]
+        views = [CloudView(self.cfg.cloud(name), h,
+                           {shape: sh for (cloud, shape), sh in self.shape_health.items() if cloud == name})
+                 for name, h in self.health.items()]
         plan = decide(obs, list(self.records.values()), views, self.settings, {}, self.templates,
-                      self.redrain, self.stranded)
+                      self.redrain, self.stranded, budget=self.cfg.budget,
+                      spending=self.spending() if self.cfg.budgets else ())
         self.last_groups = {g.key: (g.status, g.reason) for g in plan.groups}
         health = {v.name: v.health for v in views}
         launches = self.record_plan(plan, now)
@@ -398,7 +403,10 @@ class Simulation:
         requeued = [outcomes.RequeueResult(s) for s in plan.requeues]   # removals requeued their jobs at once
         launched = self.launch(launches) if launches else []
 
-        followup = outcomes.judge_launches(launched, health, now, self.settings.backoff_base)
+        followup = outcomes.judge_launches(launched, health, now, self.settings.backoff_base,
+                                           self.shape_health, self.shaped)
+        if followup.shape_health is not None:
+            self.shape_health = followup.shape_health
         self.redrain, _ = outcomes.judge_drains(plan.redrain, drained, now)
         stranded, _ = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
         stranded.update(outcomes.stranded_by_removals(removed, now))
@@ -476,12 +484,10 @@ class Simulation:
     def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
         stopped: dict[str, str] = {}
         results = []
-        shaped = "shape" in {f.name for f in fields(outcomes.LaunchResult)}
         for wid, launch in rows:
-            # the daemon's LaunchResult; with the shape too once results carry it (per-shape fallback)
-            result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason,
-                                       **({"shape": launch.shape} if shaped else {}))
-            skip = stopped.get("*") or stopped.get(launch.cloud)
+            # the daemon's LaunchResult and batch rules (Daemon.launch)
+            result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason, shape=launch.shape)
+            skip = stopped.get("*") or stopped.get(launch.cloud) or stopped.get(f"{launch.cloud}/{launch.shape}")
             if skip:
                 results.append(result(blame=outcomes.Blame.SKIPPED, error=skip))
                 continue
@@ -493,9 +499,10 @@ class Simulation:
                 r = result(blame=outcomes.Blame.CLOUD, error=str(err), kind=str(err.kind),
                            retry_after=err.retry_after)
             self.launch_failures += 1
-            scope = outcomes.stops_batch(r.blame)
+            scope = outcomes.stops_batch(r, self.shaped)
             if scope:
-                stopped.setdefault("*" if scope == "all" else launch.cloud, outcomes.skip_reason(r.blame))
+                key = {"all": "*", "shape": f"{launch.cloud}/{launch.shape}"}.get(scope, launch.cloud)
+                stopped.setdefault(key, outcomes.skip_reason(r.blame, scope))
             results.append(r)
         return results
 
@@ -536,7 +543,7 @@ class Simulation:
                 wake = min(wake, w.created_at + s.boot_timeout)
             elif w.id not in plan.seen:       # joined, and gone from the collector: lost after lost_timeout
                 wake = min(wake, max(self.seen_at.get(w.id, w.last_seen), w.state_since) + s.lost_timeout)
-        for h in self.health.values():
+        for h in [*self.health.values(), *self.shape_health.values()]:
             if h.backoff_until > now:
                 wake = min(wake, h.backoff_until)
         for e in self.redrain.values():
@@ -599,8 +606,8 @@ class Simulation:
     # ------------------------------------------------------------ the numbers
     def spending(self) -> list[Spending]:
         """Every worker's share of the bill as appliance/budget.py counts it (price, launch,
-        end or None while it runs): what decide() is to be given once it checks budgets."""
-        return [Spending(m.shape.price, m.launched, m.stopped, m.cloud) for m in self.machines.values()]
+        end or None while it runs): what decide() checks the budgets against."""
+        return [Spending(m.shape.price, m.launched, m.stopped, m.cloud, m.shape.name) for m in self.machines.values()]
 
     def result(self, note: str = "") -> Result:
         end = self.clock

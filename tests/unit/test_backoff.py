@@ -42,3 +42,10 @@ def test_base_delay_is_configurable_and_scales_the_slow_kinds():
     assert h.backoff_until == 6
     # the default is unchanged
     assert backoff.delay_for(1, "image") == 60 and backoff.delay_for(1) == 10
+
+
+def test_a_week_of_errors_in_a_row_stays_at_the_longest_delay():
+    """Capacity errors never open the breaker: after 1,025 in a row (a week at the longest
+    delay) the doubling must not overflow a float, or every cycle would fail."""
+    for failures in (33, 1025, 10**6):
+        assert backoff.delay_for(failures) == backoff.MAX_DELAY

@@ -299,15 +299,17 @@ def test_the_host_size_is_read_from_this_machine():
 def test_an_ec2_shape_may_leave_its_size_to_the_cloud_and_others_get_the_defaults():
     cfg = loads("pool: {condor_host: cm.example.org}\nclouds:\n"
                 "  - {name: aws, type: ec2, region: us-east-1, ami: ami-0123456789abcdef0,\n"
-                "     shapes: [{name: m5.large, price: 0.096}, {name: c5.xlarge, cpus: 4, memory: 7000}]}\n"
+                "     shapes: [{name: m5.large, price: 0.096}, {name: c5.xlarge, cpus: 4, memory: 7000},\n"
+                "              {name: g5.xlarge, gpus: 1}]}\n"
                 "  - {name: d, type: docker, shapes: [{name: s}]}\n")
-    m5, c5 = cfg.cloud("aws").shapes
+    m5, c5, g5 = cfg.cloud("aws").shapes
     assert (m5.to_read, m5.cpus, m5.memory, m5.gpus) == (("cpus", "memory", "gpus"), 0, 0, 0) and not m5.sized
-    assert (c5.to_read, c5.cpus, c5.memory) == (("gpus",), 4, 7000)
+    assert (c5.to_read, c5.cpus, c5.memory, c5.gpus) == ((), 4, 7000, 0)     # sized in the file: nothing to ask
+    assert (g5.to_read, g5.gpus) == (("cpus", "memory"), 1)
     (s,) = cfg.cloud("d").shapes
     assert (s.sized, s.cpus, s.memory, s.gpus) == (True, 1, 1024, 0)
     sized = cfg.with_shape_sizes({"aws": {"m5.large": {"cpus": 2, "memory_mib": 8192, "gpus": 0},
-                                          "c5.xlarge": {"cpus": 4, "memory_mib": 8192, "gpus": 0}}})
-    m5, c5 = sized.cloud("aws").shapes
+                                          "g5.xlarge": {"cpus": 4, "memory_mib": 16384, "gpus": 4}}})
+    m5, c5, g5 = sized.cloud("aws").shapes
     assert (m5.sized, m5.cpus, m5.memory, m5.price) == (True, 2, 7168, 0.096)
-    assert (c5.sized, c5.cpus, c5.memory) == (True, 4, 7000)      # the file's numbers win
+    assert (g5.sized, g5.cpus, g5.memory, g5.gpus) == (True, 4, 14336, 1)      # the file's number wins

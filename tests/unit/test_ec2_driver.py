@@ -122,15 +122,15 @@ def test_each_shape_is_its_instance_type(endpoint):
 
 def test_shapes_named_by_instance_type_only_are_sized_by_describe_instance_types(endpoint):
     d = driver(endpoint, "sized", instance_type=None,
-               shapes=[{"name": "t3.medium", "price": 0.0416}, {"name": "c5.2xlarge", "cpus": 6, "price": 0.34}])
+               shapes=[{"name": "t3.medium", "price": 0.0416}, {"name": "c5.2xlarge", "gpus": 0, "price": 0.34}])
     medium, big = d.cloud.shapes
     assert (medium.sized, medium.to_read, medium.cpus, medium.memory) == (False, ("cpus", "memory", "gpus"), 0, 0)
-    assert big.to_read == ("memory", "gpus") and big.cpus == 6        # what the file gives stays
+    assert big.to_read == ("cpus", "memory") and big.gpus == 0        # what the file gives stays
     sizes = d.shape_sizes(["t3.medium", "c5.2xlarge"])
     assert sizes == {"t3.medium": (2, 4096, 0), "c5.2xlarge": (8, 16384, 0)}
     # less an eighth (at least 512 MB) for the OS and HTCondor's daemons
     assert medium.read(*sizes["t3.medium"]) == dataclasses.replace(medium, cpus=2, memory=3584, to_read=())
-    assert big.read(*sizes["c5.2xlarge"]) == dataclasses.replace(big, memory=14336, to_read=())
+    assert big.read(*sizes["c5.2xlarge"]) == dataclasses.replace(big, cpus=8, memory=14336, to_read=())
     with pytest.raises(CloudError) as err:
         d.shape_sizes(["t3.medium", "x9.nonesuch"])
     assert err.value.kind is ErrorKind.CONFIG and "x9.nonesuch" in str(err.value)

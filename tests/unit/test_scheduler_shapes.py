@@ -101,8 +101,8 @@ PLACE = [
      {("a", "small"): 3}, ["waiting"]),
     ("max_booting limits the shapes launched at once", [group(2, cpus=4)], [cloud()], SchedulerConfig(max_booting=1),
      {("docker", "big"): 1}, ["waiting"]),
-    ("mixed groups share the limits", [group(2, key="a"), group(2, cpus=4, key="b")], [cloud(max_workers=3)],
-     SETTINGS, {("docker", "small"): 2, ("docker", "big"): 1}, ["launching", "waiting"]),
+    ("mixed groups share the limits, the largest request first", [group(2, key="a"), group(2, cpus=4, key="b")],
+     [cloud(max_workers=3)], SETTINGS, {("docker", "small"): 1, ("docker", "big"): 2}, ["waiting", "launching"]),
     ("a disabled cloud's shapes are skipped", [group(1, cpus=4)],
      [cloud("a", enabled=False), cloud("b", shapes=(BIG,), priority=1)], SETTINGS, {("b", "big"): 1}, ["launching"]),
     ("a cloud backing off: its shapes wait, the next cloud launches", [group(1)],
@@ -316,9 +316,12 @@ BUDGETS = [
     ("a free cloud is never blocked by a budget", [group(2)],
      [budget_cloud(), cloud("local", shapes=(SMALL,), priority=1)], Caps(max_per_hour=0.30), RUNNING,
      {("local", "small"): 2}, ["launching"], ""),
-    ("the budget spent on one group is gone for the next", [group(1, key="a"), group(1, cpus=4, key="b")],
-     [budget_cloud()], Caps(max_per_hour=0.15), [], {("aws", "small"): 1}, ["launching", "waiting"],
-     "budget: max_per_hour 0.15 reached (0.00/h now, +0.40/h)"),
+    ("a budget too small for the big group's worker still launches the small group's", [group(1, key="a"),
+     group(1, cpus=4, key="b")], [budget_cloud()], Caps(max_per_hour=0.15), [], {("aws", "small"): 1},
+     ["launching", "waiting"], "budget: max_per_hour 0.15 reached (0.00/h now, +0.30/h)"),
+    ("the budget spent on one group is gone for the next", [group(1, key="a"), group(1, key="b", memory=256)],
+     [budget_cloud()], Caps(max_per_hour=0.15), [], {("aws", "small"): 1}, ["waiting", "launching"],
+     "budget: max_per_hour 0.15 reached (0.00/h now, +0.20/h)"),
 ]
 
 
@@ -342,3 +345,16 @@ def test_a_budget_never_touches_running_workers():
                   [budget_cloud()], SETTINGS, budget=Caps(max_per_hour=0.01), spending=RUNNING)
     assert not plan.launches and not plan.drains and not plan.terminations
     assert "budget: max_per_hour 0.01 reached" in plan.groups[0].reason
+
+
+def test_room_booting_for_a_big_job_is_not_taken_by_small_jobs_listed_before_it():
+    """A worker booting for a big-memory job: small jobs the schedd lists first must not be
+    counted on its room (that bought a second big worker for the big job)."""
+    shapes = (shape("small", 1, memory=2048, price=0.10), shape("big", 4, memory=32768, price=0.25))
+    booting = worker("aws-big", "aws", State.BOOTING, shape="big")
+    groups = [group(3, key="small", memory=2000), group(1, key="big", memory=30000)]
+    plan = decide(observe(groups, resources=[("aws", "aws-big")], clouds=("aws",)), [booting],
+                  [cloud("aws", shapes=shapes)], SETTINGS)
+    assert launched(plan) == {("aws", "small"): 2}     # the big worker also holds one small job
+    assert [g.key for g in plan.groups] == ["small", "big"]      # reported in the schedd's order
+    assert statuses(plan) == ["launching", "served"]

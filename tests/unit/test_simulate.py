@@ -188,8 +188,14 @@ def test_capacity_errors_at_a_rate_delay_but_do_not_lose_jobs():
     assert r.completed == 40
 
 
-@pytest.mark.xfail(reason="per-shape capacity fallback (issue 14, part 3) is not in decide() yet: a capacity "
-                          "error backs off the whole cloud, and its cheapest shape is asked again", strict=False)
+def test_a_shape_sized_by_the_cloud_must_be_sized_for_the_simulator():
+    cfg = loads("pool: {condor_host: cm.example.org}\nclouds:\n  - {name: aws, type: ec2, region: us-east-1, "
+                "ami: ami-0123456789abcdef0, shapes: [{name: m5.large, price: 0.096}]}\n")
+    with pytest.raises(OptionError, match="cloud 'aws': shape m5.large leaves its size to the cloud; give its cpus "
+                                          "and memory in the file for the simulator"):
+        build_options(cfg)
+
+
 def test_a_refused_shape_sends_the_demand_to_the_next_shape_of_the_same_cloud():
     cfg = loads(TWO_SHAPES)
     opts = replace(build_options(cfg, boot=["10"], refuse=["dock/small"]), horizon=6 * 3600)
