@@ -300,10 +300,12 @@ class Ec2Driver(Driver):
             DEFAULT_TEMPLATE if os.path.exists(DEFAULT_TEMPLATE) else str(REPO_TEMPLATE))
         try:
             with open(path, encoding="utf-8") as f:
-                return path, f.read()
+                text = f.read()
         except (OSError, UnicodeDecodeError) as err:
             raise CloudError(ErrorKind.CONFIG, f"cannot read the user-data template {path}: "
                                                f"{getattr(err, 'strerror', None) or err}") from None
+        # the shipped script's comments are for its readers, not worth EC2's 16 KB; yours are sent as written
+        return path, (strip_comments(text) if path in (DEFAULT_TEMPLATE, str(REPO_TEMPLATE)) else text)
 
     def user_data(self, spec: WorkerSpec) -> str:
         """The boot script that makes a fresh instance this worker (holds its secrets)."""
@@ -338,6 +340,13 @@ def _loader():
         if _LOADER is None:
             _LOADER = botocore.loaders.create_loader()
         return _LOADER
+
+
+def strip_comments(script: str) -> str:
+    """The script without its comment-only lines (its first line, the #! line, stays).
+    Only for the shipped template: it has no here-document with a line starting with #."""
+    first, _, rest = script.partition("\n")
+    return "\n".join([first, *(line for line in rest.split("\n") if not line.lstrip().startswith("#"))])
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")

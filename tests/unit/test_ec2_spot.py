@@ -276,3 +276,14 @@ def test_a_worker_with_a_notice_offers_no_free_capacity():
     assert (plain.free_cpus, plain.notice) == (2, "")
     assert (spot.free_cpus, spot.free_memory, spot.notice) == (0, 0, "spot")
     assert (rebalance.free_cpus, rebalance.notice) == (0, "rebalance")
+
+
+def test_the_shipped_boot_script_is_sent_without_its_comments_and_watches_for_notices():
+    from appliance.clouds.ec2 import REPO_TEMPLATE, strip_comments
+    text = REPO_TEMPLATE.read_text()
+    stripped = strip_comments(text)
+    assert stripped.startswith("#!/bin/bash\n") and "\n#" not in stripped and "\n  #" not in stripped
+    assert len(stripped) < len(text) - 2000
+    for needed in ("IMDS=169.254.169.254:80", "spot/instance-action", "events/recommendations/rebalance",
+                   'WorkerInterrupted = "spot"', "X-aws-ec2-metadata-token"):
+        assert needed in stripped
