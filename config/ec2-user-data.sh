@@ -141,9 +141,10 @@ else
        -v "$WORKER_HOME/bundle.json:/etc/appliance/worker/bundle.json:ro" "$WORKER_IMAGE" worker)
 fi
 
-# Spot (docs/clouds/ec2.md): on EC2's interruption notice the worker takes no new job, hard-kills
-# its jobs (back to idle in the appliance's queue), advertises WorkerInterrupted and stops 2 min
-# later; on a rebalance recommendation it only takes no new job. Policy by config + SIGHUP (reconfig).
+# Spot (docs/clouds/ec2.md): on EC2's interruption notice the worker takes no new job, evicts its
+# jobs now (SIGTERM, SIGKILL 60 s later; they go back to idle in the appliance's queue), advertises
+# WorkerInterrupted and stops 2 min later; on a rebalance recommendation it only takes no new job.
+# Policy by config + SIGHUP (reconfig).
 imds_get() {   # the body of a 200 answer to an IMDSv2 GET; fails otherwise
   local t r
   t=$(metadata PUT /latest/api/token "X-aws-ec2-metadata-token-ttl-seconds: 60" | tr -d '\r' | sed '1,/^$/d')
@@ -166,7 +167,7 @@ notice_watcher() {
     if a=$(imds_get spot/instance-action 2>/dev/null); then
       say "spot interruption notice (${a:0:200}): taking no new job, vacating the running ones"
       worker_notice spot 'WorkerInterrupted = "spot"' 'STARTD_ATTRS = $(STARTD_ATTRS) WorkerInterrupted' \
-        "PREEMPT = True" "MAXJOBRETIREMENTTIME = 0" "WANT_VACATE = False"
+        "PREEMPT = True" "MAXJOBRETIREMENTTIME = 0" "MachineMaxVacateTime = 60"
       sleep 120; say "spot interruption: stopping the worker"
       signal_condor TERM condor_master; return
     fi
