@@ -287,3 +287,33 @@ def test_the_shipped_boot_script_is_sent_without_its_comments_and_watches_for_no
     for needed in ("IMDS=169.254.169.254:80", "spot/instance-action", "events/recommendations/rebalance",
                    'WorkerInterrupted = "spot"', "X-aws-ec2-metadata-token"):
         assert needed in stripped
+
+
+def test_spot_interruptions_are_counted_in_metrics(tmp_path):
+    import base64
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from appliance.store import Store
+    from appliance.web import create_app
+    cfg = tmp_path / "appliance.yaml"
+    cfg.write_text("clouds:\n  - {name: local, type: local, max_workers: 2}\n  - {name: other, type: local}\n")
+    db = str(tmp_path / "state" / "appliance.db")
+    store = Store(db)
+    store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
+    for wid, reason in (("local-1", "spot interruption: the worker reported its interruption notice"),
+                        ("local-2", "spot interruption: its spot instance i-2 is terminated"),
+                        ("local-3", "vanished: its instance i-3 is terminated")):
+        store.add_worker(wid, "local", "launch")
+        store.transition(wid, State.BOOTING, "launched")
+        store.transition(wid, State.FAILED, reason)
+    app = create_app(db_path=db, config_path=str(cfg), state_dir=str(tmp_path), admin_password="pw-for-tests-1",
+                     web_run=str(tmp_path / "run"))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:pw-for-tests-1").decode()}
+    text = app.test_client().get("/metrics", headers=auth).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_spot_interruptions_total", (("cloud", "local"),))] == 2
+    assert samples[("appliance_spot_interruptions_total", (("cloud", "other"),))] == 0
+    assert samples[("appliance_worker_failures_total", (("cloud", "local"),))] == 3
