@@ -187,8 +187,11 @@ class Ec2Driver(Driver):
                 self._spot = SpotHistory(self._spot.interrupted, time.time(), code)
             log.info("cloud %s: worker %s goes on-demand: spot capacity refused (%s)",
                      self.cloud.name, spec.worker_id, code)
-            reply = self._call("RunInstances", secrets,
-                               **self.run_params(spec.worker_id, user_data, self.instance_type(spec), ON_DEMAND))
+            params = self.run_params(spec.worker_id, user_data, self.instance_type(spec), ON_DEMAND)
+            # a token of its own: EC2 refuses a token reused with other parameters, and whether a
+            # refused request's token counts as used is not documented
+            params["ClientToken"] = self.client_token(f"{spec.worker_id}-od")
+            reply = self._call("RunInstances", secrets, **params)
         return reply["Instances"][0]["InstanceId"]
 
     def run_params(self, worker_id: str, user_data: str, instance_type: str | None = None,

@@ -158,6 +158,8 @@ def test_an_interruption_notice_vacates_the_job_which_completes_once_elsewhere(w
         return not left or print(one.exec_run(["tail", "-n", "20", "/var/lib/condor-worker/log/StartLog"]).output
                                  .decode(errors="replace"))
     wait_for("the worker to have vacated its job", vacated, timeout=60, every=5, app=app)
+    start_log = one.exec_run(["cat", "/var/lib/condor-worker/log/StartLog"]).output.decode(errors="replace")
+    assert re.search(r"-> Preempting/(Vacating|Killing)", start_log), start_log[-3000:]   # its own policy evicted it
     logs = one.logs().decode(errors="replace")
     assert "spot interruption notice" in logs, logs[-3000:]
     assert "rebalance" not in logs

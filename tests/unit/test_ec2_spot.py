@@ -154,6 +154,7 @@ def test_refused_spot_capacity_launches_on_demand_and_stays_there_for_spot_retry
     assert endpoint.count("RunInstances") == calls + 2        # spot refused, then on-demand
     [inst] = endpoint.instances(instance_id=iid)
     assert "InstanceLifecycle" not in inst and tags(endpoint, iid)[TAG_MARKET] == "on-demand"
+    assert inst["ClientToken"] == "aws-f00001-od"      # not the refused spot request's token
     lines = [r.getMessage() for r in caplog.records if "on-demand" in r.getMessage()]
     assert lines == [f"cloud aws: worker aws-f00001 goes on-demand: spot capacity refused ({code})"]
     # the next launch does not ask for spot again before spot_retry
