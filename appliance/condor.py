@@ -50,7 +50,8 @@ REMOTE_TIMEOUT = 5.0
 # ...and is asked at most this often (the scheduler cycles every 0.25 s while a worker
 # starts): an answer this fresh is used again, sparing the remote schedd (and its log)
 REMOTE_MIN_INTERVAL = 1.0
-SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "GPUs", "TotalSlotCpus"]
+SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "GPUs", "TotalSlotCpus",
+                     "WorkerInterrupted", "WorkerRebalance"]
 
 
 class CondorError(Exception):
@@ -502,7 +503,8 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
         wid = ad.get("WorkerId")
         if not wid:
             continue
-        a = acc.setdefault(wid, {"name": "", "claimed": 0, "cpus": 0, "memory": 0, "disk": 0, "gpus": 0, "total": 0})
+        a = acc.setdefault(wid, {"name": "", "claimed": 0, "cpus": 0, "memory": 0, "disk": 0, "gpus": 0, "total": 0,
+                                 "notice": ""})
         name = str(ad.get("Name", ""))
         daemon = name.split("@", 1)[1] if name.startswith("slot") and "@" in name else name
         a["name"] = a["name"] or daemon
@@ -514,5 +516,14 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
             a["disk"] += int(ad.get("Disk", 0))
             a["gpus"] += _int(ad, "GPUs", 0)
         a["total"] = max(a["total"], int(ad.get("TotalSlotCpus", ad.get("Cpus", 0)) or 0))
-    return {wid: SlotSummary(wid, a["name"], a["claimed"], a["cpus"], a["memory"], a["disk"], a["total"],
-                             free_gpus=a["gpus"]) for wid, a in acc.items()}
+        # the boot script's notice watcher (config/ec2-user-data.sh): an interruption outranks a rebalance
+        if isinstance(ad.get("WorkerInterrupted"), str) and ad.get("WorkerInterrupted"):
+            a["notice"] = "spot"
+        elif ad.get("WorkerRebalance") is True and not a["notice"]:
+            a["notice"] = "rebalance"
+    out = {}
+    for wid, a in acc.items():
+        free = (0, 0, 0, 0) if a["notice"] else (a["cpus"], a["memory"], a["disk"], a["gpus"])  # it takes no new job
+        out[wid] = SlotSummary(wid, a["name"], a["claimed"], free[0], free[1], free[2], a["total"],
+                               free_gpus=free[3], notice=a["notice"])
+    return out

@@ -43,6 +43,15 @@ class SlotSummary:
     free_disk: int         # KiB
     total_cpus: int = 0
     free_gpus: int = 0     # GPUs not yet given to a job (a worker without GPUs: 0)
+    # the worker's own report of a notice from its cloud (its startd ad): "spot" (an
+    # interruption: it vacated its jobs and is about to go), "rebalance" (it takes no
+    # new jobs), or ""; a worker with a notice offers no free capacity
+    notice: str = ""
+
+
+# the reason a worker that its cloud took back (a spot interruption) fails with, first
+# in its reason: the events and /metrics count failures that start with it
+SPOT_INTERRUPTION = "spot interruption"
 
 
 class ResourceState(StrEnum):
@@ -60,9 +69,12 @@ class Resource:
     resource_id: str
     state: ResourceState = ResourceState.RUNNING
     detail: str = ""
+    # why a resource that is no longer alive ended, when the cloud says it took it back:
+    # "spot" (an EC2 spot interruption), else ""
+    interruption: str = ""
 
     def __init__(self, worker_id: str, resource_id: str, state: ResourceState | str = ResourceState.RUNNING,
-                 detail: str = "", *, alive: bool | None = None, gone: bool | None = None):
+                 detail: str = "", *, alive: bool | None = None, gone: bool | None = None, interruption: str = ""):
         # alive=/gone= are the old booleans, still accepted so existing callers keep
         # working; they must agree with `state` if both are given
         if alive is not None or gone is not None:
@@ -74,6 +86,7 @@ class Resource:
         object.__setattr__(self, "resource_id", resource_id)
         object.__setattr__(self, "state", ResourceState(state))   # a misspelt state raises ValueError
         object.__setattr__(self, "detail", detail)
+        object.__setattr__(self, "interruption", interruption)
 
     @property
     def alive(self) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 from . import lifecycle
 from .config import Config
 from .lifecycle import State
-from .model import CloudHealth, ShapeHealth, Worker
+from .model import SPOT_INTERRUPTION, CloudHealth, ShapeHealth, Worker
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS kv (
 def _v1_base_schema(db: sqlite3.Connection) -> None:
     """The original tables; IF NOT EXISTS makes this a no-op on a pre-versioning database."""
     _run(db, SCHEMA)
+
+
+# transition_counts' key (in to_state) of the failures that were spot interruptions
+SPOT_COUNT = "spot-interruption"
 
 
 def _v2_transition_counts(db: sqlite3.Connection) -> None:
@@ -399,6 +403,10 @@ class Store:
         if kind == "worker" and to_state is not None:
             db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
                        "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", to_state))
+            if to_state == "failed" and (reason or "").startswith(SPOT_INTERRUPTION):
+                # a counter of its own, in the same table under a key no state has
+                db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
+                           "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", SPOT_COUNT))
 
     def events(self, since_id: int = 0, limit: int = 100, worker_id: str | None = None) -> list[dict]:
         """Events after `since_id`, oldest first; without since_id, the newest `limit`."""

@@ -12,6 +12,7 @@
 #   - nobody claimed it for too long  -> the startd's NOCLAIM backstop -> power off
 #   - running longer than max_lifetime-> stopped, then power off
 #   - this script failed              -> power off
+#   - EC2's spot interruption notice  -> jobs vacated, reported; power off 2 min later
 #
 # A copy can be given per cloud with `user_data: /path/to/file`. The appliance
 # fills its placeholders, a name in double braces (values already shell-quoted):
@@ -34,6 +35,9 @@ CONDOR_HOST={{ condor_host }}
 WORKER_IMAGE={{ worker_image }}
 WORKER_HOME={{ worker_home }}
 MAX_LIFETIME={{ max_lifetime }}
+
+# the instance metadata service (IMDSv2); the tests point this line at a stand-in
+IMDS=169.254.169.254:80
 
 say() { echo "$(date -u +%FT%TZ) appliance worker $WORKER_ID: $*"; }
 
@@ -78,8 +82,8 @@ umask 022
 
 # The metadata service's answer (headers and body) to one request; fails if none comes.
 metadata() {
-  timeout 5 bash -c 'exec 3<>/dev/tcp/169.254.169.254/80 || exit 1
-    printf "%s %s HTTP/1.0\r\n%s\r\n" "$1" "$2" "$3" >&3; cat <&3' _ "$1" "$2" "${3:+$3$'\r\n'}"
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/${4%:*}/${4##*:}" || exit 1
+    printf "%s %s HTTP/1.0\r\n%s\r\n" "$1" "$2" "$3" >&3; cat <&3' _ "$1" "$2" "${3:+$3$'\r\n'}" "$IMDS"
 }
 # Does the metadata service hand this script out (with an IMDSv2 token, if it gives one)?
 user_data_served() {
@@ -137,6 +141,45 @@ else
        -v "$WORKER_HOME/bundle.json:/etc/appliance/worker/bundle.json:ro" "$WORKER_IMAGE" worker)
 fi
 
+# Spot (docs/clouds/ec2.md): on EC2's interruption notice the worker takes no new job, evicts its
+# jobs now (SIGTERM, SIGKILL 60 s later; they go back to idle in the appliance's queue), advertises
+# WorkerInterrupted and stops 2 min later; on a rebalance recommendation it only takes no new job.
+# Policy by config + SIGHUP (reconfig).
+imds_get() {   # the body of a 200 answer to an IMDSv2 GET; fails otherwise
+  local t r
+  t=$(metadata PUT /latest/api/token "X-aws-ec2-metadata-token-ttl-seconds: 60" | tr -d '\r' | sed '1,/^$/d')
+  [ -n "$t" ] && r=$(metadata GET "/latest/meta-data/$1" "X-aws-ec2-metadata-token: $t" | tr -d '\r') || return 1
+  case ${r%%$'\n'*} in HTTP/*" 200"*) sed '1,/^$/d' <<<"$r";; *) return 1;; esac
+}
+in_worker() {  # bash code where the condor daemons run
+  if [ -z "$WORKER_IMAGE" ]; then bash -c "$1" _ "${@:2}"; else docker exec -i appliance-worker bash -c "$1" _ "${@:2}"; fi
+}
+signal_condor() {   # $1: signal, $2: daemon
+  in_worker 'for p in /proc/[0-9]*; do [ "$(cat $p/comm)" = $2 ] && kill -$1 ${p#/proc/}; done 2>/dev/null; true' "$@"
+}
+worker_notice() {   # $1: spot | rebalance; then the attributes
+  printf '%s\n' "# EC2 notice: $1" "START = False" "${@:2}" | in_worker 'cat >> "$1/condor_config"' "$WORKER_HOME"
+  signal_condor HUP condor_startd
+}
+notice_watcher() {
+  local a r=""
+  while sleep 5; do
+    if a=$(imds_get spot/instance-action 2>/dev/null); then
+      say "spot interruption notice (${a:0:200}): taking no new job, vacating the running ones"
+      worker_notice spot 'WorkerInterrupted = "spot"' 'STARTD_ATTRS = $(STARTD_ATTRS) WorkerInterrupted' \
+        "PREEMPT = True" "MAXJOBRETIREMENTTIME = 0" "MachineMaxVacateTime = 60"
+      sleep 120; say "spot interruption: stopping the worker"
+      signal_condor TERM condor_master; return
+    fi
+    if [ -z "$r" ] && imds_get events/recommendations/rebalance >/dev/null 2>&1; then
+      say "rebalance recommendation: taking no new job"
+      worker_notice rebalance "WorkerRebalance = True" 'STARTD_ATTRS = $(STARTD_ATTRS) WorkerRebalance'; r=1
+    fi
+  done
+}
+WATCH="$(declare -p WORKER_ID WORKER_HOME WORKER_IMAGE IMDS; declare -f say metadata imds_get in_worker \
+  signal_condor worker_notice notice_watcher); notice_watcher"
+
 if [ -d /run/systemd/system ]; then
   # systemd runs the worker; when it ends for any reason, the instance powers off
   cat > /etc/systemd/system/appliance-worker.service <<EOF
@@ -151,6 +194,7 @@ Restart=no
 EOF
   systemctl daemon-reload
   systemctl start --no-block appliance-worker.service
+  systemd-run --unit appliance-notices --quiet bash -c "$WATCH"   # it must outlive this script
   say "worker started (systemd unit appliance-worker)"
   trap - EXIT
   exit 0
@@ -158,8 +202,11 @@ fi
 
 say "worker starting in the foreground"
 set +e
+bash -c "$WATCH" &
+watcher=$!
 timeout --signal=TERM --kill-after=600 "$MAX_LIFETIME" "${RUN[@]}"
 rc=$?
+kill "$watcher" 2>/dev/null
 set -e
 trap - EXIT
 if [ "$rc" -eq 124 ]; then power_off "maximum lifetime ($MAX_LIFETIME s) reached"; fi

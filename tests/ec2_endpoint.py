@@ -7,6 +7,11 @@ act as an endpoint that is down.
         ep.fail("RunInstances", "InsufficientInstanceCapacity")
         ep.down = True               # close every connection without an answer
         ep.clear()
+        ep.interrupt_spot("i-...")   # EC2 takes a spot instance back (see below)
+
+moto cannot interrupt a spot instance: `interrupt_spot` terminates it in moto,
+and from then on the proxy rewrites DescribeInstances' answers so that the
+instance's StateReason is Server.SpotInstanceTermination, as EC2 reports it.
 
 moto listens on 127.0.0.1 only; the proxy listens on `bind` (loopback, or
 the gateway address of a Docker network the test created, so an appliance
@@ -17,6 +22,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import logging
+import re
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -49,6 +55,7 @@ class Ec2Endpoint:
         self.faults: list[Fault] = []
         self.down = False
         self.calls: list[str] = []        # every Action seen, in order
+        self.spot_taken: set[str] = set()  # instances "interrupted" by interrupt_spot
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ control
@@ -62,6 +69,13 @@ class Ec2Endpoint:
         with self._lock:
             self.faults.clear()
             self.down = False
+
+    def interrupt_spot(self, instance_id: str) -> None:
+        """What EC2 does at the end of a spot interruption notice: the instance is terminated,
+        and listed with StateReason Server.SpotInstanceTermination."""
+        with self._lock:
+            self.spot_taken.add(instance_id)
+        self.client().terminate_instances(InstanceIds=[instance_id])
 
     def count(self, action: str) -> int:
         with self._lock:
@@ -120,6 +134,28 @@ def error_xml(code: str, message: str) -> bytes:
             ).encode()
 
 
+SPOT_REASON = (b"<stateReason><code>Server.SpotInstanceTermination</code><message>Server.SpotInstanceTermination: "
+               b"Spot instance termination</message></stateReason>")
+
+
+def spot_reasons(payload: bytes, taken: set[str]) -> bytes:
+    """moto's DescribeInstances answer with EC2's spot StateReason on the `taken` instances.
+
+    moto writes an instance's <stateReason> before its <instanceId>: each instance's is the
+    last one between the previous instance's id and its own."""
+    out, start = [], 0
+    for m in re.finditer(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload):
+        chunk = payload[start:m.start()]
+        if m.group(1).decode() in taken:
+            reasons = list(re.finditer(rb"<stateReason>.*?</stateReason>", chunk, re.S))
+            if reasons:
+                r = reasons[-1]
+                chunk = chunk[:r.start()] + SPOT_REASON + chunk[r.end():]
+        out.append(chunk + m.group(0))
+        start = m.end()
+    return b"".join(out) + payload[start:]
+
+
 def _handler(ep: Ec2Endpoint):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -142,6 +178,8 @@ def _handler(ep: Ec2Endpoint):
                 except OSError:       # moto is stopping (the test is over)
                     return self._answer(503, error_xml("ServiceUnavailable", "moto is not running"), "text/xml")
                 if fault is None:
+                    if action == "DescribeInstances" and ep.spot_taken:
+                        payload = spot_reasons(payload, set(ep.spot_taken))
                     return self._answer(status, payload, headers.get("Content-Type", "text/xml"))
             message = fault.message
             if fault.echo:

@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -41,7 +42,10 @@ from ..worker_role import HOME as WORKER_HOME
 from ..worker_role import bundle
 from ..workerconf import WorkerSpec, worker_files
 from .base import CloudError, Driver, ErrorKind
+from .ec2_market import ON_DEMAND, SPOT_TERMINATION, SpotHistory, choose_market, prune, refusal_fallback
 from .ec2_options import DEFAULT_MAX_LIFETIME, Ec2Options
+
+log = logging.getLogger(__name__)
 
 # botocore's debug log would show request bodies, and so the user-data with the
 # worker's token: whatever APPLIANCE_LOG_LEVEL says, it stays quiet
@@ -52,6 +56,7 @@ TAG_POOL = "appliance:pool"
 TAG_CLOUD = "appliance:cloud"
 TAG_WORKER = "appliance:worker"
 TAG_SHAPE = "appliance:shape"       # for operators and billing reports; nothing reads it back
+TAG_MARKET = "appliance:market"     # spot | on-demand, as launched (ditto)
 
 # pending/running are live; the others exist but are ending (or ended)
 ALIVE = ("pending", "running")
@@ -87,6 +92,8 @@ class Ec2Driver(Driver):
         self._client = None
         self._lock = threading.Lock()    # guards _client: the act threads share it
         self._secrets: set[str] = set()  # values to scrub from any error text
+        # what this driver saw of spot, the input of ec2_market.choose_market (guarded by _lock)
+        self._spot = SpotHistory()
 
     # ------------------------------------------------------------ client
     @property
@@ -139,11 +146,13 @@ class Ec2Driver(Driver):
         raise CloudError(ErrorKind.CONFIG, "pool.condor_host is auto, but EC2 instances need the central "
                                            "manager's public address: set pool.condor_host")
 
-    def tags(self, worker_id: str, shape: str = "") -> dict[str, str]:
+    def tags(self, worker_id: str, shape: str = "", market: str = "") -> dict[str, str]:
         out = {**dict(self.settings.tags), "Name": f"{self.pool}-{worker_id}",
                TAG_POOL: self.pool_id, TAG_CLOUD: self.cloud.name, TAG_WORKER: worker_id}
         if shape:
             out[TAG_SHAPE] = shape
+        if market:
+            out[TAG_MARKET] = market
         return out
 
     def instance_type(self, spec: WorkerSpec) -> str:
@@ -160,14 +169,37 @@ class Ec2Driver(Driver):
         user_data = self.user_data(spec)
         secrets = {spec.token, spec.key.decode(errors="replace"),
                    base64.b64encode(user_data.encode()).decode()} - {""}
-        reply = self._call("RunInstances", secrets,
-                           **self.run_params(spec.worker_id, user_data, self.instance_type(spec)))
+        o = self.settings
+        with self._lock:
+            choice = choose_market(o, self._spot, time.time())
+        if choice.fallback:
+            log.info("cloud %s: worker %s goes on-demand: %s", self.cloud.name, spec.worker_id, choice.reason)
+        market = choice.market
+        client = self.client          # a CloudError of its own if it cannot be made
+        try:
+            reply = client.run_instances(
+                **self.run_params(spec.worker_id, user_data, self.instance_type(spec), market))
+        except Exception as err:
+            code = error_code(err)
+            if not refusal_fallback(o, market, code):
+                raise self._translate(err, "RunInstances", secrets) from None
+            with self._lock:
+                self._spot = SpotHistory(self._spot.interrupted, time.time(), code)
+            log.info("cloud %s: worker %s goes on-demand: spot capacity refused (%s)",
+                     self.cloud.name, spec.worker_id, code)
+            params = self.run_params(spec.worker_id, user_data, self.instance_type(spec), ON_DEMAND)
+            # a token of its own: EC2 refuses a token reused with other parameters, and whether a
+            # refused request's token counts as used is not documented
+            params["ClientToken"] = self.client_token(f"{spec.worker_id}-od")
+            reply = self._call("RunInstances", secrets, **params)
         return reply["Instances"][0]["InstanceId"]
 
-    def run_params(self, worker_id: str, user_data: str, instance_type: str | None = None) -> dict:
+    def run_params(self, worker_id: str, user_data: str, instance_type: str | None = None,
+                   market: str | None = None) -> dict:
         o = self.settings
         instance_type = instance_type or o.instance_type
-        tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id, instance_type or "").items()]
+        market = market or o.market
+        tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id, instance_type or "", market).items()]
         params: dict = {
             "ImageId": o.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
             "ClientToken": self.client_token(worker_id), "UserData": user_data,
@@ -191,7 +223,7 @@ class Ec2Driver(Driver):
         profile = o.iam_instance_profile
         if profile:
             params["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-        if o.market == "spot":
+        if market == "spot":
             spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
             if o.spot_max_price:
                 spot["MaxPrice"] = o.spot_max_price
@@ -229,12 +261,22 @@ class Ec2Driver(Driver):
             if not wid:
                 continue
             res = resource(wid, inst)
+            if res.interruption:
+                self._saw_interruption(res.resource_id)
             old = out.get(wid)
             # one worker, several instances (should not happen): the live one speaks for it,
             # else one that still needs cleanup (running > exited > gone)
             if old is None or _RANK[res.state] > _RANK[old.state]:
                 out[wid] = res
         return out
+
+    def _saw_interruption(self, instance_id: str) -> None:
+        now = time.time()
+        with self._lock:
+            h = self._spot
+            if instance_id not in h.interrupted:
+                seen = prune({**h.interrupted, instance_id: now}, self.settings.spot_window, now)
+                self._spot = SpotHistory(seen, h.refused_at, h.refused_why)
 
     def terminate(self, worker_id: str, resource_id: str) -> None:
         ids = [resource_id] if resource_id.startswith("i-") else [
@@ -275,10 +317,12 @@ class Ec2Driver(Driver):
             DEFAULT_TEMPLATE if os.path.exists(DEFAULT_TEMPLATE) else str(REPO_TEMPLATE))
         try:
             with open(path, encoding="utf-8") as f:
-                return path, f.read()
+                text = f.read()
         except (OSError, UnicodeDecodeError) as err:
             raise CloudError(ErrorKind.CONFIG, f"cannot read the user-data template {path}: "
                                                f"{getattr(err, 'strerror', None) or err}") from None
+        # the shipped script's comments are for its readers, not worth EC2's 16 KB; yours are sent as written
+        return path, (strip_comments(text) if path in (DEFAULT_TEMPLATE, str(REPO_TEMPLATE)) else text)
 
     def user_data(self, spec: WorkerSpec) -> str:
         """The boot script that makes a fresh instance this worker (holds its secrets)."""
@@ -313,6 +357,13 @@ def _loader():
         if _LOADER is None:
             _LOADER = botocore.loaders.create_loader()
         return _LOADER
+
+
+def strip_comments(script: str) -> str:
+    """The script without its comment-only lines (its first line, the #! line, stays).
+    Only for the shipped template: it has no here-document with a line starting with #."""
+    first, _, rest = script.partition("\n")
+    return "\n".join([first, *(line for line in rest.split("\n") if not line.lstrip().startswith("#"))])
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
@@ -351,12 +402,25 @@ _RANK = {ResourceState.GONE: 0, ResourceState.EXITED: 1, ResourceState.RUNNING: 
 def resource(worker_id: str, inst: Mapping) -> Resource:
     state = inst.get("State", {}).get("Name", "unknown")
     iid = inst.get("InstanceId", "")
-    why = (inst.get("StateReason") or {}).get("Message") or inst.get("StateTransitionReason") or ""
+    reason = inst.get("StateReason") or {}
+    why = reason.get("Message") or inst.get("StateTransitionReason") or ""
     detail = f"its instance {iid} is {state}" + (f" ({why})" if why else "")
     if state in ALIVE:
         return Resource(worker_id, iid, ResourceState.RUNNING)
+    if reason.get("Code") == SPOT_TERMINATION:
+        # EC2 took the spot instance back: reconcile records the worker as a spot interruption
+        st = ResourceState.GONE if state == "terminated" else ResourceState.EXITED
+        return Resource(worker_id, iid, st, f"its spot instance {iid} is {state} ({SPOT_TERMINATION})",
+                        interruption="spot")
     # terminated: only a record is left; any other state still needs a TerminateInstances
     return Resource(worker_id, iid, ResourceState.GONE if state == "terminated" else ResourceState.EXITED, detail)
+
+
+def error_code(err: Exception) -> str:
+    """EC2's error code of a failed call ("" if it is not an answer from EC2)."""
+    if isinstance(err, botocore.exceptions.ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return ""
 
 
 def classify(err: Exception) -> tuple[ErrorKind, str]:

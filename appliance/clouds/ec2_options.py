@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from ..config import number, text, text_list, text_map
+from ..config import integer, number, text, text_list, text_map
 from .registry import CloudOptions, OptionError, option, register
 
 DEFAULT_MAX_LIFETIME = 86400.0
+SPOT_KEYS = ("spot_max_price", "spot_fallback", "spot_fallback_after", "spot_window", "spot_retry")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,16 @@ class Ec2Options(CloudOptions):
                          "or `spot` (one-time, terminated on interruption)")
     spot_max_price: str | None = option(text(re.compile(r"^[0-9]+(\.[0-9]+)?$"), "a price like '0.05'"), None,
                                         "spot only, e.g. `\"0.05\"`", shown="the on-demand price")
+    spot_fallback: str = option(text(choices=("none", "on-demand")), "none",
+                                "spot only: `on-demand` launches on-demand when spot capacity is refused, and "
+                                "after `spot_fallback_after` interruptions within `spot_window`")
+    spot_fallback_after: int = option(integer(1, 1000), 3,
+                                      "spot only: interruptions within `spot_window` that switch launches to "
+                                      "on-demand (with `spot_fallback: on-demand`)")
+    spot_window: float = option(number(60, 7 * 86400), 3600.0,
+                                "spot only: seconds; interruptions older than this no longer count")
+    spot_retry: float = option(number(0, 86400), 600.0,
+                               "spot only: seconds after spot capacity was refused before spot is tried again")
     tags: Mapping[str, str] = option(text_map, {}, "extra tags on instances and volumes")
     user_data: str | None = option(text(), None, "your own boot script template",
                                    shown="the image's `/etc/appliance/ec2-user-data.sh`")
@@ -49,8 +60,11 @@ class Ec2Options(CloudOptions):
     reads_shape_sizes = True
 
     def validate(self) -> None:
-        if self.market == "on-demand" and self.spot_max_price:
-            raise OptionError("spot_max_price", "only applies when market is spot")
+        if self.market == "on-demand":
+            defaults = {f.name: f.default for f in fields(self)}
+            for key in SPOT_KEYS:
+                if getattr(self, key) != defaults[key]:
+                    raise OptionError(key, "only applies when market is spot")
 
     def validate_shapes(self, listed: bool) -> None:
         if listed and self.instance_type:

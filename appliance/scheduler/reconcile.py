@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from .. import backoff, lifecycle
 from ..config import SchedulerConfig
 from ..lifecycle import State
-from ..model import CloudHealth, Observation
+from ..model import SPOT_INTERRUPTION, CloudHealth, Observation
 from .draft import Draft
 
 # A worker row left in `requested` (the daemon died during the cloud call) is
@@ -40,6 +40,9 @@ def reconcile(d: Draft, obs: Observation, settings: SchedulerConfig, kills: Mapp
             if w.state is State.REQUESTED:
                 if now - w.created_at > REQUESTED_GRACE:
                     d.end(w, State.FAILED, "launch never completed (the scheduler stopped during it?)")
+            elif res is not None and res.interruption:
+                # the cloud took it back: failed whatever it was doing; its jobs are requeued with its removal
+                d.end(w, State.FAILED, f"{SPOT_INTERRUPTION}: {gone}")
             elif w.state is State.DRAINING:
                 d.end(w, State.RETIRED, f"drained and exited ({gone})")
             else:
@@ -52,6 +55,12 @@ def reconcile(d: Draft, obs: Observation, settings: SchedulerConfig, kills: Mapp
 
         if obs.slots is None:
             continue   # collector unreachable: judge nothing on its absence
+
+        if slot is not None and slot.notice == "spot":
+            # its own report of the 2-minute notice: it has vacated its jobs; end it now (the
+            # removal requeues whatever still shows running) so the demand is placed this cycle
+            d.end(w, State.FAILED, f"{SPOT_INTERRUPTION}: the worker reported its interruption notice")
+            continue
 
         if slot is not None:
             if d.state[w.id] in lifecycle.STARTING:
@@ -89,7 +98,8 @@ def judge_health(d: Draft, health: Mapping[str, CloudHealth], settings: Schedule
             continue
         if joined:
             current[w.cloud] = backoff.after_join(h)
-        elif t.to is State.FAILED:
+        elif t.to is State.FAILED and not t.reason.startswith(SPOT_INTERRUPTION):
+            # (a spot interruption is the market's doing, not a broken cloud: no backoff)
             current[w.cloud] = backoff.after_quick_failure(h, t.reason, d.now, settings.backoff_base)
     changed = {name: h for name, h in current.items() if h != health[name]}
     d.plan.health.update(changed)

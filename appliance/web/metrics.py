@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import lifecycle, ops
 from ..config import Config
-from ..store import Store
+from ..store import SPOT_COUNT, Store
 from . import auth, config, store
 from .api import error
 
@@ -62,6 +62,12 @@ class StoreCollector:
             for cloud in cfg.cloud_names:
                 c.add_metric([cloud], events.get((cloud, to), 0))
             yield c
+        spot = CounterMetricFamily("appliance_spot_interruptions", "Workers failed by a spot interruption "
+                                   "(the cloud took the instance back, or the worker reported the notice)",
+                                   labels=["cloud"])
+        for cloud in cfg.cloud_names:
+            spot.add_metric([cloud], events.get((cloud, SPOT_COUNT), 0))
+        yield spot
 
         clouds = ops.clouds_status(store, cfg)
         enabled = GaugeMetricFamily("appliance_cloud_enabled", "1 if the cloud may launch workers", labels=["cloud"])

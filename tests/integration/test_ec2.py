@@ -77,7 +77,8 @@ def test_launch_sends_the_right_instance_and_boot_timeout_terminates_it(world):
     assert inst["ClientToken"] == wid
     tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
     assert tags == {"appliance:pool": pool_id(app), "appliance:cloud": "aws", "appliance:worker": wid,
-                    "appliance:shape": "t3.large", "Name": f"appliance-{wid}", "project": "apptest"}
+                    "Name": f"appliance-{wid}", "project": "apptest", "appliance:shape": "t3.large",
+                    "appliance:market": "on-demand"}
     behaviour = ep.client().describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
     assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
     script = user_data(ep, iid)

@@ -15,6 +15,7 @@ import pytest
 from appliance.clouds.base import CloudError, ErrorKind
 from appliance.clouds.ec2 import (
     TAG_CLOUD,
+    TAG_MARKET,
     TAG_POOL,
     TAG_SHAPE,
     TAG_WORKER,
@@ -90,7 +91,7 @@ def test_launch_sets_image_type_tags_token_and_shutdown_behaviour(endpoint):
     assert inst["KeyName"] == "ops" and "InstanceLifecycle" not in inst
     tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
     assert tags == {TAG_POOL: "launch", TAG_CLOUD: "aws", TAG_WORKER: "aws-aaaaaa", "Name": "mypool-aws-aaaaaa",
-                    "team": "physics", TAG_SHAPE: "t3.large"}
+                    "team": "physics", TAG_SHAPE: "t3.large", TAG_MARKET: "on-demand"}
     behaviour = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
     assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
 

@@ -38,7 +38,8 @@ BEFORE = {
     "ec2": {"region": (None, True), "ami": (None, True), "instance_type": (None, False), "subnet": (None, False),
             "security_groups": ((), False), "key_name": (None, False), "iam_instance_profile": (None, False),
             "endpoint_url": (None, False), "env_file": (None, False), "market": ("on-demand", False),
-            "spot_max_price": (None, False), "tags": ({}, False), "user_data": (None, False),
+            "spot_max_price": (None, False), "spot_fallback": ("none", False), "spot_fallback_after": (3, False),
+            "spot_window": (3600.0, False), "spot_retry": (600.0, False), "tags": ({}, False), "user_data": (None, False),
             "worker_image": (None, False), "max_lifetime": (86400.0, False)},
 }
 
