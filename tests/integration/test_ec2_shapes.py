@@ -44,9 +44,19 @@ def sub(cpus: int, memory: int, count: int = 1) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(client, image, tmp_path_factory):
+def appliance_world(client, image, tmp_path_factory):
     with ec2_world(client, image, tmp_path_factory.mktemp("ec2shapes"), CONFIG) as w:
         yield w
+
+
+@pytest.fixture
+def world(appliance_world):
+    """The module's appliance, left with no job, no starting worker and no instance after each
+    test, whatever it asserted: the next one starts from nothing."""
+    yield appliance_world
+    app, ep, _ = appliance_world
+    ep.clear()
+    clean_up(app, ep, pool_id(app))
 
 
 def live(app) -> list[dict]:
@@ -68,7 +78,8 @@ def clean_up(app, ep, pid) -> None:
 def test_each_group_gets_the_cheapest_type_that_fits(world):
     app, ep, _ = world
     pid = pool_id(app)
-    app.submit(sub(1, 1024), {"job.sh": JOB_SCRIPT}, directory="/home/submit/small")
+    # 1500 MB: more than the m5.large has left beside the 6000 MB job (7168 MB in all)
+    app.submit(sub(1, 1500), {"job.sh": JOB_SCRIPT}, directory="/home/submit/small")
     app.submit(sub(1, 6000), {"job.sh": JOB_SCRIPT}, directory="/home/submit/memory")
     app.submit(sub(4, 4000), {"job.sh": JOB_SCRIPT}, directory="/home/submit/cpus")
     wait_for("three instances", lambda: len(types_running(ep, pid)) == 3, timeout=30, app=app)
@@ -79,7 +90,6 @@ def test_each_group_gets_the_cheapest_type_that_fits(world):
     for inst in ep.instances(**{"tag:appliance:pool": pid}):
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
         assert tags["appliance:shape"] == inst["InstanceType"]
-    clean_up(app, ep, pid)
 
 
 def test_no_capacity_for_the_cheapest_type_launches_the_next_and_backs_that_type_off(world):
@@ -87,21 +97,17 @@ def test_no_capacity_for_the_cheapest_type_launches_the_next_and_backs_that_type
     pid = pool_id(app)
     ep.fail("RunInstances", "InsufficientInstanceCapacity", "no t3.small in us-west-2a",
             when={"InstanceType": "t3.small"})
-    try:
-        app.submit(sub(1, 1024), {"job.sh": JOB_SCRIPT}, directory="/home/submit/fallback")
-        wait_for("the next cheapest type", lambda: types_running(ep, pid) == ["m5.large"], timeout=40, app=app)
-        aws = app.status("-c", "aws")["data"]
-        assert aws["health"] == "ok" and aws["failures"] == 0, aws      # the cloud itself is fine
-        small = next(s for s in aws["shapes"] if s["name"] == "t3.small")
-        assert small["health"] == "backoff" and small["backoff_seconds"] > 0, small
-        assert "InsufficientInstanceCapacity: no t3.small in us-west-2a" in small["last_error"], small
-        failed = [w for w in workers(app) if w["state"] == "failed" and w["shape"] == "t3.small"]
-        assert len(failed) == 1 and "InsufficientInstanceCapacity" in failed[0]["reason"]
-        assert "t3.small 2 cpus, 1800 MB" in app.sh("cloud_status -c aws") and "backing off" in app.sh(
-            "cloud_status -c aws")
-    finally:
-        ep.clear()
-    clean_up(app, ep, pid)
+    app.submit(sub(1, 1024), {"job.sh": JOB_SCRIPT}, directory="/home/submit/fallback")
+    wait_for("the next cheapest type", lambda: types_running(ep, pid) == ["m5.large"], timeout=40, app=app)
+    aws = app.status("-c", "aws")["data"]
+    assert aws["health"] == "ok" and aws["failures"] == 0, aws      # the cloud itself is fine
+    small = next(s for s in aws["shapes"] if s["name"] == "t3.small")
+    assert small["health"] == "backoff" and small["backoff_seconds"] > 0, small
+    assert "InsufficientInstanceCapacity: no t3.small in us-west-2a" in small["last_error"], small
+    failed = [w for w in workers(app) if w["state"] == "failed" and w["shape"] == "t3.small"]
+    assert len(failed) == 1 and "InsufficientInstanceCapacity" in failed[0]["reason"]
+    assert "t3.small 2 cpus, 1800 MB" in app.sh("cloud_status -c aws") and "backing off" in app.sh(
+        "cloud_status -c aws")
 
 
 def test_a_launch_over_the_budget_is_not_made_and_the_reason_is_shown(world):
@@ -127,4 +133,3 @@ def test_a_launch_over_the_budget_is_not_made_and_the_reason_is_shown(world):
     cycle = app.status()["scheduler"]["cycle"]
     wait_for("three more cycles", lambda: app.status()["scheduler"]["cycle"] >= cycle + 3, timeout=30, app=app)
     assert types_running(ep, pid) == ["c5.xlarge"]
-    clean_up(app, ep, pid)
