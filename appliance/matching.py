@@ -200,25 +200,11 @@ def conjuncts(expr: str) -> list[str]:
 
 def _top_level(expr: str, op: str) -> list[str]:
     """expr split at `op` outside parentheses and strings; [] when there is no such `op`."""
-    parts, depth, start, quote, i = [], 0, 0, "", 0
-    while i < len(expr):
-        ch = expr[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch == '"':
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0 and expr.startswith(op, i):
+    parts, start = [], 0
+    for i, depth in _scan(expr):
+        if depth == 0 and i >= start and expr.startswith(op, i):
             parts.append(expr[start:i])
-            start = i + 2
-            i += 1
-        i += 1
+            start = i + len(op)
     return parts + [expr[start:]] if parts else []
 
 
@@ -231,24 +217,34 @@ def _unwrap(clause: str) -> str:
 
 def _balanced(inner: str) -> bool:
     """Its parentheses balance without going below zero: the pair around it encloses it all."""
-    depth, quote, i = 0, "", 0
-    while i < len(inner):
-        ch = inner[i]
+    depths = [depth for _, depth in _scan(inner)]
+    return min(depths, default=0) >= 0 and _depth_after(inner) == 0
+
+
+def _scan(expr: str):
+    """(index, bracket depth before it) of each character outside string literals."""
+    depth, quote, escaped = 0, False, False
+    for i, ch in enumerate(expr):
         if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch == '"':
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quote = False
+            continue
+        if ch == '"':
+            quote = True
+            continue
+        if ch in ")]}":
             depth -= 1
-            if depth < 0:
-                return False
-        i += 1
-    return depth == 0
+        yield i, depth
+        if ch in "([{":
+            depth += 1
+
+
+def _depth_after(expr: str) -> int:
+    return sum(1 if ch in "([{" else -1 if ch in ")]}" else 0 for i, _ in _scan(expr) for ch in expr[i])
 
 
 def _has(ad: classad.ClassAd, attr: str) -> str:

@@ -29,28 +29,13 @@ from appliance.clouds.ec2 import (
 from appliance.config import CloudConfig, WorkerSize, loads
 from appliance.model import ResourceState
 from appliance.workerconf import WorkerSpec, worker_files
-from tests.ec2_endpoint import FAKE_KEYS, Ec2Endpoint
 
 AMI = "ami-12c6146b"     # one of moto's built-in images
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3b3JrZXIifQ.SECRET-TOKEN-SIGNATURE"
 KEY = b"SECRET-SIGNING-KEY-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    with Ec2Endpoint() as ep:
-        yield ep
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    # the standard chain, pointed away from any real configuration on this machine
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEYS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_KEYS["aws_secret_access_key"])
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+pytestmark = pytest.mark.usefixtures("aws_env")     # tests/unit/conftest.py, with `endpoint`
 
 
 def make_cloud(endpoint, name="aws", **options) -> CloudConfig:

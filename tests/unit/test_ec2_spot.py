@@ -18,7 +18,8 @@ from appliance.model import CloudHealth, Observation, Resource, ResourceState, S
 from appliance.scheduler.draft import Draft
 from appliance.scheduler.reconcile import judge_health, reconcile
 from appliance.workerconf import WorkerSpec
-from tests.ec2_endpoint import FAKE_KEYS, Ec2Endpoint
+
+pytestmark = pytest.mark.usefixtures("aws_env")     # tests/unit/conftest.py, with `endpoint`
 
 AMI = "ami-12c6146b"
 BASE = "pool: {{condor_host: cm}}\nclouds: [{{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t3.large{extra}}}]"
@@ -105,19 +106,7 @@ def test_old_interruptions_are_forgotten():
 
 # ---------------------------------------------------------------- the driver against moto
 
-@pytest.fixture(scope="module")
-def endpoint():
-    with Ec2Endpoint() as ep:
-        yield ep
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEYS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_KEYS["aws_secret_access_key"])
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+# `endpoint` (moto over HTTP) and `aws_env` are in tests/unit/conftest.py
 
 
 def driver(ep, pool_id, **extra) -> Ec2Driver:
