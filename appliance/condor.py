@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -350,15 +351,29 @@ class Condor:
         names the dead worker for a while, but it entered "running" after the removal
         (a reconnect after a restart never leaves "running", so it is still caught).
         """
-        constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {classad.quote(worker_id)}"
-        if started_before is not None:
-            constraint += f" && EnteredCurrentStatus <= {int(started_before)}"
         try:
-            ads = htcondor.Schedd().query(constraint=constraint, projection=["ClusterId", "ProcId"])
+            ads = htcondor.Schedd().query(constraint=requeue_constraint(worker_id, started_before),
+                                          projection=["ClusterId", "ProcId"])
         except Exception as err:
             raise CondorError(f"cannot find the jobs of {worker_id}: {err}") from err
         jobs = {f"{a['ClusterId']}.{a['ProcId']}".encode() for a in ads}
         return len(jobs), (_kill_shadows(jobs) if jobs else 0)
+
+
+def requeue_constraint(worker_id: str, started_before: float | None = None) -> str:
+    """The jobs "running" on a worker the appliance removed. With `started_before`: those
+    running since before the removal (a reconnect after a restart never leaves "running"),
+    or since then but on that same worker still. The schedd reuses its claim on the dead
+    worker for a job put back to idle, before it learns the worker is gone (seen under load
+    in CI: the job then waited the whole lease); a job started again elsewhere is left alone,
+    though its MachineAttrWorkerId0 names the dead worker for a while: its RemoteHost names
+    the new one. A job whose RemoteHost is unknown is taken to be on the dead worker."""
+    quoted = classad.quote(worker_id)
+    constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {quoted}"
+    if started_before is not None:
+        constraint += (f" && (EnteredCurrentStatus <= {int(started_before)} || RemoteHost =?= undefined"
+                       f" || regexp({classad.quote(re.escape(worker_id))}, RemoteHost) =?= true)")
+    return constraint
 
 
 def _kill_shadows(job_ids: set[bytes]) -> int:

@@ -72,7 +72,15 @@ def test_the_user_data_makes_a_fresh_debian_a_worker_that_runs_the_job(world, cl
     # idle -> drained by the appliance -> condor_master exits -> the "instance" powers itself off
     wait_for("the instance to power off after its drain", lambda: (inst.reload(), inst.status)[1] == "exited",
              timeout=90, every=2, app=app)
-    logs = inst.logs().decode(errors="replace")
+    # the engine may still be copying the container's last lines when it reports it exited
+    # (seen once in CI): read its log until the script's last line is there
+    def said_goodbye():
+        text = inst.logs().decode(errors="replace")
+        return text if "powering off" in text else None
+    try:
+        logs = wait_for("the script's last line in the log", said_goodbye, timeout=10, every=0.5)
+    except Exception:
+        logs = inst.logs().decode(errors="replace")
     assert "the worker ended (exit 0); powering off" in logs, logs[-2000:]
     assert inst.attrs["State"]["ExitCode"] == 0
 

@@ -258,7 +258,14 @@ def test_a_job_whose_worker_was_removed_by_a_restart_runs_again_at_once(start_ap
     removed = [e for e in app.events() if e.get("worker_id") == first and e.get("to_state") == "failed"]
     assert removed and "stopping" in removed[-1]["reason"], removed
     # well inside the 40 min lease: a second start on a new worker, then done
-    app.wait("the stranded job to complete after the restart", lambda: account_only(app, cluster), timeout=180)
+    try:
+        app.wait("the stranded job to complete after the restart", lambda: account_only(app, cluster), timeout=180)
+    except Exception as err:      # what the queue and the scheduler's retry list say of the job
+        job = app.sh(f"condor_q {cluster} -allusers -af JobStatus EnteredCurrentStatus MachineAttrWorkerId0 "
+                     f"LastJobStatus NumShadowStarts RemoteHost LastRemoteHost HoldReason", check=False)
+        stranded = app.sh("python3 -c 'from appliance.store import Store; print(Store().get(\"stranded_jobs\"))'",
+                          check=False)
+        raise AssertionError(f"{err}\n--- the job: {job}\n--- stranded: {stranded}") from None
     assert any("put back in the queue" in e["reason"] for e in app.events()), app.events()[-20:]
     app.wait("no live worker left", lambda: app.status("-m")["data"] == [], timeout=120)
     assert_no_orphans(app, client)

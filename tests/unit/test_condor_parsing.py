@@ -1,5 +1,6 @@
 """Turning schedd group-by ads and collector slot ads into demand and supply."""
 import classad
+import pytest
 
 from appliance.condor import groups_from_ads, summarize_slots
 
@@ -78,3 +79,29 @@ def test_free_gpus_of_a_worker_are_summed_from_its_unclaimed_slots():
     plain = classad.ClassAd()
     plain.update({"Name": "slot1@v@h", "WorkerId": "v", "State": "Unclaimed", "SlotType": "Partitionable", "Cpus": 2})
     assert summarize_slots([plain])["v"].free_gpus == 0
+
+
+REQUEUE = [
+    # (name, job attributes, caught)
+    ("running on the dead worker since before its removal (a reconnect after a restart)",
+     {"JobStatus": 2, "MachineAttrWorkerId0": "docker-aae138", "EnteredCurrentStatus": 100,
+      "RemoteHost": "slot1_1@docker-aae138@docker-aae138"}, True),
+    ("put back to idle, then running again on the dead worker's claim",
+     {"JobStatus": 2, "MachineAttrWorkerId0": "docker-aae138", "EnteredCurrentStatus": 300,
+      "RemoteHost": "slot1_1@docker-aae138@docker-aae138"}, True),
+    ("started again elsewhere, its MachineAttrWorkerId0 not yet updated",
+     {"JobStatus": 2, "MachineAttrWorkerId0": "docker-aae138", "EnteredCurrentStatus": 300,
+      "RemoteHost": "slot1_1@docker-bbb111@docker-bbb111"}, False),
+    ("running again since the removal, on a host the queue does not name",
+     {"JobStatus": 2, "MachineAttrWorkerId0": "docker-aae138", "EnteredCurrentStatus": 300}, True),
+    ("idle again", {"JobStatus": 1, "MachineAttrWorkerId0": "docker-aae138", "EnteredCurrentStatus": 300}, False),
+    ("another worker's job", {"JobStatus": 2, "MachineAttrWorkerId0": "docker-bbb111", "EnteredCurrentStatus": 100,
+                              "RemoteHost": "slot1_1@docker-bbb111@docker-bbb111"}, False),
+]
+
+
+@pytest.mark.parametrize("name,attrs,caught", REQUEUE, ids=[c[0] for c in REQUEUE])
+def test_which_jobs_of_a_removed_worker_are_put_back(name, attrs, caught):
+    from appliance.condor import requeue_constraint
+    job = classad.ClassAd(attrs)
+    assert (classad.ExprTree(requeue_constraint("docker-aae138", 200)).eval(job) is True) is caught
