@@ -299,10 +299,12 @@ def shutdown_plan(workers: Iterable[Worker], cloud_types: Mapping[str, str], on_
 
 
 def stranded_at_shutdown(step: ShutdownStep, now: float, error: str = "") -> StrandedJobs | None:
-    """A removed worker that had joined may leave jobs "running" in the queue:
-    they are put back after the restart, whatever stopped first."""
+    """A removed worker may leave jobs "running" in the queue: they are put back after the
+    restart, whatever stopped first. Any removed worker, not only those seen to join: one
+    can join and start a job between the scheduler's last look and the stop (seen in CI);
+    for a worker with no job the retry finds none and ends at once."""
     w = step.worker
-    if step.remove and not error and (w.last_seen > 0 or w.state in (State.BUSY, State.DRAINING)):
+    if step.remove and not error:
         return StrandedJobs(w.id, w.cloud, now)
     return None
 

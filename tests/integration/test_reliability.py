@@ -255,7 +255,8 @@ def test_a_job_whose_worker_was_removed_by_a_restart_runs_again_at_once(start_ap
     app.wait_ready()
     assert not [c for c in labelled(client, pool) if c.labels.get("appliance.worker") == first], \
         "the worker should have been removed at stop (on_shutdown: remove)"
-    removed = [e for e in app.events() if e.get("worker_id") == first and e.get("to_state") == "failed"]
+    # failed if the scheduler had seen it busy, else retired: its last cycle may predate the job's start
+    removed = [e for e in app.events() if e.get("worker_id") == first and e.get("to_state") in ("failed", "retired")]
     assert removed and "stopping" in removed[-1]["reason"], removed
     # well inside the 40 min lease: a second start on a new worker, then done
     try:
