@@ -527,6 +527,11 @@ class Config:
         return self.budget.max_per_day is not None or any(c.budget.max_per_day is not None for c in self.clouds)
 
     @property
+    def shaped_clouds(self) -> frozenset[str]:
+        """Clouds with several shapes: a capacity error there backs off the shape, not the cloud."""
+        return frozenset(c.name for c in self.clouds if len(c.shapes) > 1)
+
+    @property
     def priced(self) -> bool:
         return any(s.price for c in self.clouds for s in c.shapes)
 

@@ -147,7 +147,7 @@ class Daemon:
 
         # what the results mean (pure), then one write
         followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
-                                           self.shape_health, self.shaped_clouds())
+                                           self.shape_health, self.cfg.shaped_clouds)
         self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
         stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
         stranded.update(outcomes.stranded_by_removals(removed, now))
@@ -222,10 +222,6 @@ class Daemon:
         records = budget.spending_of(self.store.recent_workers(since), self.cfg.priced_shape)
         totals = budget.add_spend(totals or {}, records, since, now)
         self.store.put("spend_total", totals)
-
-    def shaped_clouds(self) -> set[str]:
-        """Clouds with several shapes: a capacity error there backs off the shape, not the cloud."""
-        return {c.name for c in self.cfg.clouds if len(c.shapes) > 1}
 
     # ------------------------------------------------------------ observe
     def observe(self, now: float) -> Observation:
@@ -382,13 +378,12 @@ class Daemon:
 
     def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
         lock = threading.Lock()
-        shaped = self.shaped_clouds()
-        stopped: dict[str, str] = {}      # cloud name or "*" -> why the rest is not attempted
+        stops = outcomes.BatchStops(self.cfg.shaped_clouds)
 
         def start(wid: str, launch: Launch) -> outcomes.LaunchResult:
             result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason, shape=launch.shape)
             with lock:
-                skip = stopped.get("*") or stopped.get(launch.cloud) or stopped.get(f"{launch.cloud}/{launch.shape}")
+                skip = stops.skip(launch.cloud, launch.shape)
             if skip:
                 return result(blame=outcomes.Blame.SKIPPED, error=skip)
             try:
@@ -404,11 +399,8 @@ class Daemon:
                 except Exception as err:
                     r = result(blame=outcomes.Blame.CRASH, error=repr(err))
             self.condor.drop_worker_key(wid)
-            scope = outcomes.stops_batch(r, shaped)
-            if scope:
-                key = {"all": "*", "shape": f"{launch.cloud}/{launch.shape}"}.get(scope, launch.cloud)
-                with lock:
-                    stopped.setdefault(key, outcomes.skip_reason(r.blame, scope))
+            with lock:
+                stops.failed(r)
             return r
 
         futures = [self.pool.submit(start, wid, launch) for wid, launch in rows]

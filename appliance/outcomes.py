@@ -164,6 +164,25 @@ def judge_launches(results: Sequence[LaunchResult], health: Mapping[str, CloudHe
     return out
 
 
+class BatchStops:
+    """Which launches of one cycle's batch an earlier failure stops (stops_batch): by the
+    whole batch, a cloud, or one shape of a cloud. The daemon and the simulator share it."""
+
+    def __init__(self, shaped: Collection[str]):
+        self.shaped = shaped                      # clouds with several shapes
+        self.why: dict[str, str] = {}             # "*", a cloud or "cloud/shape" -> why the rest is skipped
+
+    def skip(self, cloud: str, shape: str) -> str | None:
+        """Why this launch is not attempted, or None."""
+        return self.why.get("*") or self.why.get(cloud) or self.why.get(f"{cloud}/{shape}")
+
+    def failed(self, r: LaunchResult) -> None:
+        scope = stops_batch(r, self.shaped)
+        if scope:
+            key = {"all": "*", "shape": f"{r.cloud}/{r.shape}"}.get(scope, r.cloud)
+            self.why.setdefault(key, skip_reason(r.blame, scope))
+
+
 def shape_backs_off(r: LaunchResult, shaped: Collection[str]) -> bool:
     """A capacity error on a cloud with several shapes is about that shape only."""
     return r.blame is Blame.CLOUD and r.kind == "capacity" and r.cloud in shaped and bool(r.shape)

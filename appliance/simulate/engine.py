@@ -149,7 +149,6 @@ class Simulation:
         self.ctype = {c.name: c.type for c in cfg.clouds}
         self.health = {c.name: CloudHealth(c.name, c.enabled, c.max_workers) for c in cfg.clouds}
         self.shape_health: dict = {}                 # shapes backing off after a capacity error
-        self.shaped = {c.name for c in cfg.clouds if len(c.shapes) > 1}
         # separate streams, so that (say) a capacity error does not change every later boot delay
         self.rng_boot = random.Random(f"{options.seed}/boot")
         self.rng_capacity = random.Random(f"{options.seed}/capacity")
@@ -404,7 +403,7 @@ class Simulation:
         launched = self.launch(launches) if launches else []
 
         followup = outcomes.judge_launches(launched, health, now, self.settings.backoff_base,
-                                           self.shape_health, self.shaped)
+                                           self.shape_health, self.cfg.shaped_clouds)
         if followup.shape_health is not None:
             self.shape_health = followup.shape_health
         self.redrain, _ = outcomes.judge_drains(plan.redrain, drained, now)
@@ -482,12 +481,12 @@ class Simulation:
         return results
 
     def launch(self, rows: list[tuple[str, Launch]]) -> list[outcomes.LaunchResult]:
-        stopped: dict[str, str] = {}
+        stops = outcomes.BatchStops(self.cfg.shaped_clouds)
         results = []
         for wid, launch in rows:
             # the daemon's LaunchResult and batch rules (Daemon.launch)
             result = functools.partial(outcomes.LaunchResult, wid, launch.cloud, launch.reason, shape=launch.shape)
-            skip = stopped.get("*") or stopped.get(launch.cloud) or stopped.get(f"{launch.cloud}/{launch.shape}")
+            skip = stops.skip(launch.cloud, launch.shape)
             if skip:
                 results.append(result(blame=outcomes.Blame.SKIPPED, error=skip))
                 continue
@@ -499,10 +498,7 @@ class Simulation:
                 r = result(blame=outcomes.Blame.CLOUD, error=str(err), kind=str(err.kind),
                            retry_after=err.retry_after)
             self.launch_failures += 1
-            scope = outcomes.stops_batch(r, self.shaped)
-            if scope:
-                key = {"all": "*", "shape": f"{launch.cloud}/{launch.shape}"}.get(scope, launch.cloud)
-                stopped.setdefault(key, outcomes.skip_reason(r.blame, scope))
+            stops.failed(r)
             results.append(r)
         return results
 
