@@ -139,9 +139,9 @@ def cloud_costs(store: Store, cfg: Config, now: float) -> dict[str, budget.Spend
 def spend_status(store: Store, cfg: Config, now: float | None = None) -> dict[str, Any]:
     """The whole pool's cost now and over the last 24 hours, with the global budget."""
     now = time.time() if now is None else now
-    records = budget.spending_of(store.recent_workers(now - budget.DAY), cfg.priced_shape)
-    spend = budget.spend_at(records, now)
-    return {"priced": cfg.priced, "cost_per_hour": round(spend.per_hour, 6), "spend_24h": round(spend.last_day, 6),
+    per_cloud = cloud_costs(store, cfg, now).values()     # only configured clouds' shapes have prices
+    per_hour, last_day = sum(c.per_hour for c in per_cloud), sum(c.last_day for c in per_cloud)
+    return {"priced": cfg.priced, "cost_per_hour": round(per_hour, 6), "spend_24h": round(last_day, 6),
             "budget": {"max_per_hour": cfg.budget.max_per_hour, "max_per_day": cfg.budget.max_per_day}}
 
 
