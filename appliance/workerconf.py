@@ -65,6 +65,27 @@ class WorkerSpec:
                 f"condor_host={self.condor_host!r})")
 
 
+# the device condor_gpu_discovery -simulate reports (2: a Tesla V100-PCIE-16GB)
+SIMULATED_GPU_TYPE = 2
+
+
+def simulated_gpus(cloud: CloudConfig) -> bool:
+    """The cloud's simulate_gpus option (only the types whose workers the engine or host equips)."""
+    return bool(getattr(cloud.settings, "simulate_gpus", False))
+
+
+def gpu_lines(gpus: int, simulate: bool) -> list[str]:
+    """The condor config of a worker with `gpus` GPUs: HTCondor's GPU discovery, which
+    advertises the devices and assigns them to jobs (CUDA_VISIBLE_DEVICES); simulated
+    devices only when asked, never as a silent stand-in for missing ones."""
+    if not gpus:
+        return []
+    lines = ["use feature : GPUs"]
+    if simulate:
+        lines.append(f"GPU_DISCOVERY_EXTRA = $(GPU_DISCOVERY_EXTRA) -simulate:{SIMULATED_GPU_TYPE},{gpus}")
+    return lines
+
+
 def slot_user(worker_id: str, n: int) -> str:
     """The account the jobs of dynamic slot n (slot1_n) run as: one per slot, and
     unique per worker, because local workers share the appliance's accounts.
@@ -175,8 +196,9 @@ def condor_config(spec: WorkerSpec, home: str) -> str:
         f"MASTER_ATTRS = $(MASTER_ATTRS) {attrs}",
         f"NUM_CPUS = {size.cpus}",
         f"MEMORY = {size.memory}",
-        # a shape with GPUs: the startd finds the machine's own (none are invented)
-        *(["use feature : GPUs"] if size.gpus else []),
+        # a shape with GPUs: the startd finds the machine's own and hands them to jobs; with
+        # simulate_gpus (demos and tests) HTCondor's own discovery invents that many instead
+        *gpu_lines(size.gpus, simulated_gpus(c)),
         "NUM_SLOTS_TYPE_1 = 1",
         "SLOT_TYPE_1 = 100%",
         "SLOT_TYPE_1_PARTITIONABLE = True",

@@ -64,6 +64,7 @@ class DockerDriver(du.EngineDriver):
                 environment={"APPLIANCE_WORKER_ID": spec.worker_id},
                 nano_cpus=int(size.cpus * 1e9), mem_limit=f"{size.memory + DAEMON_MEMORY_MB}m",
                 restart_policy={"Name": "no"}, stop_signal="SIGQUIT",
+                device_requests=gpu_requests(size.gpus, self.settings.simulate_gpus),
                 healthcheck={"test": ["NONE"]})    # the image's check probes the web page, not a worker
         except docker.errors.APIError as err:
             if err.status_code == 409:      # a retried launch: the container is already there
@@ -128,3 +129,11 @@ class DockerDriver(du.EngineDriver):
         except du.ENGINE_ERRORS as err:
             raise du.translate(err, f"remove container {target}") from None
 
+
+
+def gpu_requests(gpus: int, simulated: bool) -> list[docker.types.DeviceRequest] | None:
+    """What `docker run --gpus N` asks the engine for (its NVIDIA runtime hands out N
+    devices); nothing for simulated GPUs, which HTCondor invents inside the worker."""
+    if not gpus or simulated:
+        return None
+    return [docker.types.DeviceRequest(count=gpus, capabilities=[["gpu"]])]

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import text, text_map
-from .registry import CloudOptions, option, register
+from ..config import boolean, text, text_map
+from .registry import SIMULATE_GPUS_DOC, CloudOptions, option, register
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 DEFAULT_IMAGE = "appliance:latest"
@@ -21,6 +21,7 @@ class DockerOptions(CloudOptions):
     network: str = option(text(), "auto", "the network workers join; `auto`: the appliance's own "
                                           "(its first user-defined network, else `bridge`)")
     labels: Mapping[str, str] = option(text_map, {}, "extra labels on every worker container")
+    simulate_gpus: bool = option(boolean, False, SIMULATE_GPUS_DOC)
 
 
 register("docker", "appliance.clouds.docker:DockerDriver", DockerOptions)

@@ -1,4 +1,4 @@
-"""Options of the `local` cloud (appliance/clouds/local.py): none of its own.
+"""Options of the `local` cloud (appliance/clouds/local.py).
 
 Kept apart from the driver so that loading the config imports no driver code.
 """
@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import CloudOptions, register
+from ..config import boolean
+from .registry import SIMULATE_GPUS_DOC, CloudOptions, option, register
 
 
 @dataclass(frozen=True, kw_only=True)
 class LocalOptions(CloudOptions):
-    """Workers are processes inside the appliance: nothing to choose."""
+    """Workers are processes inside the appliance: their GPUs are the appliance's own."""
+    simulate_gpus: bool = option(boolean, False, SIMULATE_GPUS_DOC)
 
 
 register("local", "appliance.clouds.local:LocalDriver", LocalOptions)

@@ -71,6 +71,10 @@ class CloudOptions:
 
 _REQUIRED = dataclasses.MISSING
 
+# the option of the clouds whose workers could be given GPUs by the engine or the host
+SIMULATE_GPUS_DOC = ("demos and tests: workers of a shape with `gpus` advertise that many simulated devices "
+                     "(HTCondor's `condor_gpu_discovery -simulate`) and get no real one")
+
 
 def option(check: Callable, default: Any = _REQUIRED, doc: str = "", shown: str = "") -> Any:
     """A field of an options dataclass: `check(value, path)` cleans or rejects a value

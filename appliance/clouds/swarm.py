@@ -88,7 +88,8 @@ class SwarmDriver(du.EngineDriver):
                 # with room for it, and spreads workers over the nodes that have room
                 resources=Resources(cpu_limit=int(size.cpus * 1e9), cpu_reservation=int(size.cpus * 1e9),
                                     mem_limit=(size.memory + DAEMON_MEMORY_MB) * 1024 * 1024,
-                                    mem_reservation=size.memory * 1024 * 1024),
+                                    mem_reservation=size.memory * 1024 * 1024,
+                                    generic_resources=gpu_resources(size.gpus, self.settings.simulate_gpus)),
                 restart_policy=RestartPolicy(condition="none"),
                 constraints=list(self.settings.constraints),
                 secrets=[SecretReference(secret.id, secret.name, filename="appliance-worker", uid="0", gid="0",
@@ -159,3 +160,15 @@ class SwarmDriver(du.EngineDriver):
         except du.ENGINE_ERRORS:
             pass     # swept later by list()
 
+
+
+# the generic resource a node offers its GPUs as (dockerd --node-generic-resource NVIDIA-GPU=...)
+GPU_RESOURCE = "NVIDIA-GPU"
+
+
+def gpu_resources(gpus: int, simulated: bool) -> dict[str, int] | None:
+    """Swarm places a worker of a GPU shape only on a node with that many GPUs free (its
+    generic resources); simulated GPUs need no node to have any."""
+    if not gpus or simulated:
+        return None
+    return {GPU_RESOURCE: gpus}

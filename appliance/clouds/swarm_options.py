@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import text, text_list, text_map
+from ..config import boolean, text, text_list, text_map
 from .docker_options import DEFAULT_IMAGE, DEFAULT_URL
-from .registry import CloudOptions, option, register
+from .registry import SIMULATE_GPUS_DOC, CloudOptions, option, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,7 @@ class SwarmOptions(CloudOptions):
     labels: Mapping[str, str] = option(text_map, {}, "extra labels on every worker service and its containers")
     constraints: tuple[str, ...] = option(text_list(text()), (),
                                           "Swarm placement constraints, e.g. `node.labels.htcondor == yes`")
+    simulate_gpus: bool = option(boolean, False, SIMULATE_GPUS_DOC)
 
 
 register("swarm", "appliance.clouds.swarm:SwarmDriver", SwarmOptions)

@@ -70,7 +70,7 @@ def test_cloud_types_come_from_the_registry():
     from appliance import config
     from appliance.clouds import registry
     assert config.CLOUD_TYPES == registry.types() == ("local", "docker", "swarm", "ec2")
-    assert list(config.option_keys("docker")) == ["url", "image", "network", "labels"]
+    assert list(config.option_keys("docker")) == ["url", "image", "network", "labels", "simulate_gpus"]
     assert not hasattr(config, "CLOUD_OPTION_KEYS")
 
 
@@ -109,7 +109,8 @@ BAD = [
     ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
      "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: a, type: local, image: x}]",
-     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, max_workers, name, priority, shapes, type, "
+     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, max_workers, name, priority, shapes, "
+     "simulate_gpus, type, "
      "worker)"),
     ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",

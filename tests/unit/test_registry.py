@@ -30,11 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # what config.py's CLOUD_OPTION_KEYS said before the registry: key -> (default, required);
 # since shapes, ec2's instance_type is required only without them (Ec2Options.validate_shapes)
 BEFORE = {
-    "local": {},
+    "local": {"simulate_gpus": (False, False)},
     "docker": {"url": ("unix:///var/run/docker.sock", False), "image": ("appliance:latest", False),
-               "network": ("auto", False), "labels": ({}, False)},
+               "network": ("auto", False), "labels": ({}, False), "simulate_gpus": (False, False)},
     "swarm": {"url": ("unix:///var/run/docker.sock", False), "image": ("appliance:latest", False),
-              "network": ("auto", False), "labels": ({}, False), "constraints": ((), False)},
+              "network": ("auto", False), "labels": ({}, False), "constraints": ((), False),
+              "simulate_gpus": (False, False)},
     "ec2": {"region": (None, True), "ami": (None, True), "instance_type": (None, False), "subnet": (None, False),
             "security_groups": ((), False), "key_name": (None, False), "iam_instance_profile": (None, False),
             "endpoint_url": (None, False), "env_file": (None, False), "market": ("on-demand", False),
@@ -285,7 +286,7 @@ def test_docker_table_renders_from_the_options():
         "| key | type | default | description |", "| --- | --- | --- | --- |",
         "| `url` | str | `unix:///var/run/docker.sock` | the Docker engine to start workers on |"]
     assert "| `labels` | dict[str, str] | `{}` | extra labels on every worker container |" in table
-    assert docs.render_table("local") == "The `local` type has no type-specific options.\n"
+    assert "| `simulate_gpus` | bool | `false` | demos and tests:" in docs.render_table("local")
     ec2 = docs.render_table("ec2")
     assert "| `region` | str | required |" in ec2 and "| `subnet` | str | none (the default VPC) |" in ec2
     assert "| `max_lifetime` | float | `86400` |" in ec2
