@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import classad
 import htcondor
 
-from . import federation
+from . import asks, federation
 from .keyfiles import new_signing_key
 from .model import JobGroup, RemoteSchedd, ScheddState, SlotSummary
 
@@ -42,7 +42,7 @@ IDLE = 1
 # scheduler, grid and local universe jobs never need an execute node
 NO_WORKER_UNIVERSES = {7, 9, 12}
 DEMAND_PROJECTION = ["JobStatus", "JobUniverse", "RequestCpus", "RequestMemory", "RequestDisk", "RequestGPUs",
-                     "Requirements", "TargetClouds", "FlockTo"]
+                     "Requirements", "TargetClouds", "FlockTo", *asks.JOB_ATTRIBUTES]
 REMOTE_PROJECTION = [*DEMAND_PROJECTION, "User"]
 SUBMITTER_PROJECTION = ["Name", "ScheddName", "IdleJobs", "RunningJobs", "SubmitterTag", "AuthenticatedIdentity"]
 # a remote schedd that does not answer within this long is reported, and its answer
@@ -413,6 +413,24 @@ def _gpus(ad: classad.ClassAd) -> int:
     return _int(ad, "RequestGPUs", 0)
 
 
+def worker_asks(ad: classad.ClassAd) -> asks.WorkerAsks:
+    """What the job asks of its worker beyond its size (+WorkerImage, cloudscheduler's +VM*)."""
+    values = {}
+    for name in asks.JOB_ATTRIBUTES:
+        if name not in ad:
+            continue
+        try:
+            value = ad.eval(name)
+        except Exception:       # an expression the library cannot evaluate: said as it is
+            value = str(ad.lookup(name))
+        if isinstance(value, classad.Value):
+            if value is classad.Value.Undefined:
+                continue
+            value = str(ad.lookup(name))     # an error: reported as the job wrote it
+        values[name] = value
+    return asks.from_values(values)
+
+
 def _names(value) -> tuple[str, ...] | None:
     if value is None or isinstance(value, classad.Value):     # unset, or set to undefined/error
         return None
@@ -426,7 +444,10 @@ def job_group_key(ad: classad.ClassAd, schedd: str = "", owner: str = "") -> str
     # and of one asking no GPU what it was before GPUs were counted
     extra = f"|{schedd}|{owner}|{flock_to}" if (schedd or owner or flock_to) else ""
     gpus = f"|gpus={_gpus(ad)}" if _gpus(ad) else ""
-    return hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}{gpus}{extra}".encode()).hexdigest()[:12]
+    wanted = worker_asks(ad)
+    worker = f"|{wanted.key()}" if wanted.any else ""
+    return hashlib.sha1(f"{cpus}|{memory}|{disk}|{req}|{target_clouds}{gpus}{worker}{extra}".encode()
+                        ).hexdigest()[:12]
 
 
 def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[JobGroup, ...]:
@@ -447,14 +468,14 @@ def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[J
         if key in merged:
             g = merged[key]
             merged[key] = JobGroup(key, g.count + count, cpus, memory, disk, req, target_clouds, owner, ad=g.ad,
-                                   schedd=schedd, flock_to=flock_to, gpus=g.gpus)
+                                   schedd=schedd, flock_to=flock_to, gpus=g.gpus, asks=g.asks)
         else:
             job = classad.ClassAd()
             job.update(ad)
             job["MyType"] = "Job"
             job["TargetType"] = "Machine"
             merged[key] = JobGroup(key, count, cpus, memory, disk, req, target_clouds, owner, ad=job,
-                                   schedd=schedd, flock_to=flock_to, gpus=_gpus(ad))
+                                   schedd=schedd, flock_to=flock_to, gpus=_gpus(ad), asks=worker_asks(ad))
     return tuple(merged.values())
 
 

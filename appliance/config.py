@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import asks  # pure: the names of worker images
 from .budget import Caps  # pure, as shapes
 from .clouds import registry  # imports no driver and no cloud SDK
 from .shapes import Shape, host_shapes  # pure: imports nothing of HTCondor
@@ -30,6 +31,8 @@ HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # a shape's name: an EC2 instance type (t3.medium), a flavor (p2-3gb) or any short label
 SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IMAGE_NAME_RE = SHAPE_NAME_RE
+VM_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -142,6 +145,21 @@ def text_map(value, path):
 _described(text_map, "dict[str, str]")
 
 
+def image_map(value, path):
+    """A cloud's `images:`: names jobs may ask for -> image references (AMIs for ec2), in order."""
+    if not isinstance(value, dict) or not value:
+        raise _Bad(path, f"expected a mapping of image names to images (e.g. {{default: appliance:latest}}), "
+                         f"got {_shown(value)}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not IMAGE_NAME_RE.match(k):
+            raise _Bad(path, f"image names are 1-64 letters, digits, '.', '_' and '-', got {_shown(k)}")
+        if not isinstance(v, str) or not v.strip() or any(c.isspace() or c in ',"' for c in v.strip()):
+            raise _Bad(f"{path}.{k}", f"expected an image reference without spaces, commas or quotes, got {_shown(v)}")
+        out[k] = v.strip()
+    return MappingProxyType(out)
+
+
 def classad_attributes(value, path):
     """Extra attributes workers of a cloud advertise (and its template ad has)."""
     if not isinstance(value, dict):
@@ -160,7 +178,8 @@ def classad_attributes(value, path):
 
 
 _RESERVED_ATTRS = {"applianceworker", "workerid", "cloudname", "cloudtype", "workershape", "cpus", "memory",
-                   "disk", "gpus", "requirements", "start", "name", "mytype"}
+                   "disk", "gpus", "requirements", "start", "name", "mytype", "workerimage", "workerimageref",
+                   "vmtype"}
 
 
 @dataclass(frozen=True)
@@ -339,6 +358,10 @@ COMMON_CLOUD_KEYS = {
     "worker": Key(lambda v, p: v, None),   # checked with WORKER_KEYS below
     "shapes": Key(lambda v, p: v, None),   # checked with SHAPE_KEYS in _parse_shapes
     "budget": Key(lambda v, p: v, None),   # checked with BUDGET_KEYS
+    # cloudscheduler's VMType: what its workers advertise (jobs' Requirements = VMType =?= "...")
+    "vm_type": Key(text(VM_TYPE_RE, "1-64 letters, digits, '.', '_', ':' and '-'"), None),
+    # the worker images jobs may ask for (+WorkerImage, +VMAMI): name -> what the type launches
+    "images": Key(lambda v, p: v, None),   # checked by image_map and the type's validate_images
 }
 
 # Each cloud type's own keys are declared by its options dataclass beside its driver
@@ -416,6 +439,10 @@ class CloudConfig:
     # without `shapes:` the one `worker:` is one unpriced shape (lone_shape)
     shapes: tuple[Shape, ...] = ()
     budget: Caps = Caps()
+    vm_type: str | None = None
+    # the worker images jobs may ask for, name -> reference, in order; never empty once made:
+    # without `images:` the type's own image (its `image` option) is the one named 'default'
+    images: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
         if self.settings is not None and not self.options:
@@ -428,6 +455,17 @@ class CloudConfig:
         elif self.worker != WorkerSize():
             raise ValueError(f"cloud {self.name!r}: give shapes or worker, not both")
         object.__setattr__(self, "shapes", shapes)
+        own = self.settings.own_image() if self.settings is not None else ""
+        object.__setattr__(self, "images", MappingProxyType(dict(asks.cloud_images(self.images, own))))
+
+    @property
+    def default_image(self) -> str:
+        """The name of the image a job that asks for none gets: `default`, else the first."""
+        return asks.default_image(self.images)
+
+    def image_ref(self, name: str) -> str:
+        """What a worker of the image of this name runs (a name no longer listed: the default's)."""
+        return self.images.get(name) or self.images[self.default_image]
 
     def opt(self, key: str) -> Any:
         return self.options[key]
@@ -628,14 +666,18 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
     else:
         reads = registry.lookup(ctype).options.reads_shape_sizes
         shapes = _parse_shapes(raw_shapes, f"{path}.shapes", reads) if raw_shapes is not None else ()
-    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget")}
+    raw_images = values.pop("images")
+    images = image_map(raw_images, f"{path}.images") if raw_images is not None else MappingProxyType({})
+    common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget", "images")}
     settings = _settings(ctype, values, path)
     try:
         settings.validate_shapes(bool(shapes))
+        if images:
+            settings.validate_images(images)
     except registry.OptionError as err:
         raise _Bad(_join(path, err.key), err.problem) from None
     return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes,
-                       budget=budget, **common)
+                       budget=budget, images=images, **common)
 
 
 # clouds whose workers run on the appliance's own host: `shapes: auto` can size them from it

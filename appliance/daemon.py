@@ -276,7 +276,8 @@ class Daemon:
             rows = []
             for launch in plan.launches:
                 wid = self._new_id(launch.cloud)
-                self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape)
+                self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape,
+                                      image=launch.image)
                 rows.append((wid, launch))
         return rows
 
@@ -387,7 +388,7 @@ class Daemon:
             if skip:
                 return result(blame=outcomes.Blame.SKIPPED, error=skip)
             try:
-                spec = self.worker_spec(wid, launch.cloud, launch.shape)
+                spec = self.worker_spec(wid, launch.cloud, launch.shape, launch.image, launch.max_price)
             except Exception as err:
                 r = result(blame=outcomes.Blame.APPLIANCE, error=str(err))
             else:
@@ -406,15 +407,17 @@ class Daemon:
         futures = [self.pool.submit(start, wid, launch) for wid, launch in rows]
         return [f.result() for f in futures]
 
-    def worker_spec(self, wid: str, cloud: str, shape: str = "") -> WorkerSpec:
-        """The worker's own token and key: the appliance's part of a launch; its size is
-        the shape the plan chose (recorded with its row, so the scheduler counts on it)."""
+    def worker_spec(self, wid: str, cloud: str, shape: str = "", image: str = "",
+                    max_price: float | None = None) -> WorkerSpec:
+        """The worker's own token and key: the appliance's part of a launch; its size and
+        image are those the plan chose (recorded with its row, so the scheduler counts on them)."""
         config = self.cfg.cloud(cloud)
         return WorkerSpec(worker_id=wid, cloud=config, pool=self.cfg.pool.name,
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
                           noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900),
-                          shape=config.shape_of(shape))
+                          shape=config.shape_of(shape), image=image if image in config.images else "",
+                          max_price=max_price)
 
     def condor_host(self, driver: Driver) -> str:
         host = self.cfg.pool.condor_host

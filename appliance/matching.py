@@ -15,15 +15,21 @@ from dataclasses import dataclass
 import classad
 import htcondor  # noqa: F401  (registers HTCondor's ClassAd functions: stringListIMember, split, ...)
 
+from . import asks
 from .config import CloudConfig
 from .model import JobGroup
 from .shapes import DISK_QUANTUM_KB, MEMORY_QUANTUM_MB, Shape, rounded_disk, rounded_memory  # noqa: F401
 
-# The worker's START expression. Also written into every worker's condor
-# config (workerconf.py), so the negotiator enforces what we matched on.
-WORKER_START = ("(TARGET.TargetClouds =?= undefined) || "
-                "stringListIMember(MY.CloudName, TARGET.TargetClouds)")
+# The worker's START: +TargetClouds, then what the job asks of its worker (asks.py).
+# Also written into every worker's condor config (workerconf.py), so the negotiator
+# enforces what we matched on.
+TARGET_CLOUDS_START = ("(TARGET.TargetClouds =?= undefined) || "
+                       "stringListIMember(MY.CloudName, TARGET.TargetClouds)")
 
+
+def worker_start(shape: Shape) -> str:
+    """The START expression of a worker of this shape."""
+    return " && ".join([f"({TARGET_CLOUDS_START})", *asks.start_clauses(shape.cpus, shape.memory, shape.disk)])
 
 
 def _arch() -> str:
@@ -61,9 +67,13 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance", shape: Shape |
     ad["CloudName"] = cloud.name
     ad["CloudType"] = cloud.type
     ad["WorkerShape"] = size.name
+    ad["WorkerImage"] = cloud.default_image
+    ad["WorkerImageRef"] = cloud.image_ref(cloud.default_image)
+    if cloud.vm_type:
+        ad["VMType"] = cloud.vm_type
     for key, value in size.attributes.items():
         ad[key] = value
-    ad["START"] = classad.ExprTree(WORKER_START)
+    ad["START"] = classad.ExprTree(worker_start(size))
     ad["Requirements"] = classad.ExprTree("START")
     return ad
 
@@ -117,9 +127,14 @@ def cloud_verdict(group: JobGroup, cloud: CloudConfig, verdicts: Mapping[str, Ve
         return Verdict(True)
     if len(verdicts) == 1:
         return next(iter(verdicts.values()))
+    reasons = {v.reason for v in verdicts.values()}
+    if len(reasons) == 1 and not next(iter(verdicts.values())).clauses:
+        return next(iter(verdicts.values()))        # the same on every shape (an image, a +VMType): once
     if all(v.reason.startswith("asks for") for v in verdicts.values()):
         sizes = "; ".join(f"{s.name} {_size(s)}" for s in cloud.shapes)
         return Verdict(False, f"{_asks(group)}; its shapes have: {sizes}")
+    if all(v.reason.startswith((*ASKS_PREFIXES, "asks for")) for v in verdicts.values()):
+        return Verdict(False, "; ".join(f"{name}: {v.reason}" for name, v in verdicts.items()))
     if any(v.reason.startswith("+TargetClouds") for v in verdicts.values()):
         return next(iter(verdicts.values()))
     failing = {name: v for name, v in verdicts.items() if v.clauses}
@@ -142,14 +157,27 @@ def shape_can_run(group: JobGroup, cloud: CloudConfig, shape: Shape, template: c
     """Could a fresh worker of `cloud` of this shape ever run a job of `group`? And if not, why."""
     if group.target_clouds is not None and cloud.name not in group.target_clouds:
         return Verdict(False, f"+TargetClouds is {','.join(group.target_clouds)}")
+    image, no_image = asks.image_for(group.asks, cloud.name, cloud.images)
+    if image is None:
+        return Verdict(False, no_image)
+    refused = asks.refusal(group.asks, cloud.name, cloud.vm_type, shape.name, shape.cpus, shape.memory, shape.disk,
+                           shape.price)
+    if refused:
+        return Verdict(False, refused)
     if per_worker(shape, group) < 1:
         return Verdict(False, f"{_asks(group)}; its workers have {_size(shape)}")
+    if image != cloud.default_image:        # the worker launched for it runs that image
+        template = classad.ClassAd(str(template))
+        template["WorkerImage"] = image
+        template["WorkerImageRef"] = cloud.image_ref(image)
     if group.ad is not None and not _matches(group.ad, template):
         return why_not(group.ad, template)
     return Verdict(True)
 
 
 START_REFUSES = "its workers' START refuses it"
+# how asks.refusal() reasons begin (shape by shape, they are listed with each shape's name)
+ASKS_PREFIXES = ("+VM", "+WorkerImage", "shape ")
 
 
 def why_not(job: classad.ClassAd, machine: classad.ClassAd) -> Verdict:

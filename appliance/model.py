@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .asks import WorkerAsks
 from .lifecycle import State
 
 
@@ -30,6 +31,8 @@ class JobGroup:
     # the pools the jobs may flock to (their FlockTo), as the schedd names them; None: not set
     flock_to: tuple[str, ...] | None = None
     gpus: int = 0          # GPUs each job asks for (request_gpus)
+    # what the jobs ask of their worker beyond its size: image, +VMType, ... (asks.py)
+    asks: WorkerAsks = WorkerAsks()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class Worker:
     reason: str = ""
     # the name of its shape (config: the cloud's shapes); "" for a worker recorded before shapes
     shape: str = ""
+    # the name of its image (config: the cloud's images); "" for the cloud's default
+    image: str = ""
 
 
 @dataclass(frozen=True)

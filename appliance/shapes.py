@@ -101,10 +101,14 @@ class Demand:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A shape a cloud offers. `priority` is the cloud's (lower is tried first)."""
+    """A shape a cloud offers. `priority` is the cloud's (lower is tried first). A worker
+    launched for a group also runs the image it asked for, within its price cap: groups
+    share a new worker's room only when they ask for the same (`allowed` says so)."""
     cloud: str
     shape: Shape
     priority: int = 0
+    image: str = ""
+    max_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Pick:
     workers: int
     jobs: int
     reason: str
+    image: str = ""
+    max_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,8 @@ class _Cycle:
             room.take(req, n)
             self.rooms.append(room)
 
-        picks = tuple(Pick(o.candidate.cloud, o.candidate.shape, workers, jobs, _pick_reason(o, workers, jobs, req))
+        picks = tuple(Pick(o.candidate.cloud, o.candidate.shape, workers, jobs, _pick_reason(o, workers, jobs, req),
+                           o.candidate.image, o.candidate.max_price)
                       for o, workers, jobs in launched.values())
         reason = "; ".join(self._waits(options)) if remaining else ""
         return GroupFit(demand.key, picks, shared, remaining, reason)

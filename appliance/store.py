@@ -143,6 +143,13 @@ def _v4_worker_shape(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE workers ADD COLUMN shape TEXT NOT NULL DEFAULT ''")
 
 
+def _v5_worker_image(db: sqlite3.Connection) -> None:
+    """Each worker's image: the name of one of its cloud's images (config `images:`), which
+    jobs asking for an image are placed by. Workers recorded before images get '': their
+    cloud's default image, the only one there was."""
+    _run(db, "ALTER TABLE workers ADD COLUMN image TEXT NOT NULL DEFAULT ''")
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only;
 # never edit or reorder a released step. All pending steps run in one
 # transaction when a Store opens the file, so an upgrade happens entirely or not
@@ -152,6 +159,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v2_transition_counts,
     _v3_retention_indexes,
     _v4_worker_shape,
+    _v5_worker_image,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -200,7 +208,7 @@ class StoreUnusable(StoreError):
 # upper bounds (seconds) of the scheduler cycle duration histogram; counts are cumulative
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason, shape"
+_WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_name, last_seen, reason, shape, image"
 
 
 class Store:
@@ -336,13 +344,13 @@ class Store:
 
     # ------------------------------------------------------------ workers
     def add_worker(self, worker_id: str, cloud: str, reason: str, now: float | None = None,
-                   shape: str = "") -> Worker:
+                   shape: str = "", image: str = "") -> Worker:
         now = time.time() if now is None else now
         lifecycle.check(None, State.REQUESTED)
         with self.tx() as db:
-            db.execute("INSERT INTO workers (id, cloud, state, created_at, state_since, reason, shape) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (worker_id, cloud, State.REQUESTED.value, now, now, reason, shape))
+            db.execute("INSERT INTO workers (id, cloud, state, created_at, state_since, reason, shape, image) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (worker_id, cloud, State.REQUESTED.value, now, now, reason, shape, image))
             self._event(db, now, "worker", reason, worker_id, cloud, None, State.REQUESTED.value)
         return self.worker(worker_id)
 
@@ -581,7 +589,7 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(id=row["id"], cloud=row["cloud"], state=State(row["state"]), created_at=row["created_at"],
                   state_since=row["state_since"], resource_id=row["resource_id"],
                   condor_name=row["condor_name"], last_seen=row["last_seen"], reason=row["reason"],
-                  shape=row["shape"])
+                  shape=row["shape"], image=row["image"])
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, frozenset[str]]:

@@ -58,7 +58,7 @@ class DockerDriver(du.EngineDriver):
         files = worker_files(spec, "/var/lib/condor-worker")
         try:
             container = self.client.containers.create(
-                self.settings.image, command=["worker"], name=self.name_for(spec.worker_id),
+                spec.image_ref, command=["worker"], name=self.name_for(spec.worker_id),
                 hostname=spec.worker_id, detach=True, network=network,
                 labels=du.labels(self.pool_id, self.cloud.name, spec.worker_id, self.settings.labels, size.name),
                 environment={"APPLIANCE_WORKER_ID": spec.worker_id},

@@ -23,5 +23,8 @@ class DockerOptions(CloudOptions):
     labels: Mapping[str, str] = option(text_map, {}, "extra labels on every worker container")
     simulate_gpus: bool = option(boolean, False, SIMULATE_GPUS_DOC)
 
+    def own_image(self) -> str:
+        return self.image
+
 
 register("docker", "appliance.clouds.docker:DockerDriver", DockerOptions)

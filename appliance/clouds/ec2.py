@@ -177,8 +177,8 @@ class Ec2Driver(Driver):
         market = choice.market
         client = self.client          # a CloudError of its own if it cannot be made
         try:
-            reply = client.run_instances(
-                **self.run_params(spec.worker_id, user_data, self.instance_type(spec), market))
+            reply = client.run_instances(**self.run_params(spec.worker_id, user_data, self.instance_type(spec),
+                                                           market, **self.image_and_price(spec)))
         except Exception as err:
             code = error_code(err)
             if not refusal_fallback(o, market, code):
@@ -187,21 +187,28 @@ class Ec2Driver(Driver):
                 self._spot = SpotHistory(self._spot.interrupted, time.time(), code)
             log.info("cloud %s: worker %s goes on-demand: spot capacity refused (%s)",
                      self.cloud.name, spec.worker_id, code)
-            params = self.run_params(spec.worker_id, user_data, self.instance_type(spec), ON_DEMAND)
+            params = self.run_params(spec.worker_id, user_data, self.instance_type(spec), ON_DEMAND,
+                                          **self.image_and_price(spec))
             # a token of its own: EC2 refuses a token reused with other parameters, and whether a
             # refused request's token counts as used is not documented
             params["ClientToken"] = self.client_token(f"{spec.worker_id}-od")
             reply = self._call("RunInstances", secrets, **params)
         return reply["Instances"][0]["InstanceId"]
 
+    def image_and_price(self, spec: WorkerSpec) -> dict:
+        """The AMI of the worker's image (with worker_image, every worker boots `ami` and runs
+        its image with Docker) and the most a job let its worker cost (+VMMaximumPrice)."""
+        return {"image_id": self.settings.ami if self.settings.worker_image else spec.image_ref,
+                "max_price": spec.max_price}
+
     def run_params(self, worker_id: str, user_data: str, instance_type: str | None = None,
-                   market: str | None = None) -> dict:
+                   market: str | None = None, image_id: str | None = None, max_price: float | None = None) -> dict:
         o = self.settings
         instance_type = instance_type or o.instance_type
         market = market or o.market
         tags = [{"Key": k, "Value": v} for k, v in self.tags(worker_id, instance_type or "", market).items()]
         params: dict = {
-            "ImageId": o.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
+            "ImageId": image_id or o.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
             "ClientToken": self.client_token(worker_id), "UserData": user_data,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
@@ -225,8 +232,9 @@ class Ec2Driver(Driver):
             params["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
         if market == "spot":
             spot = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-            if o.spot_max_price:
-                spot["MaxPrice"] = o.spot_max_price
+            bid = spot_bid(o.spot_max_price, max_price)
+            if bid:
+                spot["MaxPrice"] = bid
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         return params
 
@@ -327,7 +335,7 @@ class Ec2Driver(Driver):
     def user_data(self, spec: WorkerSpec) -> str:
         """The boot script that makes a fresh instance this worker (holds its secrets)."""
         source, template = self.template_text()
-        image = self.settings.worker_image or ""
+        image = spec.image_ref if self.settings.worker_image else ""
         values = {
             "worker_id": spec.worker_id, "cloud": spec.cloud.name, "pool": spec.pool,
             "condor_host": spec.condor_host, "worker_image": image, "worker_home": WORKER_HOME,
@@ -515,3 +523,13 @@ def _clean(text: str, secrets: Iterable[str]) -> str:
         if s and len(s) >= 8:
             text = text.replace(s, "[redacted]")
     return _LONG_BLOB.sub("[redacted]", text)
+
+
+def spot_bid(cloud_max: str | None, job_max: float | None) -> str | None:
+    """The spot MaxPrice: the lower of the cloud's spot_max_price and a job's +VMMaximumPrice;
+    None: neither is set (EC2 then caps at the on-demand price)."""
+    prices = [float(p) for p in (cloud_max, job_max) if p is not None]
+    if not prices:
+        return None
+    low = min(prices)
+    return cloud_max if cloud_max is not None and float(cloud_max) == low else f"{low:.6f}".rstrip("0").rstrip(".")

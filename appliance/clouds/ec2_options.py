@@ -12,13 +12,14 @@ from ..config import integer, number, text, text_list, text_map
 from .registry import CloudOptions, OptionError, option, register
 
 DEFAULT_MAX_LIFETIME = 86400.0
+AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 SPOT_KEYS = ("spot_max_price", "spot_fallback", "spot_fallback_after", "spot_window", "spot_retry")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Ec2Options(CloudOptions):
     region: str = option(text(), doc="the AWS region")
-    ami: str = option(text(re.compile(r"^ami-[0-9a-f]{8,17}$"), "an AMI id like ami-0123456789abcdef0"),
+    ami: str = option(text(AMI_RE, "an AMI id like ami-0123456789abcdef0"),
                       doc="the image (`ami-` and 8-17 hex digits): Debian 13 for the default boot script")
     instance_type: str | None = option(text(), None, "e.g. `t3.large`: the one instance type of a cloud without "
                                                      "`shapes`; with `shapes`, each shape's name is its instance type",
@@ -74,6 +75,18 @@ class Ec2Options(CloudOptions):
 
     def lone_shape_name(self) -> str | None:
         return self.instance_type
+
+    def own_image(self) -> str:
+        return self.worker_image or self.ami
+
+    def validate_images(self, images: Mapping[str, str]) -> None:
+        """AMIs; with worker_image, the images the instances run with Docker."""
+        if self.worker_image:
+            return
+        for name, ami in images.items():
+            if not AMI_RE.match(ami):
+                raise OptionError(f"images.{name}", f"{ami!r} is not an AMI id like ami-0123456789abcdef0 "
+                                                    "(or set worker_image to map names to container images)")
 
 
 register("ec2", "appliance.clouds.ec2:Ec2Driver", Ec2Options)

@@ -32,7 +32,8 @@ from typing import Any
 # order the modules happen to be imported in); each registers its type
 BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options")
 # keys every cloud has (config.COMMON_CLOUD_KEYS): an option may not reuse one
-RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes", "budget"})
+RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes", "budget",
+                           "vm_type", "images"})
 
 
 class OptionError(ValueError):
@@ -64,6 +65,14 @@ class CloudOptions:
     def lone_shape_name(self) -> str | None:
         """The name of the one shape of a cloud without `shapes:` (None: 'default')."""
         return None
+
+    def own_image(self) -> str:
+        """The image workers run when the cloud has no `images:` (what its `image` option names)."""
+        return ""
+
+    def validate_images(self, images: Mapping[str, str]) -> None:
+        """Checks the cloud's `images:` (name -> what this type launches). Raise
+        OptionError('images', problem) if this type cannot run them."""
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

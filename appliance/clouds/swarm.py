@@ -81,7 +81,7 @@ class SwarmDriver(du.EngineDriver):
                 return next(s.id[:12] for s in existing if s.name == name)
             secret = self._secret(name, bundle(spec.worker_id, worker_files(spec, "/var/lib/condor-worker")), lab)
             service = self.client.services.create(
-                self.settings.image, args=["worker"], name=name, hostname=spec.worker_id,
+                spec.image_ref, args=["worker"], name=name, hostname=spec.worker_id,
                 labels=lab, container_labels=lab, networks=[network],
                 env=[f"APPLIANCE_WORKER_ID={spec.worker_id}"],
                 # reserved as well as limited: Swarm then places a worker only on a node

@@ -24,5 +24,8 @@ class SwarmOptions(CloudOptions):
                                           "Swarm placement constraints, e.g. `node.labels.htcondor == yes`")
     simulate_gpus: bool = option(boolean, False, SIMULATE_GPUS_DOC)
 
+    def own_image(self) -> str:
+        return self.image
+
 
 register("swarm", "appliance.clouds.swarm:SwarmDriver", SwarmOptions)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .. import lifecycle
+from .. import asks, lifecycle
 from ..budget import Caps, Spending, spend_at, within
-from ..config import SchedulerConfig
+from ..config import CloudConfig, SchedulerConfig
 from ..lifecycle import State
 from ..matching import TemplateKey, Verdict, cloud_verdict, fits, rounded_disk, rounded_memory, shape_verdicts
 from ..model import JobGroup, Observation
@@ -37,6 +37,7 @@ class Capacity:
     assigned: int = 0
     shape: str = ""          # the worker's shape: a group's Requirements may accept some shapes only
     gpus: int = 0
+    image: str = ""          # the name of the worker's image: a group asking for another may not use it
 
     def take(self, group: JobGroup, n: int) -> None:
         self.cpus -= n * group.cpus
@@ -98,16 +99,19 @@ def existing_capacity(d: Draft, obs: Observation, views: Mapping[str, CloudView]
         st = d.state[w.id]
         if st not in (State.REQUESTED, State.BOOTING, State.IDLE, State.BUSY) or w.cloud not in views:
             continue
-        size = views[w.cloud].config.shape_of(w.shape)
+        config = views[w.cloud].config
+        size = config.shape_of(w.shape)
+        image = w.image or config.default_image
         slot = obs.slots.get(w.id) if obs.slots is not None else None
         if slot is not None:
             capacity.append(Capacity(w.id, w.cloud, slot.free_cpus, slot.free_memory, slot.free_disk,
-                                     True, w.created_at, shape=size.name, gpus=slot.free_gpus))
+                                     True, w.created_at, shape=size.name, gpus=slot.free_gpus, image=image))
         elif st is State.BUSY:
             continue    # busy, and its room unknown until it advertises again: count on none
         else:
             capacity.append(Capacity(w.id, w.cloud, size.cpus, size.memory, size.disk * 1024,
-                                     st not in lifecycle.STARTING, w.created_at, shape=size.name, gpus=size.gpus))
+                                     st not in lifecycle.STARTING, w.created_at, shape=size.name, gpus=size.gpus,
+                                     image=image))
     capacity.sort(key=lambda c: (not c.joined, c.created_at))
     return capacity
 
@@ -121,6 +125,19 @@ class _Row:
     shapes: set[TemplateKey]             # (cloud, shape) pairs that could run it
     remaining: int                       # jobs without room after existing and starting workers
     away: tuple[str, ...]                # the pools its jobs were sent to (nothing launched for them)
+    # per cloud that could run it: the image its new workers run and their price cap
+    variants: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+
+
+def variant(group: JobGroup, cloud: CloudConfig) -> tuple[str, float | None]:
+    """The image a new worker of this cloud runs for the group, and the price cap its jobs set."""
+    image, _ = asks.image_for(group.asks, cloud.name, cloud.images)
+    return image or cloud.default_image, group.asks.max_price
+
+
+def may_use(group: JobGroup, cloud: CloudConfig, image: str) -> bool:
+    """May the group's jobs run on an existing worker of this image? As the worker's START says."""
+    return asks.accepts_image(group.asks, cloud.name, image, cloud.image_ref(image))
 
 
 def budget_check(views: Mapping[str, CloudView], spending: Sequence[Spending], caps: Caps,
@@ -172,24 +189,29 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
             per_shape.update({s.name: Verdict(True) for s in c.config.shapes if not s.sized})
             verdicts[c.name] = cloud_verdict(group, c.config, per_shape)
             shapes |= {(c.name, name) for name, v in per_shape.items() if v.ok}
+        shapes = spare_gpus(group, shapes, views)
         placement.runnable_on[group.key] = shapes
         remaining = group.count
         for cap in capacity:
             if remaining <= 0:
                 break
-            if (cap.cloud, cap.shape) not in shapes:
+            if (cap.cloud, cap.shape) not in shapes or not may_use(group, views[cap.cloud].config, cap.image):
                 continue
             n = min(remaining, fits(cap.cpus, cap.memory, cap.disk, group, cap.gpus))
             if n > 0:
                 cap.take(group, n)
                 remaining -= n
-        rows.append(_Row(group, verdicts, [c for c in ordered if verdicts[c.name].ok], shapes, remaining,
-                         sent_away(group, flock_to)))
+        runnable = [c for c in ordered if verdicts[c.name].ok]
+        rows.append(_Row(group, verdicts, runnable, shapes, remaining, sent_away(group, flock_to),
+                         {c.name: variant(group, c.config) for c in runnable}))
 
     # 2. the cheapest new workers for what is left, group by group, within the limits
     wanting = [r for r in rows if r.remaining > 0 and not r.away and r.runnable]
-    candidates = [Candidate(c.name, shape, c.config.priority) for c in ordered if not blocked[c.name]
-                  for shape in c.config.shapes]
+    # one candidate per shape and per image and price cap some group wants of that cloud
+    wanted_variants = {c.name: sorted({r.variants[c.name] for r in wanting if c.name in r.variants},
+                                      key=lambda v: (v[0], v[1] is not None, v[1] or 0.0)) for c in ordered}
+    candidates = [Candidate(c.name, shape, c.config.priority, image, cap) for c in ordered if not blocked[c.name]
+                  for shape in c.config.shapes for image, cap in wanted_variants[c.name]]
     headroom = {c.name: max(c.health.max_workers - live_count[c.name], 0) for c in ordered}
     global_headroom = max(min(settings.max_workers - total_live, settings.max_booting - booting), 0)
 
@@ -198,7 +220,9 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
     backed_off = {(c.name, name) for c in ordered for name in c.shapes_backing_off(now)}
 
     def allowed(demand: Demand, candidate: Candidate) -> bool:
-        return (candidate.cloud, candidate.shape.name) in wanting[int(demand.key)].shapes
+        row = wanting[int(demand.key)]
+        return ((candidate.cloud, candidate.shape.name) in row.shapes
+                and row.variants.get(candidate.cloud) == (candidate.image, candidate.max_price))
 
     demands = [Demand(str(i), r.remaining, Request(r.group.cpus, r.group.memory, r.group.disk, r.group.gpus))
                for i, r in enumerate(wanting)]
@@ -220,7 +244,10 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
             reason = f"{group.count} idle job(s){whose(group)} asking {describe(group)}"
             if _shaped(views[pick.cloud]):
                 reason += f": {pick.reason}"
-            d.plan.launches.extend(Launch(pick.cloud, reason, pick.shape.name) for _ in range(pick.workers))
+            if pick.image != views[pick.cloud].config.default_image:
+                reason += f" (image {pick.image})"
+            d.plan.launches.extend(Launch(pick.cloud, reason, pick.shape.name, pick.image, pick.max_price)
+                                   for _ in range(pick.workers))
             live_count[pick.cloud] += pick.workers
             total_live += pick.workers
             booting += pick.workers
@@ -256,6 +283,16 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
 
     placement.assigned = {c.worker_id: c.assigned for c in capacity if c.worker_id}
     return placement
+
+
+def spare_gpus(group: JobGroup, shapes: set[TemplateKey], views: Mapping[str, CloudView]) -> set[TemplateKey]:
+    """A job asking no GPU is placed on GPU shapes (new workers, or room on existing ones)
+    only when no shape without GPUs can run it: GPU workers are dear, and a CPU job on one
+    keeps it from retiring and may take the cpus a GPU job needs."""
+    if group.gpus:
+        return shapes
+    plain = {k for k in shapes if not views[k[0]].config.shape_of(k[1]).gpus}
+    return plain or shapes
 
 
 def largest_first(group: JobGroup) -> tuple:

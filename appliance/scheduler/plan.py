@@ -41,6 +41,8 @@ class Launch:
     cloud: str
     reason: str
     shape: str = ""           # the name of one of the cloud's shapes: the size of the worker
+    image: str = ""           # the name of one of the cloud's images ("": its default)
+    max_price: float | None = None      # the jobs' +VMMaximumPrice: the most the worker may cost per hour
 
 
 @dataclass(frozen=True)

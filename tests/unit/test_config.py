@@ -109,9 +109,8 @@ BAD = [
     ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
      "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: a, type: local, image: x}]",
-     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, max_workers, name, priority, shapes, "
-     "simulate_gpus, type, "
-     "worker)"),
+     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, images, max_workers, name, priority, "
+     "shapes, simulate_gpus, type, vm_type, worker)"),
     ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",
      "<string>: clouds[0].ami: must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),

@@ -1,5 +1,5 @@
 from appliance.config import CloudConfig, WorkerSize
-from appliance.matching import WORKER_START
+from appliance.matching import worker_start
 from appliance.shapes import Shape
 from appliance.workerconf import WorkerSpec, condor_config, worker_files
 
@@ -13,7 +13,8 @@ def test_config_names_the_worker_and_its_trust():
                  'WorkerId = "docker-abc123"', 'CloudName = "docker"', 'CloudType = "docker"', 'WorkerShape = "default"',
                  "HasDocker = True", 'Site = "my \\"lab\\""', "NUM_CPUS = 2", "MEMORY = 2048",
                  "TRUST_DOMAIN = mypool", "ALLOW_ADMINISTRATOR = admin@mypool", "CCB_ADDRESS = $(COLLECTOR_HOST)",
-                 "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS", f"START = {WORKER_START}",
+                 "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS", f"START = {worker_start(CLOUD.shapes[0])}",
+                 'WorkerImage = "default"', 'WorkerImageRef = ""',
                  "FILESYSTEM_DOMAIN = docker-abc123.mypool", "LOCAL_DIR = /var/lib/condor-worker"]:
         assert line in text.splitlines(), line
     assert "SECRET" not in text
@@ -49,7 +50,8 @@ def test_the_worker_is_the_size_of_its_shape_and_advertises_it():
     assert spec.size is GPU
     text = lines(spec)
     for line in ["NUM_CPUS = 8", "MEMORY = 30720", 'WorkerShape = "gpu"', "HasSSD = True", "use feature : GPUs",
-                 "STARTD_ATTRS = $(STARTD_ATTRS) ApplianceWorker WorkerId CloudName CloudType WorkerShape HasSSD"]:
+                 "STARTD_ATTRS = $(STARTD_ATTRS) ApplianceWorker WorkerId CloudName CloudType WorkerShape WorkerImage "
+                 "WorkerImageRef HasSSD"]:
         assert line in text, line
     # the slot accounts follow the shape's cpus (the installers read NUM_CPUS)
     small = lines(WorkerSpec("docker-small01", SHAPED, "mypool", "10.0.0.5", shape=SMALL))
