@@ -125,6 +125,9 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             "cost_per_hour": round(costs[c.name].per_hour, 6) if c.name in costs else None,
             "spend_24h": round(costs[c.name].last_day, 6) if c.name in costs else None,
             "budget": {"max_per_hour": c.budget.max_per_hour, "max_per_day": c.budget.max_per_day},
+            # the images jobs may ask for (name -> reference), the default first; cloudscheduler's VMType
+            "images": {name: c.images[name] for name in sorted(c.images, key=lambda n: n != c.default_image)},
+            "vm_type": c.vm_type,
         })
     return out
 
@@ -171,7 +174,7 @@ def workers_status(store: Store, now: float | None = None, include_ended: bool =
             "id": w.id, "cloud": w.cloud, "state": w.state.value, "condor_name": w.condor_name,
             "age_seconds": round(now - w.created_at), "state_seconds": round(now - w.state_since),
             "idle_seconds": round(now - w.state_since) if w.state is State.IDLE else None,
-            "resource_id": w.resource_id, "reason": w.reason, "shape": w.shape,
+            "resource_id": w.resource_id, "reason": w.reason, "shape": w.shape, "image": w.image,
         })
     return out
 

@@ -120,10 +120,13 @@ def _workers(rows) -> str:
         return "no workers"
     # a SHAPE column only when some cloud has named shapes (a lone worker's is 'default')
     shaped = any(w.get("shape") not in (None, "", "default") for w in rows)
-    return table([[w["id"], w["cloud"], *([w.get("shape") or "-"] if shaped else []), w["state"], w["condor_name"],
+    # an IMAGE column only when some worker runs an image a job asked for by name
+    imaged = any(w.get("image") not in (None, "", "default") for w in rows)
+    return table([[w["id"], w["cloud"], *([w.get("shape") or "-"] if shaped else []),
+                   *([w.get("image") or "default"] if imaged else []), w["state"], w["condor_name"],
                    duration(w["age_seconds"]), duration(w["idle_seconds"]), w["reason"]] for w in rows],
-                 ["WORKER", "CLOUD", *(["SHAPE"] if shaped else []), "STATE", "CONDOR NAME", "AGE", "IDLE FOR",
-                  "LAST CHANGE"])
+                 ["WORKER", "CLOUD", *(["SHAPE"] if shaped else []), *(["IMAGE"] if imaged else []), "STATE",
+                  "CONDOR NAME", "AGE", "IDLE FOR", "LAST CHANGE"])
 
 
 def _queue(q) -> str:
@@ -159,7 +162,14 @@ def _cloud(c) -> str:
     if c.get("cost_per_hour") is not None or any(v is not None for v in (c.get("budget") or {}).values()):
         cost = "\n" + _spend({"cost_per_hour": c.get("cost_per_hour") or 0.0, "spend_24h": c.get("spend_24h") or 0.0,
                               "budget": c["budget"]}).strip()
-    return f"{head}\n{_sizes(c)}; priority {c['priority']}{cost}{err}\n\n{w}\n\n{ev}"
+    return f"{head}\n{_sizes(c)}; priority {c['priority']}{_images(c)}{cost}{err}\n\n{w}\n\n{ev}"
+
+
+def _images(c) -> str:
+    """'; images: default (appliance:latest), bio (lab/bio:1)' when jobs may choose one; the VMType."""
+    images = c.get("images") or {}
+    shown = f"; images: {', '.join(f'{n} ({ref})' for n, ref in images.items())}" if len(images) > 1 else ""
+    return shown + (f"; vm_type {c['vm_type']}" if c.get("vm_type") else "")
 
 
 def _sizes(c) -> str:

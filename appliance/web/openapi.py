@@ -45,6 +45,10 @@ CLOUD = _obj({
     "spend_24h": _nullable({**NUM, "description": "what its workers cost over the last 24 hours (the window of "
                                                   "max_per_day), per second; null as cost_per_hour"}),
     "budget": _obj({"max_per_hour": _nullable(NUM), "max_per_day": _nullable(NUM)}),
+    "images": {"type": "object", "additionalProperties": STR,
+               "description": "the worker images jobs may ask for (+WorkerImage), name -> image; the default "
+                              "(what a job asking none gets) first"},
+    "vm_type": _nullable({**STR, "description": "what its workers advertise as VMType (cloudscheduler jobs)"}),
 })
 
 WORKER = _obj({
@@ -54,6 +58,8 @@ WORKER = _obj({
     "resource_id": STR, "reason": STR,
     "shape": {"type": "string", "description": "its shape (one of its cloud's); empty for a worker started by a "
                                                "release before shapes"},
+    "image": {"type": "string", "description": "the name of its image (one of its cloud's `images`); empty for "
+                                               "the cloud's default, as before images"},
 })
 
 EVENT = _obj({
