@@ -206,3 +206,15 @@ def test_cost_now_and_over_the_last_day_with_the_budget(env, tmp_path, capsys):
     assert data["spend"] == {"priced": True, "cost_per_hour": 0.25, "spend_24h": pytest.approx(0.5, abs=0.001),
                              "budget": {"max_per_hour": 5.0, "max_per_day": 60.0}}
     assert data["data"][1]["budget"] == {"max_per_hour": None, "max_per_day": 10.0}
+
+
+def test_workers_show_their_image_only_when_some_job_asked_for_one():
+    from appliance.cli.cloud_status import _images, _workers
+    row = {"id": "docker-1", "cloud": "docker", "shape": "default", "image": "", "state": "idle",
+           "condor_name": "", "age_seconds": 5, "idle_seconds": 1, "reason": "r"}
+    assert "IMAGE" not in _workers([row])
+    text = _workers([row, {**row, "id": "docker-2", "image": "bio"}])
+    assert "IMAGE" in text and "bio" in text and "default" in text
+    assert _images({"images": {"default": "appliance:latest"}}) == ""
+    assert _images({"images": {"default": "appliance:latest", "bio": "lab/bio:1"}, "vm_type": "csv2"}) == (
+        "; images: default (appliance:latest), bio (lab/bio:1); vm_type csv2")
