@@ -7,6 +7,7 @@ must never silently fall back to a default.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -674,8 +675,8 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
         settings.validate_shapes(bool(shapes))
         if images:
             settings.validate_images(images)
-    except registry.OptionError as err:
-        raise _Bad(_join(path, err.key), err.problem) from None
+    except registry.OptionError as err:       # a key of a mapping option ('images.bio') names its path
+        raise _Bad(functools.reduce(_join, err.key.split("."), path), err.problem) from None
     return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes,
                        budget=budget, images=images, **common)
 

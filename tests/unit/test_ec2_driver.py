@@ -339,3 +339,38 @@ def test_a_template_too_big_for_ec2_is_a_config_error(endpoint, tmp_path):
     with pytest.raises(CloudError) as err:
         d.launch(spec(d, "aws-ffffff"))
     assert err.value.kind == "config" and "EC2 allows 16384" in str(err.value)
+
+
+def test_a_worker_boots_the_ami_of_its_image_and_a_jobs_price_cap_is_its_spot_bid(endpoint):
+    other = next(i["ImageId"] for i in endpoint.client().describe_images()["Images"] if i["ImageId"] != AMI)
+    d = driver(endpoint, "images", market="spot", spot_max_price="0.05", images={"default": AMI, "lab": other})
+    lab = WorkerSpec("aws-1ab1ab", d.cloud, "mypool", "cm.example.org", token=TOKEN, key=KEY, image="lab",
+                     max_price=0.02)
+    [inst] = endpoint.instances(instance_id=d.launch(lab))
+    assert inst["ImageId"] == other and inst["InstanceLifecycle"] == "spot"
+    params = d.run_params("w", "#!", market="spot", **d.image_and_price(lab))
+    assert params["ImageId"] == other and params["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] == "0.02"
+    plain = d.run_params("w", "#!", market="spot", **d.image_and_price(spec(d, "aws-2ab2ab")))
+    assert plain["ImageId"] == AMI and plain["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] == "0.05"
+
+
+def test_with_worker_image_every_instance_boots_the_ami_and_runs_its_image_with_docker(endpoint):
+    d = driver(endpoint, "wimg", worker_image="appliance:latest",
+               images={"default": "appliance:latest", "bio": "registry.lab.org/bio:1"})
+    bio = WorkerSpec("aws-3ab3ab", d.cloud, "mypool", "cm.example.org", token=TOKEN, key=KEY, image="bio")
+    assert d.image_and_price(bio) == {"image_id": AMI, "max_price": None}
+    assert "registry.lab.org/bio:1" in d.user_data(bio)
+
+
+@pytest.mark.parametrize("cloud_max,job_max,bid", [
+    (None, None, None), ("0.05", None, "0.05"), (None, 0.02, "0.02"), ("0.05", 0.02, "0.02"),
+    ("0.05", 0.1, "0.05"), (None, 0.123456789, "0.123457")])
+def test_the_spot_bid_is_the_lower_cap(cloud_max, job_max, bid):
+    from appliance.clouds.ec2 import spot_bid
+    assert spot_bid(cloud_max, job_max) == bid
+
+
+def test_images_of_an_ec2_cloud_must_be_amis_unless_it_runs_worker_images(endpoint):
+    from appliance.config import ConfigError
+    with pytest.raises(ConfigError, match=r"images.bio: 'lab/bio:1' is not an AMI id"):
+        make_cloud(endpoint, images={"default": AMI, "bio": "lab/bio:1"})
