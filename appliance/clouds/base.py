@@ -7,7 +7,8 @@ terminates. The daemon owns the worker rows; drivers are told everything.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -93,3 +94,20 @@ def make_driver(cloud: CloudConfig, pool: str, pool_id: str) -> Driver:
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
         raise TypeError(f"cloud type {cloud.type!r} is registered with {cls!r}, not a Driver")
     return cls(cloud, pool, pool_id)
+
+
+def shorten(text: str) -> str:
+    """An error text on one line, at most 300 characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_LONG_BLOB = re.compile(r"[A-Za-z0-9+/=_-]{120,}")
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Scrub known secrets, then any long base64-like run (user-data, tokens) an endpoint echoed."""
+    for s in sorted(secrets, key=len, reverse=True):
+        if s and len(s) >= 8:
+            text = text.replace(s, "[redacted]")
+    return _LONG_BLOB.sub("[redacted]", text)

@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
-import shlex
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import boto3
 import botocore.config
@@ -38,12 +35,12 @@ import botocore.parsers
 import botocore.session
 
 from ..model import Resource, ResourceState
-from ..worker_role import HOME as WORKER_HOME
-from ..worker_role import bundle
-from ..workerconf import WorkerSpec, worker_files
-from .base import CloudError, Driver, ErrorKind
+from ..workerconf import WorkerSpec
+from . import bootscript
+from .base import CloudError, Driver, ErrorKind, scrub, shorten
+from .bootscript import REPO_TEMPLATE, render, strip_comments, write_files_script  # noqa: F401  (tests)
 from .ec2_market import ON_DEMAND, SPOT_TERMINATION, SpotHistory, choose_market, prune, refusal_fallback
-from .ec2_options import DEFAULT_MAX_LIFETIME, Ec2Options
+from .ec2_options import Ec2Options
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +59,6 @@ TAG_MARKET = "appliance:market"     # spot | on-demand, as launched (ditto)
 ALIVE = ("pending", "running")
 ENDING = ("shutting-down", "stopping", "stopped")
 USER_DATA_LIMIT = 16 * 1024          # EC2's limit on user-data, before base64
-DEFAULT_TEMPLATE = "/etc/appliance/ec2-user-data.sh"
-REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / "ec2-user-data.sh"
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 # EC2 error codes -> CloudError kinds (what the daemon does about them)
@@ -125,7 +120,7 @@ class Ec2Driver(Driver):
             return session.client("ec2", endpoint_url=o.endpoint_url, config=cfg)
         except botocore.exceptions.BotoCoreError as err:
             raise CloudError(ErrorKind.CONFIG,
-                             f"cannot make an EC2 client: {_clean(str(err), self._secrets)}") from None
+                             f"cannot make an EC2 client: {scrub(str(err), self._secrets)}") from None
 
     def _call(self, operation: str, secrets: Iterable[str] = (), **params):
         try:
@@ -138,7 +133,7 @@ class Ec2Driver(Driver):
         if kind is ErrorKind.AUTH:
             with self._lock:        # credentials may have been rotated: re-read them next call
                 self._client = None
-        return CloudError(kind, f"{operation}: {_short(_clean(text, {*self._secrets, *secrets}))}")
+        return CloudError(kind, f"{operation}: {shorten(scrub(text, {*self._secrets, *secrets}))}")
 
     # ------------------------------------------------------------ Driver
     def condor_host(self) -> str:
@@ -318,39 +313,9 @@ class Ec2Driver(Driver):
             self._client = None
 
     # ------------------------------------------------------------ user-data
-    def template_text(self) -> tuple[str, str]:
-        if self._template is not None:
-            return "<given>", self._template
-        path = self.settings.user_data or os.environ.get("APPLIANCE_EC2_USER_DATA") or (
-            DEFAULT_TEMPLATE if os.path.exists(DEFAULT_TEMPLATE) else str(REPO_TEMPLATE))
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as err:
-            raise CloudError(ErrorKind.CONFIG, f"cannot read the user-data template {path}: "
-                                               f"{getattr(err, 'strerror', None) or err}") from None
-        # the shipped script's comments are for its readers, not worth EC2's 16 KB; yours are sent as written
-        return path, (strip_comments(text) if path in (DEFAULT_TEMPLATE, str(REPO_TEMPLATE)) else text)
-
     def user_data(self, spec: WorkerSpec) -> str:
         """The boot script that makes a fresh instance this worker (holds its secrets)."""
-        source, template = self.template_text()
-        image = spec.image_ref if self.settings.worker_image else ""
-        values = {
-            "worker_id": spec.worker_id, "cloud": spec.cloud.name, "pool": spec.pool,
-            "condor_host": spec.condor_host, "worker_image": image, "worker_home": WORKER_HOME,
-            "max_lifetime": str(int(self.settings.max_lifetime or DEFAULT_MAX_LIFETIME)),
-            "noclaim_shutdown": str(spec.noclaim_shutdown),
-        }
-        files = worker_files(spec, WORKER_HOME)
-        if image:   # the appliance image in its worker role reads one bundle
-            files = {"bundle.json": (bundle(spec.worker_id, files), 0o600)}
-        text = render(template, values, write_files_script(files), source)
-        size = len(text.encode())
-        if size > USER_DATA_LIMIT:
-            raise CloudError(ErrorKind.CONFIG,
-                             f"the user-data from {source} is {size} bytes; EC2 allows {USER_DATA_LIMIT}")
-        return text
+        return bootscript.user_data(spec, self.settings, self._template, USER_DATA_LIMIT, "EC2")
 
 
 # ---------------------------------------------------------------- helpers
@@ -365,43 +330,6 @@ def _loader():
         if _LOADER is None:
             _LOADER = botocore.loaders.create_loader()
         return _LOADER
-
-
-def strip_comments(script: str) -> str:
-    """The script without its comment-only lines (its first line, the #! line, stays).
-    Only for the shipped template: it has no here-document with a line starting with #."""
-    first, _, rest = script.partition("\n")
-    return "\n".join([first, *(line for line in rest.split("\n") if not line.lstrip().startswith("#"))])
-
-
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
-
-
-def render(template: str, values: Mapping[str, str], files_script: str, source: str = "<template>") -> str:
-    """Fill `{{ name }}` placeholders: values shell-quoted, `write_worker_files` as code."""
-    known = sorted([*values, "write_worker_files"])
-
-    def sub(m: re.Match) -> str:
-        name = m.group(1)
-        if name == "write_worker_files":
-            return files_script
-        if name not in values:
-            raise CloudError(ErrorKind.CONFIG, f"user-data template {source}: unknown placeholder "
-                                               f"{{{{ {name} }}}} (known: {', '.join(known)})")
-        return shlex.quote(values[name])
-    return _PLACEHOLDER.sub(sub, template)
-
-
-def write_files_script(files: Mapping[str, tuple[bytes, int]]) -> str:
-    """Shell that writes each file under "$WORKER_HOME" with its mode (contents base64)."""
-    lines = ["umask 077"]
-    for rel, (content, mode) in files.items():
-        tag = "APPLIANCE_" + re.sub(r"[^A-Za-z0-9]", "_", rel).upper()
-        encoded = base64.encodebytes(content).decode().rstrip("\n")
-        path = f'"$WORKER_HOME"/{shlex.quote(rel)}'
-        lines += [f'mkdir -p "$(dirname {path})"',
-                  f"base64 -d > {path} <<'{tag}'", encoded, tag, f"chmod {mode:o} {path}"]
-    return "\n".join(lines)
 
 
 _RANK = {ResourceState.GONE: 0, ResourceState.EXITED: 1, ResourceState.RUNNING: 2}
@@ -507,22 +435,6 @@ def read_env_file(path: str) -> dict[str, str]:
 
 def _snake(operation: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-_LONG_BLOB = re.compile(r"[A-Za-z0-9+/=_-]{120,}")
-
-
-def _clean(text: str, secrets: Iterable[str]) -> str:
-    """Scrub known secrets, then any long base64-like run (user-data, tokens) an endpoint echoed."""
-    for s in sorted(secrets, key=len, reverse=True):
-        if s and len(s) >= 8:
-            text = text.replace(s, "[redacted]")
-    return _LONG_BLOB.sub("[redacted]", text)
 
 
 def spot_bid(cloud_max: str | None, job_max: float | None) -> str | None:
