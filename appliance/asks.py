@@ -168,9 +168,9 @@ def _listed(attr: str, value: str) -> str:
             f"stringListMember({value}, TARGET.{attr}))")
 
 
-def start_clauses(cpus: int, memory: int, disk_mb: int) -> Sequence[str]:
-    """The START clauses of a worker of this size, one per ask; the worker advertises
-    CloudName, WorkerShape, WorkerImage, WorkerImageRef and (if its cloud has one) VMType."""
+def start_clauses(cpus: int, memory: int, disk_mb: int, price: float | None = None) -> Sequence[str]:
+    """The START clauses of a worker of this size and price per hour, one per ask; the worker
+    advertises CloudName, WorkerShape, WorkerImage, WorkerImageRef and (if its cloud has one) VMType."""
     image = ("ifThenElse(TARGET.WorkerImage isnt undefined, "
              "TARGET.WorkerImage =?= MY.WorkerImage || TARGET.WorkerImage =?= MY.WorkerImageRef, "
              f"TARGET.VMAMI is undefined || {_listed('VMAMI', 'MY.WorkerImage')} || "
@@ -182,4 +182,7 @@ def start_clauses(cpus: int, memory: int, disk_mb: int) -> Sequence[str]:
         f"(TARGET.VMCPUCores is undefined || real(TARGET.VMCPUCores) <= {cpus})",
         f"(TARGET.VMMem is undefined || real(TARGET.VMMem) <= {memory})",
         f"(TARGET.VMStorage is undefined || real(TARGET.VMStorage) * 1024 <= {disk_mb})",
+        # a worker without a price is not known to cost more than any cap
+        *([f"(TARGET.VMMaximumPrice is undefined || real(TARGET.VMMaximumPrice) >= {price!r})"]
+          if price is not None else []),
     )

@@ -327,6 +327,7 @@ WORKER_KEYS = {
     "cpus": Key(integer(1, 1024), 1),
     "memory": Key(integer(128, 16 * 1024 * 1024), 1024),      # MB
     "disk": Key(integer(64, 1024 * 1024 * 1024), 4096),      # MB
+    "gpus": Key(integer(0, 64), 0),
     "attributes": Key(classad_attributes, MappingProxyType({})),
 }
 
@@ -421,6 +422,7 @@ class WorkerSize:
     memory: int = 1024   # MB
     disk: int = 4096     # MB
     attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -494,14 +496,15 @@ DEFAULT_SHAPE = "default"
 
 def _is_lone(shapes: tuple[Shape, ...], lone: Shape) -> bool:
     """These shapes are a lone worker's (perhaps of an earlier `worker`): one unpriced shape of its name."""
-    return len(shapes) == 1 and shapes[0].name == lone.name and shapes[0].price is None and not shapes[0].gpus
+    return (len(shapes) == 1 and shapes[0].name == lone.name and shapes[0].price is None
+            and shapes[0].gpus == lone.gpus)
 
 
 def lone_shape(size: WorkerSize, settings: Any = None) -> Shape:
     """A cloud's one `worker:` as a shape: unpriced, named by its type's options (an ec2
     cloud's instance_type) or else 'default'."""
     name = settings.lone_shape_name() if settings is not None else None
-    return Shape(name or DEFAULT_SHAPE, size.cpus, size.memory, size.disk, attributes=size.attributes)
+    return Shape(name or DEFAULT_SHAPE, size.cpus, size.memory, size.disk, size.gpus, attributes=size.attributes)
 
 
 @dataclass(frozen=True)

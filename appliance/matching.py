@@ -29,7 +29,8 @@ TARGET_CLOUDS_START = ("(TARGET.TargetClouds =?= undefined) || "
 
 def worker_start(shape: Shape) -> str:
     """The START expression of a worker of this shape."""
-    return " && ".join([f"({TARGET_CLOUDS_START})", *asks.start_clauses(shape.cpus, shape.memory, shape.disk)])
+    return " && ".join([f"({TARGET_CLOUDS_START})",
+                        *asks.start_clauses(shape.cpus, shape.memory, shape.disk, shape.price)])
 
 
 def _arch() -> str:
@@ -58,6 +59,8 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance", shape: Shape |
     if size.gpus:
         ad["GPUs"] = size.gpus
         ad["TotalGPUs"] = size.gpus
+        # as HTCondor's GPU discovery lists the devices, for require_gpus (countMatches over them)
+        ad["AvailableGPUs"] = [gpu_properties(size.attributes, n) for n in range(size.gpus)]
     ad["HasFileTransfer"] = True
     ad["FileSystemDomain"] = f"{cloud.name}-template.{pool_name}"
     ad["UidDomain"] = pool_name
@@ -76,6 +79,22 @@ def template_ad(cloud: CloudConfig, pool_name: str = "appliance", shape: Shape |
     ad["START"] = classad.ExprTree(worker_start(size))
     ad["Requirements"] = classad.ExprTree("START")
     return ad
+
+
+# a shape's GPU attributes, as the devices' own properties: CUDACapability -> Capability
+GPU_ATTRIBUTE_PREFIXES = ("CUDA", "GPUs_")
+
+
+def gpu_properties(attributes: Mapping, n: int) -> classad.ClassAd:
+    """What discovery would say of device n of a shape whose attributes describe its GPUs
+    (CUDACapability: 7.0 -> Capability = 7.0), for matching require_gpus before it exists."""
+    props = classad.ClassAd()
+    props["Id"] = f"GPU-{n}"
+    for key, value in attributes.items():
+        for prefix in GPU_ATTRIBUTE_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                props[key[len(prefix):]] = value
+    return props
 
 
 def template_ads(clouds: Iterable[CloudConfig], pool_name: str = "appliance") -> dict[TemplateKey, classad.ClassAd]:

@@ -35,6 +35,9 @@ CONDOR_HOST={{ condor_host }}
 WORKER_IMAGE={{ worker_image }}
 WORKER_HOME={{ worker_home }}
 MAX_LIFETIME={{ max_lifetime }}
+# the GPUs of the worker's shape: with worker_image, the container is given the machine's
+# (which needs the NVIDIA container toolkit in the image the machine boots)
+GPUS={{ gpus }}
 
 # the instance metadata service (IMDSv2); the tests point this line at a stand-in
 IMDS=169.254.169.254:80
@@ -137,7 +140,8 @@ if [ -z "$WORKER_IMAGE" ]; then
   chgrp condor "$WORKER_HOME/condor_config" "$accounts"; chmod 640 "$WORKER_HOME/condor_config" "$accounts"
   RUN=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CONDOR_CONFIG="$WORKER_HOME/condor_config" /usr/sbin/condor_master -f)
 else
-  RUN=(docker run --rm --name appliance-worker --network host
+  gpu_args=(); [ "$GPUS" -gt 0 ] && gpu_args=(--gpus all)
+  RUN=(docker run --rm --name appliance-worker --network host "${gpu_args[@]}"
        -v "$WORKER_HOME/bundle.json:/etc/appliance/worker/bundle.json:ro" "$WORKER_IMAGE" worker)
 fi
 

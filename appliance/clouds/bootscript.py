@@ -50,7 +50,7 @@ def user_data(spec: WorkerSpec, settings: Any, given: str | None, limit: int, cl
         "worker_id": spec.worker_id, "cloud": spec.cloud.name, "pool": spec.pool,
         "condor_host": spec.condor_host, "worker_image": image, "worker_home": WORKER_HOME,
         "max_lifetime": str(int(settings.max_lifetime or DEFAULT_MAX_LIFETIME)),
-        "noclaim_shutdown": str(spec.noclaim_shutdown),
+        "noclaim_shutdown": str(spec.noclaim_shutdown), "gpus": str(spec.size.gpus),
     }
     files = worker_files(spec, WORKER_HOME)
     if image:   # the appliance image in its worker role reads one bundle

@@ -287,12 +287,15 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
 
 def spare_gpus(group: JobGroup, shapes: set[TemplateKey], views: Mapping[str, CloudView]) -> set[TemplateKey]:
     """A job asking no GPU is placed on GPU shapes (new workers, or room on existing ones)
-    only when no shape without GPUs can run it: GPU workers are dear, and a CPU job on one
-    keeps it from retiring and may take the cpus a GPU job needs."""
+    only when no enabled cloud has a shape without GPUs that can run it: GPU workers are
+    dear, and a CPU job on one keeps it from retiring and may take the cpus a GPU job needs.
+    (A CPU shape that is only backing off or at max_workers still counts: its jobs wait.)"""
     if group.gpus:
         return shapes
     plain = {k for k in shapes if not views[k[0]].config.shape_of(k[1]).gpus}
-    return plain or shapes
+    if not any(views[cloud].health.enabled for cloud, _ in plain):
+        return shapes           # no enabled cloud has a CPU shape for it: a GPU one will do
+    return plain
 
 
 def largest_first(group: JobGroup) -> tuple:

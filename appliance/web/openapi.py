@@ -58,8 +58,8 @@ WORKER = _obj({
     "resource_id": STR, "reason": STR,
     "shape": {"type": "string", "description": "its shape (one of its cloud's); empty for a worker started by a "
                                                "release before shapes"},
-    "image": {"type": "string", "description": "the name of its image (one of its cloud's `images`); empty for "
-                                               "the cloud's default, as before images"},
+    "image": {"type": "string", "description": "the name of its image (one of its cloud's `images`, `default` "
+                                               "when the cloud has none); empty for a worker recorded before images"},
 })
 
 EVENT = _obj({

@@ -160,10 +160,8 @@ def test_the_scheduler_and_the_workers_start_agree(attrs, cloud, shape_name, ima
     assert scheduler is runs, verdict.reason
     assert not verdict.ok or chosen is not None and asks.accepts_image(group.asks, cloud.name, chosen,
                                                                        cloud.image_ref(chosen))
-    # the negotiator: the job's Requirements and the worker's START, both ways. A price cap
-    # limits only what is launched: a worker that exists is paid for already
-    if "VMMaximumPrice" not in attrs:
-        assert bool(group.ad.symmetricMatch(worker_ad)) is runs
+    # the negotiator: the job's Requirements and the worker's START, both ways
+    assert bool(group.ad.symmetricMatch(worker_ad)) is runs
     assert reason in verdict.reason
 
 
@@ -237,3 +235,27 @@ def test_a_cap_below_every_price_is_unschedulable_with_each_shapes_price():
     assert report.status == "unschedulable", report.reason
     assert "aws: shape t3.medium costs 0.0416/h, over +VMMaximumPrice 0.01" in report.reason
     assert "docker: small: +VMCPUCores 2 is more than shape small has" in report.reason
+
+
+def test_require_gpus_is_matched_against_the_shapes_gpu_attributes():
+    """`require_gpus = Capability >= 7.0` (condor_submit writes countMatches over AvailableGPUs)."""
+    group = job(gpus=1, RequireGPUs=classad.ExprTree("Capability >= 8.0"),
+                Requirements="TARGET.Cpus >= 1 && countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= RequestGPUs")
+    c = loads(CONFIG.replace("gpus: 1, price: 1.0}", "gpus: 1, price: 1.0, attributes: {CUDACapability: 8.6}}")
+              ).cloud("docker")
+    assert matching.shape_can_run(group, c, c.shape("gpu"), matching.template_ad(c, "pool", c.shape("gpu"))).ok
+    assert not matching.shape_can_run(group, DOCKER, DOCKER.shape("gpu"),
+                                      matching.template_ad(DOCKER, "pool", DOCKER.shape("gpu"))).ok
+
+
+def test_a_plain_job_takes_a_gpu_shape_only_when_no_enabled_cloud_has_a_cpu_shape():
+    only_gpu = loads(CONFIG.replace("      - {name: small, cpus: 1, memory: 1024, disk: 4096}\n", "")
+                     .replace("      - {name: big, cpus: 4, memory: 8192, disk: 20480, price: 0.2}\n", "")
+                     ).cloud("docker")
+    # aws has a CPU shape that can run it: the GPU shape is left alone
+    plan = decide(observe([job()], clouds=("docker", "aws")), [], views(only_gpu, AWS), SETTINGS)
+    assert launched(plan) == [("aws", "t3.medium", "default", None)]
+    # aws disabled: the GPU shape rather than no worker at all
+    off = [*views(only_gpu), CloudView(AWS, CloudHealth("aws", False, 10))]
+    plan = decide(observe([job()], clouds=("docker", "aws")), [], off, SETTINGS)
+    assert launched(plan) == [("docker", "gpu", "default", None)]
