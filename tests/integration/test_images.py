@@ -3,7 +3,7 @@
 The test builds a worker image FROM the appliance image with one extra file (as the docs
 tell a lab to add its software), maps it as `lab-tools` beside the appliance image, and
 submits with HTCondor's own condor_submit: a job asking for `lab-tools` finds the file, a
-plain job runs on the appliance image, and a cloudscheduler job file (its VMType
+plain job runs (on any image: it asked for none), and a cloudscheduler job file (its VMType
 requirement, +VMType, +VMAMI per cloud, quoted +VMMem and +VMCPUCores, +TargetClouds) runs
 unchanged on a worker of the image and size it asked for. A name no cloud maps is
 reported unschedulable with the names known. Nothing here is a stand-in.
@@ -96,7 +96,8 @@ def test_each_job_runs_on_the_image_it_asked_for_and_a_cloudscheduler_file_runs_
     out = {d: app.sh(f"cat /home/submit/{d}/out.0") for d in ("lab", "plain", "csv")}
     assert MARKER in out["lab"] and 'WorkerImage = "lab-tools"' in out["lab"], out["lab"]
     assert f'WorkerImageRef = "{DERIVED}"' in out["lab"], out["lab"]
-    assert "no lab software" in out["plain"] and 'WorkerImage = "default"' in out["plain"], out["plain"]
+    # a job that asks for no image may run on any worker (here: whichever joined first)
+    assert re.search(r'^WorkerImage = "(default|lab-tools)"$', out["plain"], re.M), out["plain"]
     # the cloudscheduler job: its image for this cloud, and a shape with the memory +VMMem asked for
     assert MARKER in out["csv"] and 'WorkerImage = "lab-tools"' in out["csv"], out["csv"]
     assert 'WorkerShape = "large"' in out["csv"] and 'VMType = "csv2-worker"' in out["csv"], out["csv"]
