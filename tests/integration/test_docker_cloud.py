@@ -93,7 +93,7 @@ MiB = 1024 * 1024
 def test_each_job_gets_a_container_of_the_smallest_shape_that_fits(start_appliance, network, client):
     """Two shapes: a 1-cpu job gets a 1-cpu container, a 2-cpu job a 2-cpu one."""
     config = f"""
-scheduler: {{interval: 1, idle_timeout: 20, boot_timeout: 120}}
+scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120}}
 clouds:
   - name: docker
     type: docker
@@ -104,8 +104,9 @@ clouds:
       - {{name: large, cpus: 2, memory: 1024}}
 """
     app = start_appliance(config, network=network, docker_socket=True)
-    one = app.submit(job_sub(1, seconds=20), {"job.sh": SHAPE_SCRIPT}, directory="/home/submit/one")
-    two = app.submit(job_sub(1, seconds=20, extra="request_cpus = 2"), {"job.sh": SHAPE_SCRIPT},
+    # each container lives for its boot, its job (8 s) and idle_timeout: long enough to inspect both
+    one = app.submit(job_sub(1, seconds=8), {"job.sh": SHAPE_SCRIPT}, directory="/home/submit/one")
+    two = app.submit(job_sub(1, seconds=8, extra="request_cpus = 2"), {"job.sh": SHAPE_SCRIPT},
                      directory="/home/submit/two")
     app.wait("two worker containers", lambda: len(worker_containers(client, app)) == 2, timeout=60)
     sizes = {}
