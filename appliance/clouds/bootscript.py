@@ -1,4 +1,4 @@
-"""The boot script that makes a fresh cloud machine (an EC2 instance, an OpenStack server)
+"""The boot script that makes a fresh cloud machine (an EC2 instance, and any cloud of machines like it)
 a worker: a template (config/ec2-user-data.sh, or the cloud's `user_data` file) with the
 worker's values and files filled in. It installs Debian's htcondor (or runs the appliance
 image in its worker role), writes the worker's files, starts it, and powers the machine
