@@ -5,12 +5,12 @@ FROM debian:trixie-slim
 
 # Everything from Debian trixie: HTCondor 23.9.6 with its Python bindings for
 # the system python3, supervisord, gunicorn + Flask for the web page, and the
-# libraries of the cloud drivers.
+# libraries of the cloud drivers (boto3 for ec2, openstacksdk for openstack).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       htcondor tini supervisor gunicorn procps \
       python3 python3-flask python3-yaml python3-docker python3-boto3 python3-prometheus-client \
-      python3-cryptography \
+      python3-cryptography python3-openstacksdk \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  # Debian's host-based defaults are replaced by ours (rootfs/etc/condor/config.d)
  && rm -f /etc/condor/config.d/00-htcondor-9.0.config \

@@ -30,7 +30,7 @@ from typing import Any
 
 # the modules of the built-in types, in the order messages list the types (whatever
 # order the modules happen to be imported in); each registers its type
-BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options")
+BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options", "openstack_options")
 # keys every cloud has (config.COMMON_CLOUD_KEYS): an option may not reuse one
 RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes", "budget",
                            "vm_type", "images"})

@@ -24,7 +24,7 @@ SCHEDULER = _obj({
 }, ["running", "message"])
 
 CLOUD = _obj({
-    "name": STR, "type": {"type": "string", "enum": ["local", "docker", "swarm", "ec2"]}, "enabled": BOOL,
+    "name": STR, "type": {"type": "string", "enum": ["local", "docker", "swarm", "ec2", "openstack"]}, "enabled": BOOL,
     "priority": INT, "booting": INT, "idle": INT, "busy": INT, "draining": INT, "max_workers": INT,
     "health": {"type": "string", "enum": ["ok", "disabled", "backoff", "stopped"],
                "description": "backoff: launches paused after errors; stopped: too many quick failures, "

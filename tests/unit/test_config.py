@@ -69,7 +69,7 @@ clouds:
 def test_cloud_types_come_from_the_registry():
     from appliance import config
     from appliance.clouds import registry
-    assert config.CLOUD_TYPES == registry.types() == ("local", "docker", "swarm", "ec2")
+    assert config.CLOUD_TYPES == registry.types() == ("local", "docker", "swarm", "ec2", "openstack")
     assert list(config.option_keys("docker")) == ["url", "image", "network", "labels", "simulate_gpus"]
     assert not hasattr(config, "CLOUD_OPTION_KEYS")
 
@@ -93,8 +93,8 @@ BAD = [
     ("pool: {name: My Pool}", "<string>: pool.name: must be lower-case letters, digits, '.' and '-', got 'My Pool'"),
     ("clouds: {name: local}", "<string>: clouds: expected a list of clouds, got {'name': 'local'}"),
     ("clouds: [local]", "<string>: clouds[0]: expected a mapping with at least name and type, got 'local'"),
-    ("clouds: [{name: a}]", "<string>: clouds[0].type: is required (one of local, docker, swarm, ec2)"),
-    ("clouds: [{name: a, type: k8s}]", "<string>: clouds[0].type: unknown cloud type 'k8s' (known: local, docker, swarm, ec2)"),
+    ("clouds: [{name: a}]", "<string>: clouds[0].type: is required (one of local, docker, swarm, ec2, openstack)"),
+    ("clouds: [{name: a, type: k8s}]", "<string>: clouds[0].type: unknown cloud type 'k8s' (known: local, docker, swarm, ec2, openstack)"),
     ("clouds: [{type: local}]", "<string>: clouds[0].name: is required"),
     ("clouds: [{name: Local_1, type: local}]",
      "<string>: clouds[0].name: must be 1-31 lower-case letters, digits and '-', got 'Local_1'"),

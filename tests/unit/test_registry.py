@@ -20,6 +20,7 @@ from appliance.clouds.base import CloudError, Driver, ErrorKind, make_driver
 from appliance.clouds.docker_options import DockerOptions
 from appliance.clouds.ec2_options import Ec2Options
 from appliance.clouds.local_options import LocalOptions
+from appliance.clouds.openstack_options import OpenStackOptions
 from appliance.clouds.registry import CloudOptions, OptionError, option, register
 from appliance.clouds.swarm_options import SwarmOptions
 from appliance.config import CloudConfig, ConfigError, cloud_settings, integer, loads, text, text_list
@@ -48,10 +49,10 @@ BEFORE = {
 # ---------------------------------------------------------------- the registry
 
 def test_built_in_types_in_order_with_their_options_classes():
-    assert registry.types() == ("local", "docker", "swarm", "ec2")
+    assert registry.types() == ("local", "docker", "swarm", "ec2", "openstack")
     assert [registry.lookup(t).options for t in registry.types()] == [LocalOptions, DockerOptions,
-                                                                     SwarmOptions, Ec2Options]
-    with pytest.raises(KeyError, match=r"no cloud type 'k8s' \(known: local, docker, swarm, ec2\)"):
+                                                                     SwarmOptions, Ec2Options, OpenStackOptions]
+    with pytest.raises(KeyError, match=r"no cloud type 'k8s' \(known: local, docker, swarm, ec2, openstack\)"):
         registry.lookup("k8s")
     with pytest.raises(KeyError):
         registry.lookup(["unhashable"])
@@ -61,7 +62,7 @@ def test_type_order_does_not_depend_on_import_order():
     code = ("import appliance.clouds.ec2_options, appliance.clouds.swarm_options\n"
             "from appliance.clouds import registry\nprint(registry.types())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "('local', 'docker', 'swarm', 'ec2')"
+    assert out.strip() == "('local', 'docker', 'swarm', 'ec2', 'openstack')"
 
 
 @pytest.mark.parametrize("ctype", list(BEFORE))
@@ -161,7 +162,7 @@ def fake_type():
 
 
 def test_a_registered_type_is_validated_built_and_documented(fake_type):
-    assert registry.types() == ("local", "docker", "swarm", "ec2", "fake")
+    assert registry.types() == ("local", "docker", "swarm", "ec2", "openstack", "fake")
     cfg = loads("clouds: [{name: f, type: fake, zone: z1, extras: 'a, b'}]")
     f = cfg.cloud("f")
     assert f.settings == FakeOptions(zone="z1", size=2, extras=("a", "b"))
@@ -176,7 +177,7 @@ def test_a_registered_type_is_validated_built_and_documented(fake_type):
         ("clouds: [{name: f, type: fake, zone: z, image: x}]",
          "clouds[0].image: unknown key (known keys here: budget, enabled, extras, images, max_workers, name, priority, "
          "shapes, size, type, vm_type, worker, zone)"),
-        ("clouds: [{name: f, type: k8s}]", "unknown cloud type 'k8s' (known: local, docker, swarm, ec2, fake)"),
+        ("clouds: [{name: f, type: k8s}]", "unknown cloud type 'k8s' (known: local, docker, swarm, ec2, openstack, fake)"),
     ]:
         with pytest.raises(ConfigError) as err:
             loads(text_)
@@ -357,4 +358,4 @@ def test_concurrent_first_lookups_load_the_built_ins_once(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert results == [("local", "docker", "swarm", "ec2")] * 8
+    assert results == [("local", "docker", "swarm", "ec2", "openstack")] * 8
