@@ -338,7 +338,7 @@ SHAPE_KEYS = {
     # cpus, memory and gpus default to 1, 1024 and 0, or on a cloud that can tell (ec2) are read from it
     "cpus": Key(WORKER_KEYS["cpus"].check, None),
     "memory": Key(WORKER_KEYS["memory"].check, None),
-    "disk": WORKER_KEYS["disk"],
+    "disk": Key(WORKER_KEYS["disk"].check, None),     # MB; read from an openstack flavor when left out
     "gpus": Key(integer(0, 64), None),
     "attributes": WORKER_KEYS["attributes"],
     # per hour, in any currency as long as every cloud uses the same; none: unknown
@@ -668,8 +668,9 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
                                          f"of a {ctype} cloud")
         shapes = host_shapes(*host_size())
     else:
-        reads = registry.lookup(ctype).options.reads_shape_sizes
-        shapes = _parse_shapes(raw_shapes, f"{path}.shapes", reads) if raw_shapes is not None else ()
+        options = registry.lookup(ctype).options
+        shapes = (_parse_shapes(raw_shapes, f"{path}.shapes", options.reads_shape_sizes, options.reads_shape_disk)
+                  if raw_shapes is not None else ())
     raw_images = values.pop("images")
     images = image_map(raw_images, f"{path}.images") if raw_images is not None else MappingProxyType({})
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget", "images")}
@@ -716,12 +717,13 @@ def host_size() -> tuple[int, int]:
     return cpus, memory
 
 
-UNREAD_DEFAULTS = {"cpus": 1, "memory": 1024, "gpus": 0}
+UNREAD_DEFAULTS = {"cpus": 1, "memory": 1024, "gpus": 0, "disk": 4096}
 
 
-def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False) -> tuple[Shape, ...]:
+def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False, reads_disk: bool = False) -> tuple[Shape, ...]:
     """`shapes:`: a non-empty list of {name, cpus, memory, disk, gpus, attributes, price}, names
-    unique. reads_sizes: the cloud can tell a shape's size (ec2), so what is left out is read."""
+    unique. reads_sizes: the cloud can tell a shape's size (ec2), so what is left out is read;
+    reads_disk: its disk too (an openstack flavor's)."""
     if not isinstance(raw, list) or not raw:
         raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got {_shown(raw)}")
     out: list[Shape] = []
@@ -731,7 +733,10 @@ def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False) -> tuple[Shape
             raise _Bad(where, f"expected a mapping with at least a name (and cpus, memory, disk, gpus, "
                               f"attributes, price), got {_shown(item)}")
         values = _section(item, where, SHAPE_KEYS)
-        left_out = tuple(k for k in ("cpus", "memory", "gpus") if values[k] is None)
+        left_out = tuple(k for k in ("cpus", "memory", "gpus", *(("disk",) if reads_disk else ()))
+                         if values[k] is None)
+        if values["disk"] is None and not reads_disk:
+            values["disk"] = UNREAD_DEFAULTS["disk"]
         # the cloud is asked only for a shape that gives neither cpus nor memory: one that gives
         # its size keeps working without the permission to ask (ec2:DescribeInstanceTypes)
         to_read = left_out if reads_sizes and values["cpus"] is None and values["memory"] is None else ()

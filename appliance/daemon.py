@@ -190,10 +190,11 @@ class Daemon:
                                                  f"nothing until it can: {err}")
                 continue
             self._recovered(f"sizes:{name}")
-            sizes[name] = {**sizes.get(name, {}), **{shape: {"cpus": c, "memory_mib": m, "gpus": g}
-                                                     for shape, (c, m, g) in found.items()}}
+            sizes[name] = {**sizes.get(name, {}), **{shape: size_record(size) for shape, size in found.items()}}
             log.info("cloud %s: shape sizes read from the cloud: %s", name,
-                     "; ".join(f"{shape} {c} cpus, {m} MiB, {g} gpus" for shape, (c, m, g) in found.items()))
+                     "; ".join(f"{shape} {size[0]} cpus, {size[1]} MiB, {size[2]} gpus"
+                               + (f", {size[3]} MB disk" if len(size) > 3 and size[3] else "")
+                               for shape, size in found.items()))
         self.store.put("shape_sizes", sizes)
         self.cfg = self.cfg.with_shape_sizes(sizes)
         self.templates = template_ads(self.cfg.clouds, self.cfg.pool.name)
@@ -578,3 +579,11 @@ def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | N
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def size_record(size: tuple) -> dict:
+    """A shape's size as a driver tells it, (cpus, memory MiB, GPUs[, disk MB]), as the store keeps it."""
+    record = {"cpus": size[0], "memory_mib": size[1], "gpus": size[2]}
+    if len(size) > 3 and size[3]:
+        record["disk_mb"] = size[3]
+    return record

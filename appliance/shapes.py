@@ -44,6 +44,9 @@ def rounded_disk(kb: int) -> int:
     return -(-kb // DISK_QUANTUM_KB) * DISK_QUANTUM_KB if kb > 0 else 0
 
 
+# a worker's disk (MB) when neither the configuration nor the cloud says it
+DEFAULT_DISK_MB = 4096
+
 # prices are compared in millionths per hour, as integers, so that equal costs
 # compare equal (0.01 * 4 == 0.04) and ties are decided by rule, not by rounding
 MICRO = 1_000_000
@@ -67,10 +70,12 @@ class Shape:
     def sized(self) -> bool:
         return not self.to_read
 
-    def read(self, cpus: int, memory_mib: int, gpus: int) -> Shape:
+    def read(self, cpus: int, memory_mib: int, gpus: int, disk_mb: int | None = None) -> Shape:
         """This shape with what the cloud said it has filled in: memory less
-        os_reserve_mb() for the system and HTCondor's daemons, what the worker advertises."""
-        known = {"cpus": cpus, "memory": memory_mib - os_reserve_mb(memory_mib), "gpus": gpus}
+        os_reserve_mb() for the system and HTCondor's daemons, what the worker advertises;
+        the disk when the cloud tells it (an OpenStack flavor's root disk), else the default."""
+        known = {"cpus": cpus, "memory": memory_mib - os_reserve_mb(memory_mib), "gpus": gpus,
+                 "disk": disk_mb or DEFAULT_DISK_MB}
         return replace(self, **{k: known[k] for k in self.to_read}, to_read=())
 
     @property

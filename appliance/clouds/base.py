@@ -75,9 +75,10 @@ class Driver(abc.ABC):
     def terminate(self, worker_id: str, resource_id: str) -> None:
         """Remove a worker's resource. Idempotent: a missing resource is success."""
 
-    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-        """(cpus, memory MiB, GPUs) of the named shapes as the cloud knows them; only for
-        types whose options say reads_shape_sizes (ec2: DescribeInstanceTypes)."""
+    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """(cpus, memory MiB, GPUs) of the named shapes as the cloud knows them, and their disk
+        in MB when it knows that too; only for types whose options say reads_shape_sizes
+        (ec2: DescribeInstanceTypes; openstack: the flavors)."""
         raise CloudError(ErrorKind.CONFIG, f"a {self.cloud.type} cloud cannot tell its shapes' sizes: give each "
                                            f"shape its cpus and memory")
 

@@ -212,8 +212,8 @@ class OpenStackDriver(Driver):
         for sid in ids:      # a server already gone is success: removal is idempotent
             self._call("delete server", self.conn.compute.delete_server, sid, ignore_missing=True)
 
-    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-        """(vCPUs, RAM MiB, GPUs) of each flavor, from Nova; an unknown flavor is a config
+    def shape_sizes(self, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """(vCPUs, RAM MiB, GPUs, root disk MB) of each flavor, from Nova; an unknown flavor is a config
         error naming it. The image and networks are looked up too, so that a misspelt one
         is reported when the appliance starts, not at the first launch."""
         sizes = {}
@@ -222,7 +222,7 @@ class OpenStackDriver(Driver):
                                 get_extra_specs=True)
             if flavor is None:
                 raise CloudError(ErrorKind.CONFIG, f"no flavor {name!r} in this cloud (shape {name})")
-            sizes[name] = (flavor.vcpus, flavor.ram, flavor_gpus(flavor.extra_specs or {}))
+            sizes[name] = (flavor.vcpus, flavor.ram, flavor_gpus(flavor.extra_specs or {}), (flavor.disk or 0) * 1024)
         o = self.settings
         self.resolve("image", o.image if o.worker_image else self.cloud.image_ref(self.cloud.default_image))
         for n in o.network:

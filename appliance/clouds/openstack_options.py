@@ -47,6 +47,7 @@ class OpenStackOptions(CloudOptions):
     needs_condor_host = True
     # a shape named by its flavor may leave its size out: Nova has it
     reads_shape_sizes = True
+    reads_shape_disk = True
 
     def validate(self) -> None:
         if bool(self.cloud) == bool(self.env_file):

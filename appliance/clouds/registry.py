@@ -53,6 +53,8 @@ class CloudOptions:
     # the cloud can say how big its shapes are (ec2: DescribeInstanceTypes), so a shape may
     # leave out cpus, memory and gpus; the driver's shape_sizes() reads them
     reads_shape_sizes = False
+    # ...and their disk (openstack: a flavor's root disk)
+    reads_shape_disk = False
 
     def validate(self) -> None:
         """Cross-checks between keys; raise OptionError(key, problem). Single keys are

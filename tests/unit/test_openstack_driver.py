@@ -147,3 +147,15 @@ def test_the_user_data_is_the_ec2_boot_script_with_the_workers_files():
     text = d.user_data(WorkerSpec("arbutus-abc123", c, "mypool", "cm.example.org", token="TOKEN-VALUE", key=b"K"))
     assert text.startswith("#!") and "WORKER_ID=arbutus-abc123" in text and "CONDOR_HOST=cm.example.org" in text
     assert d.server_name("arbutus-abc123") == "mypool-arbutus-abc123"
+
+
+def test_a_flavor_shape_has_its_cpus_memory_gpus_and_disk_read_from_nova():
+    from appliance.daemon import size_record
+    c = cloud("cloud: a\nimage: x\nshapes: [{name: w2.medium}, {name: given, cpus: 2, memory: 2048}]")
+    flavor, given = c.shapes
+    assert flavor.to_read == ("cpus", "memory", "gpus", "disk") and given.disk == 4096 and given.sized
+    record = size_record((2, 2048, 0, 20480))
+    assert record == {"cpus": 2, "memory_mib": 2048, "gpus": 0, "disk_mb": 20480}
+    read = flavor.read(**record)
+    assert (read.cpus, read.memory, read.gpus, read.disk, read.sized) == (2, 1536, 0, 20480, True)
+    assert flavor.read(**size_record((1, 1024, 0, 0))).disk == 4096      # a flavor without a root disk
