@@ -508,6 +508,14 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
 
 
+def size_record(size: tuple) -> dict:
+    """A shape's size as a driver tells it, (cpus, memory MiB, GPUs[, disk MB]), as the store keeps it."""
+    record = {"cpus": size[0], "memory_mib": size[1], "gpus": size[2]}
+    if len(size) > 3 and size[3]:
+        record["disk_mb"] = size[3]
+    return record
+
+
 def main() -> int:
     setup_logging()
     stopping = threading.Event()
@@ -580,10 +588,3 @@ def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | N
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def size_record(size: tuple) -> dict:
-    """A shape's size as a driver tells it, (cpus, memory MiB, GPUs[, disk MB]), as the store keeps it."""
-    record = {"cpus": size[0], "memory_mib": size[1], "gpus": size[2]}
-    if len(size) > 3 and size[3]:
-        record["disk_mb"] = size[3]
-    return record
