@@ -8,14 +8,15 @@ worker ends or its maximum lifetime passes. A powered-off (SHUTOFF) server is
 deleted by the scheduler; so is one in ERROR, with Nova's fault as the reason.
 
 Servers carry metadata for pool, cloud and worker id and are named
-`<pool>-<worker id>`. Each cycle lists the project's servers whose name starts
-with `<pool>-<cloud>-` (one paginated call) and keeps those whose metadata is
-ours; orphans and vanished workers are found from that. Nova has no client
+`<pool>-<worker id>`. Each cycle lists the project's servers (one paginated call)
+and keeps those whose metadata is ours, whatever their name; orphans and vanished
+workers are found from that. Nova has no client
 token: a launch looks the worker's server up by name and metadata first, so a
 retried launch never makes a second server.
 
-Calls: per cycle, one GET /servers/detail (paginated); per launch, one lookup
-of the worker's server and one POST /servers (image, flavor and network names
+Calls: per cycle, one GET /servers/detail (paginated; and a GET /servers/<id> for
+a server in ERROR whose fault the listing does not show yet); per launch, one lookup
+of the worker's server by name and one POST /servers (image, flavor and network names
 are resolved to ids once and kept); per removal, one DELETE.
 
 Secrets: the worker's token and key travel only in the user-data; the cloud's
@@ -173,10 +174,11 @@ class OpenStackDriver(Driver):
         server = self._call("create server", self.conn.compute.create_server, secrets=secrets, **params)
         return server.id
 
-    def _servers(self, name: str) -> Iterable:
-        """Our servers whose name matches the regular expression `name` (Nova filters by it)."""
+    def _servers(self, name: str | None) -> Iterable:
+        """Our servers (by metadata), of those whose name matches the regular expression `name`
+        (Nova filters by it) or all the project's."""
         try:
-            for s in self.conn.compute.servers(details=True, name=name):
+            for s in self.conn.compute.servers(details=True, **({"name": name} if name else {})):
                 meta = s.metadata or {}
                 if meta.get(META_POOL) == self.pool_id and meta.get(META_CLOUD) == self.cloud.name:
                     yield s
@@ -195,15 +197,24 @@ class OpenStackDriver(Driver):
 
     def list(self) -> Mapping[str, Resource]:
         out: dict[str, Resource] = {}
-        for s in self._servers(f"^{re.escape(self.pool)}-{re.escape(self.cloud.name)}-"):
+        for s in self._servers(None):     # by metadata: a server renamed by someone is still ours
             wid = (s.metadata or {}).get(META_WORKER)
             if not wid:
                 continue
+            if s.status == "ERROR" and not s.fault:
+                s = self._with_fault(s)
             res = resource(wid, s)
             old = out.get(wid)
             if old is None or _RANK[res.state] > _RANK[old.state]:
                 out[wid] = res
         return out
+
+    def _with_fault(self, server):
+        """The server as Nova shows it alone: a listing may show ERROR before the fault is saved."""
+        try:
+            return self.conn.compute.get_server(server.id)
+        except Exception:       # gone meanwhile, or unreachable: the listing's view will do
+            return server
 
     def terminate(self, worker_id: str, resource_id: str) -> None:
         ids = [resource_id] if resource_id else [
