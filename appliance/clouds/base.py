@@ -112,3 +112,30 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         if s and len(s) >= 8:
             text = text.replace(s, "[redacted]")
     return _LONG_BLOB.sub("[redacted]", text)
+
+
+def env_file_lines(path: str, example: str = "KEY=VALUE") -> list[tuple[int, str, str]]:
+    """(line number, key, value) of a credentials file of KEY=VALUE lines, as an env file or an
+    openrc writes them: `export`, quotes and `#` comments allowed. Errors name the file and
+    line, never a value."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CloudError(ErrorKind.AUTH, f"cannot read env_file {path}: "
+                                         f"{getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+            raise CloudError(ErrorKind.CONFIG, f"env_file {path}, line {n}: expected {example}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out.append((n, key, value))
+    return out

@@ -37,7 +37,7 @@ import botocore.session
 from ..model import Resource, ResourceState
 from ..workerconf import WorkerSpec
 from . import bootscript
-from .base import CloudError, Driver, ErrorKind, scrub, shorten
+from .base import CloudError, Driver, ErrorKind, env_file_lines, scrub, shorten
 from .bootscript import REPO_TEMPLATE, render, strip_comments, write_files_script  # noqa: F401  (tests)
 from .ec2_market import ON_DEMAND, SPOT_TERMINATION, SpotHistory, choose_market, prune, refusal_fallback
 from .ec2_options import Ec2Options
@@ -404,25 +404,8 @@ def read_env_file(path: str) -> dict[str, str]:
     """AWS credentials from a file of KEY=VALUE lines (`export`, quotes and comments allowed).
 
     Errors name the file and line, never a value."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CloudError(ErrorKind.AUTH, f"cannot read env_file {path}: "
-                                         f"{getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
     out: dict[str, str] = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
-            raise CloudError(ErrorKind.CONFIG, f"env_file {path}, line {n}: expected KEY=VALUE")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
+    for n, key, value in env_file_lines(path):
         if key in ENV_KEYS:
             out[key] = value
         elif key not in ("AWS_REGION", "AWS_DEFAULT_REGION"):   # the region comes from the cloud's config

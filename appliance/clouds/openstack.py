@@ -40,7 +40,7 @@ from openstack import exceptions as os_exc
 from ..model import Resource, ResourceState
 from ..workerconf import WorkerSpec
 from . import bootscript
-from .base import CloudError, Driver, ErrorKind, scrub, shorten
+from .base import CloudError, Driver, ErrorKind, env_file_lines, scrub, shorten
 from .openstack_options import OpenStackOptions
 
 log = logging.getLogger(__name__)
@@ -340,25 +340,8 @@ def classify(err: Exception) -> tuple[ErrorKind, str]:
 def read_env_file(path: str) -> dict[str, str]:
     """openstacksdk's connection arguments from a file of OS_*=value lines (an openrc's
     variables: `export`, quotes and comments allowed). Errors name the file and line, never a value."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CloudError(ErrorKind.AUTH, f"cannot read env_file {path}: "
-                                         f"{getattr(err, 'strerror', None) or 'not UTF-8 text'}") from None
     out: dict[str, str] = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
-            raise CloudError(ErrorKind.CONFIG, f"env_file {path}, line {n}: expected OS_NAME=value")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
+    for n, key, value in env_file_lines(path, "OS_NAME=value"):
         name = ENV_KEYS.get(key) or ENV_OTHER.get(key)
         if name is None:
             raise CloudError(ErrorKind.CONFIG, f"env_file {path}, line {n}: unknown key {key} (known: "

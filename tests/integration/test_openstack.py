@@ -10,9 +10,7 @@ failure and clean-up cases (no server of it ever joins), and one whose worker do
 """
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 import time
 
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from .conftest import JOB_SCRIPT, job_sub
 from .openstack_support import admin, cloud, openstack_network, pool_id, servers, start_appliance, user_data, workers
 from .test_appliance import completed
+from .test_ec2_boot import script_tar
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -201,16 +200,6 @@ def test_no_secret_in_the_logs_or_the_output(fast, world):
     shown = app.logs() + app.sh("cloud_status; cloud_status -m -a; cloud_status -e -n 1000; cloud_status -q")
     for s in secrets:
         assert s not in shown
-
-
-def script_tar(text: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = text.encode()
-        info = tarfile.TarInfo("user-data")
-        info.size, info.mode = len(data), 0o700
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_the_user_data_from_nova_makes_a_fresh_debian_a_worker_and_scale_down_deletes_its_server(world):
