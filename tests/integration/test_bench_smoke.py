@@ -44,7 +44,7 @@ def test_decision_smoke(image, tmp_path):
 
 def test_burst_smoke(image, tmp_path):
     png = tmp_path / "burst.png"
-    data = bench(image, tmp_path, "burst", "--jobs", "16", "--seconds", "2", "--workers", "2",
+    data = bench(image, tmp_path, "burst", "--jobs", "8", "--seconds", "2", "--workers", "2",
                  "--plot", str(png), timeout=900)
     for run in ("elastic", "static"):
         assert data[run]["makespan_s"] > 0 and data[run]["series"]

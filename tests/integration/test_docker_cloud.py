@@ -130,7 +130,8 @@ clouds:
 
 def test_killed_worker_job_reruns_and_worker_is_replaced(start_appliance, network, client):
     app = start_appliance(docker_config(idle=30, max_workers=1), network=network, docker_socket=True)
-    cluster = app.submit(job_sub(1, seconds=25), {"job.sh": JOB_SCRIPT})
+    # long enough to be still running when its container is killed, the moment it shows busy
+    cluster = app.submit(job_sub(1, seconds=15), {"job.sh": JOB_SCRIPT})
 
     def running_worker():
         ws = [w for w in app.status("-m")["data"] if w["state"] == "busy"]
