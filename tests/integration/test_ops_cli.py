@@ -13,9 +13,9 @@ pytestmark = pytest.mark.timeout(300)
 
 CLOUD_KEYS = {"name", "type", "enabled", "priority", "booting", "idle", "busy", "draining", "max_workers",
               "health", "backoff_seconds", "failures", "last_error", "last_error_at", "worker", "shapes",
-              "cost_per_hour", "spend_24h", "budget"}
+              "cost_per_hour", "spend_24h", "budget", "images", "vm_type"}
 WORKER_KEYS = {"id", "cloud", "state", "condor_name", "age_seconds", "state_seconds", "idle_seconds",
-               "resource_id", "reason", "shape"}
+               "resource_id", "reason", "shape", "image"}
 EVENT_KEYS = {"id", "time", "kind", "worker_id", "cloud", "from_state", "to_state", "reason"}
 GROUP_KEYS = {"key", "count", "cpus", "memory", "disk", "requirements", "target_clouds", "clouds", "status", "reason"}
 
