@@ -212,8 +212,11 @@ _WORKER_COLS = "id, cloud, state, created_at, state_since, resource_id, condor_n
 
 
 class Store:
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, check_pages: bool = True):
+        """check_pages=False skips quick_check's read of every page: for a process that
+        reopens a file it has already checked (the web app opens one per request)."""
         self.path = path or os.environ.get("APPLIANCE_DB") or DEFAULT_PATH
+        self._check_pages = check_pages
         self._depth = 0          # how many tx() blocks are open on this connection
         # The daemon (root) and the web app (group appliance) share these files.
         # No umask change here: that is process-wide and would leak into whatever
@@ -253,7 +256,7 @@ class Store:
         try:
             version = self._version()
             self._check_version(version)
-            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")] if self._check_pages else ["ok"]
             if found != ["ok"]:
                 raise StoreUnusable(self.path, f"it is damaged (SQLite's check found: {_clip('; '.join(found))})")
             problem = _layout_problem(version, _tables(self.db))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from datetime import timedelta
 
 from flask import Flask, g, jsonify, request
@@ -34,17 +33,25 @@ log = logging.getLogger("appliance.web")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
-_local = threading.local()
+_checked: set[str | None] = set()     # store files this process has read whole once (quick_check)
 
 
 def store() -> Store:
-    """This thread's store connection (sqlite3 connections stay in their thread)."""
-    path = _db_path()
-    cached = getattr(_local, "stores", {})
-    if path not in cached:
-        cached[path] = Store(path)
-        _local.stores = cached
-    return cached[path]
+    """This request's store connection, closed when the request ends. One per request, not
+    one per thread: gunicorn starts its threads lazily, and connections kept per thread
+    made the web workers' descriptors creep up for minutes (the soak saw it). Only the
+    process's first open reads every page; later opens cost well under a millisecond."""
+    if "store" not in g:
+        path = _db_path()
+        g.store = Store(path, check_pages=path not in _checked)
+        _checked.add(path)
+    return g.store
+
+
+def _close_store(_exc: BaseException | None = None) -> None:
+    s = g.pop("store", None)
+    if s is not None:
+        s.close()
 
 
 def _db_path() -> str | None:
@@ -121,6 +128,8 @@ def create_app(db_path: str | None = None, config_path: str | None = None, state
             return jsonify({"status": "error", "error": error, "config_error": cfg_error, "web_problems": web,
                             "scheduler": sched}), 503
         return jsonify({"status": "ok", "scheduler": sched})
+
+    app.teardown_appcontext(_close_store)
 
     @app.after_request
     def headers(resp):
