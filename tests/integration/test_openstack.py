@@ -2,8 +2,9 @@
 compute with Nova's fake virt driver), Placement, Glance and Neutron from Debian's
 packages, started by tests/openstack/up on the test's own network. Every call the driver
 makes is real HTTP to the real services; only no VM boots (the fake driver reports the
-server ACTIVE). Where a test needs a machine, a fresh debian:trixie-slim container runs the
-user-data read back from Nova, as cloud-init would (as the EC2 boot test does).
+server ACTIVE). Where a test needs a machine, a debian:trixie-slim container with HTCondor
+baked in (openstack_support.VM_IMAGE) runs the user-data read back from Nova, as cloud-init
+would; the EC2 boot test runs the same script on a bare Debian, install included.
 
 Two appliances share the control plane: one with a short boot_timeout for the launch,
 failure and clean-up cases (no server of it ever joins), and one whose worker does join.
@@ -16,7 +17,17 @@ import time
 import pytest
 
 from .conftest import JOB_SCRIPT, job_sub
-from .openstack_support import admin, cloud, openstack_network, pool_id, servers, start_appliance, user_data, workers
+from .openstack_support import (
+    admin,
+    build_vm_image,
+    cloud,
+    openstack_network,
+    pool_id,
+    servers,
+    start_appliance,
+    user_data,
+    workers,
+)
 from .test_appliance import completed
 from .test_ec2_boot import script_tar
 
@@ -181,6 +192,19 @@ def test_no_valid_host_fails_the_worker_with_novas_fault_backs_off_and_local_run
 
 def test_quota_exceeded_backs_off_with_novas_reason_and_local_takes_the_job(fast):
     app = fast
+    # the tight project (1 instance) is already full, of a server that is not ours: two launches at
+    # once could both pass Nova's quota count, one after another always meets it
+    theirs = admin(app, """
+tight = connect("appliance-tight")
+s = tight.compute.create_server(name="someone-elses", flavor_id=tight.compute.find_flavor("w1.small").id,
+                                image_id=tight.image.find_image("debian-13").id,
+                                networks=[{"uuid": tight.network.find_network("lab-net").id}])
+print(json.dumps(tight.compute.wait_for_server(s, status="ACTIVE", interval=1, wait=120).id))
+""")
+    # an idle local worker left by the test before would take the jobs before tight is tried
+    app.sh("cloud_admin -k -c local -a --now", check=False)
+    app.wait("no local worker left", lambda: not [w for w in workers(app, ended=False) if w["cloud"] == "local"],
+             timeout=60)
     cluster = app.submit(job_sub(2, seconds=2, extra='+TargetClouds = "tight,local"'), {"job.sh": JOB_SCRIPT},
                          directory="/home/submit/tight")
     tight = app.wait("the tight project's quota to stop its launches", lambda: (
@@ -190,6 +214,9 @@ def test_quota_exceeded_backs_off_with_novas_reason_and_local_takes_the_job(fast
     app.wait("the jobs to run, on local", lambda: len(completed(app, cluster)) == 2, timeout=180)
     for n in (0, 1):
         assert 'CloudName = "local"' in app.sh(f"cat /home/submit/tight/out.{n}")
+    # the other server is not the appliance's: it is still there, untouched
+    assert admin(app, f"print(json.dumps(connect('appliance-tight').compute.get_server({theirs!r}).status))") == "ACTIVE"
+    admin(app, f"connect('appliance-tight').compute.delete_server({theirs!r}); print(json.dumps(True))")
 
 
 def test_no_secret_in_the_logs_or_the_output(fast, world):
@@ -202,8 +229,9 @@ def test_no_secret_in_the_logs_or_the_output(fast, world):
         assert s not in shown
 
 
-def test_the_user_data_from_nova_makes_a_fresh_debian_a_worker_and_scale_down_deletes_its_server(world):
+def test_the_user_data_from_nova_makes_a_debian_server_a_worker_and_scale_down_deletes_its_server(world):
     client, image, tmp, network, clouds, _ = world
+    vm_image = build_vm_image()
     app = start_appliance(client, image, tmp, network, clouds, BOOT, "boot")
     pid = pool_id(app)
     cluster = app.submit(job_sub(1, seconds=2, extra='+TargetClouds = "os"'), {"job.sh": JOB_SCRIPT},
@@ -211,7 +239,7 @@ def test_the_user_data_from_nova_makes_a_fresh_debian_a_worker_and_scale_down_de
     w = app.wait("an os worker booting", lambda: booting(app, "os"), timeout=60)
     wid, sid = w["id"], w["resource_id"]
     script = user_data(app, sid)
-    machine = client.containers.create("debian:trixie-slim", ["/root/user-data"], name=f"apptest-os-vm-{wid}",
+    machine = client.containers.create(vm_image, ["/root/user-data"], name=f"apptest-os-vm-{wid}",
                                        hostname=wid, network=network, detach=True)
     machine.put_archive("/root", script_tar(script))
     started = time.monotonic()
