@@ -24,7 +24,7 @@ from .conftest import Appliance
 
 # two clouds: `local` launches; `burst` starts disabled, for enable/disable tests
 CONFIG = """
-scheduler: {interval: 1, idle_timeout: 10, boot_timeout: 120}
+scheduler: {interval: 1, idle_timeout: 5, boot_timeout: 120}
 clouds:
   - {name: local, type: local, max_workers: 2, worker: {cpus: 1, memory: 1024}}
   - {name: burst, type: local, enabled: false, priority: 1, max_workers: 1, worker: {cpus: 2, memory: 2048}}

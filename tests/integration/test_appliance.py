@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 
 import pytest
 
@@ -12,10 +11,11 @@ from .conftest import JOB_SCRIPT, job_sub  # noqa: F401
 
 pytestmark = pytest.mark.timeout(420)
 
-CONFIG = """
-scheduler: {interval: 1, idle_timeout: 10, boot_timeout: 120}
+IDLE_TIMEOUT = 5
+CONFIG = f"""
+scheduler: {{interval: 1, idle_timeout: {IDLE_TIMEOUT}, boot_timeout: 120}}
 clouds:
-  - {name: local, type: local, max_workers: 2, worker: {cpus: 1, memory: 1024}}
+  - {{name: local, type: local, max_workers: 2, worker: {{cpus: 1, memory: 1024}}}}
 """
 
 
@@ -61,7 +61,9 @@ def test_six_jobs_two_workers_then_scale_to_zero(start_appliance):
             reasons.setdefault(to, why)     # the first time it entered each state
         assert reasons["requested"].startswith("launch: 6 idle job(s)")
         assert reasons["idle"].startswith(f"joined the pool as {wid}@")
-        assert reasons["draining"].startswith("idle for 1") and "no job it could run" in reasons["draining"]
+        # drained once idle for idle_timeout, within a few cycles of it
+        idle_for = re.match(r"idle for (\d+)s with no job it could run", reasons["draining"])
+        assert idle_for and IDLE_TIMEOUT <= int(idle_for.group(1)) < IDLE_TIMEOUT + 10, reasons["draining"]
         assert reasons["retired"].startswith("drained and exited")
 
 
@@ -161,13 +163,17 @@ def test_startd_without_a_valid_token_is_not_admitted(start_appliance, network, 
 
         # 1. no token at all
         assert r(f"{env} condor_master")[0] == 0
-        # a sleep, not scheduler cycles: the time the rogue's own master and startd take to start and
-        # try to advertise to the collector (nothing the appliance does, so nothing of its to count)
-        time.sleep(12)
+        # not scheduler cycles (nothing the appliance does): the rogue's own master and startd
+        # have each tried to advertise to the collector, and say in their logs that it failed
+        failed = "Failed to start non-blocking update"
+        app.wait("the rogue's master and startd to try to advertise", lambda: all(
+            failed in r(f"cat /var/lib/rogue/log/{log}")[1] for log in ("MasterLog", "StartLog")), timeout=60,
+            every=0.5)
         assert "rogue" not in app.sh("condor_status -any -af Name")
 
         # 2. a token for a worker identity, but signed with a key of its own
-        r("pkill -QUIT condor_master; sleep 3; echo forged-key > /var/lib/rogue/keys/POOL; chmod 600 /var/lib/rogue/keys/POOL")
+        r("pkill -QUIT condor_master; for i in $(seq 100); do pgrep -x condor_master >/dev/null || break; sleep 0.1; "
+          "done; echo forged-key > /var/lib/rogue/keys/POOL; chmod 600 /var/lib/rogue/keys/POOL")
         rc, tok = r(f"{env} _CONDOR_SEC_PASSWORD_DIRECTORY=/var/lib/rogue/keys condor_token_create "
                     "-identity worker-rogue-000001@appliance -key POOL -authz ADVERTISE_STARTD")
         assert rc == 0, tok

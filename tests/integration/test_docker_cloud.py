@@ -16,7 +16,7 @@ from .test_appliance import completed
 pytestmark = pytest.mark.timeout(600)
 
 
-def docker_config(idle: int = 8, max_workers: int = 2, extra: str = "") -> str:
+def docker_config(idle: int = 5, max_workers: int = 2, extra: str = "") -> str:
     return f"""
 scheduler: {{interval: 1, idle_timeout: {idle}, boot_timeout: 120}}
 clouds:

@@ -36,7 +36,9 @@ from .reliability_support import ABORTED, ENV, EXECUTE, HELD, TERMINATED, accoun
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
-LENGTHS = [30, 30, 5, 5]            # two run when the engine restarts, two wait (max_workers 2)
+# two run when the engine restarts, two wait (max_workers 2); the engine stops within seconds of
+# both running, well inside the long jobs' 20 s, and each runs its 20 s again on a new worker
+LENGTHS = [20, 20, 5, 5]
 JOBS, FRESH = "/home/submit/job", "/home/submit/fresh"
 
 VARIANTS = {

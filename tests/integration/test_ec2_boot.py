@@ -21,7 +21,7 @@ from .ec2_support import boot_script_config, booting_worker, ec2_world, instance
 
 pytestmark = pytest.mark.timeout(480)
 
-CONFIG = boot_script_config(idle_timeout=10, cpus=1, memory=1024)
+CONFIG = boot_script_config(idle_timeout=5, cpus=1, memory=1024)
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,9 @@ def spot_metric(app) -> float:
 def test_an_interruption_notice_vacates_the_job_which_completes_once_elsewhere(world, client, imds):
     app, ep, network = world
     assert spot_metric(app) == 0
-    cluster = app.submit(job_sub(1, seconds=45, extra='requirements = TARGET.CloudName == "aws"'),
+    # 30 s: the first run is vacated about 10 s after it starts (the watcher asks every 5 s), and the
+    # second must still be running when its rebalance recommendation is advertised (about 10 s in)
+    cluster = app.submit(job_sub(1, seconds=30, extra='requirements = TARGET.CloudName == "aws"'),
                          {"job.sh": JOB_SCRIPT}, directory="/home/submit/spot")
     first = wait_for("an aws worker booting", lambda: booting_worker(app, "aws"), timeout=30, app=app)
     [inst] = ep.instances(instance_id=first["resource_id"])

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.timeout(900)]
 WORKER = "{cpus: 1, memory: 512, attributes: {Site: b}}"
 B_CONFIG = f"""
 pool: {{name: b-pool}}
-scheduler: {{interval: 1, idle_timeout: 10, boot_timeout: 120}}
+scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120}}
 clouds:
   - {{name: local, type: local, priority: 0, max_workers: 2, worker: {WORKER}}}
   - {{name: docker, type: docker, image: {IMAGE}, priority: 1, max_workers: 2, worker: {WORKER}}}

@@ -32,7 +32,7 @@ sleep "${1:-1}"
 """
 
 CONFIG = f"""
-scheduler: {{interval: 1, idle_timeout: 10, boot_timeout: 120}}
+scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120}}
 clouds:
   - name: docker
     type: docker

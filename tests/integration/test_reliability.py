@@ -197,7 +197,7 @@ def test_restart_and_replacement_keep_queue_state_key_and_workers(start_applianc
     # replacement below finds it queued: the state a replacement must keep
     app.sh("cloud_admin -d docker")
     app.wait("the workers to drain away", lambda: app.status("-m")["data"] == [], timeout=120)
-    second = app.submit(jobs_sub([20] * 2), {"job.sh": JOB_SCRIPT}, directory="/home/submit/second")
+    second = app.submit(jobs_sub([5] * 2), {"job.sh": JOB_SCRIPT}, directory="/home/submit/second")
 
     # 2b. docker rm + docker run with the same volumes: a new container
     subprocess.run(["docker", "stop", name], check=True, capture_output=True)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 CONFIG = f"""
-scheduler: {{interval: 1, idle_timeout: 8, boot_timeout: 120}}
+scheduler: {{interval: 1, idle_timeout: 5, boot_timeout: 120}}
 clouds:
   - name: swarm
     type: swarm

@@ -28,7 +28,7 @@ NODE_FLAGS = dict(cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
                   environment={"DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE": "1"}, tmpfs={"/var/lib/docker": "exec"})
 
 CONFIG = """
-scheduler: {interval: 1, idle_timeout: 8, boot_timeout: 180}
+scheduler: {interval: 1, idle_timeout: 5, boot_timeout: 180}
 clouds:
   - {name: swarm, type: swarm, image: %s, max_workers: 2, worker: {cpus: 1, memory: 512}}
 """
