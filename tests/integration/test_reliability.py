@@ -165,7 +165,8 @@ def test_restart_and_replacement_keep_queue_state_key_and_workers(start_applianc
     app = start_appliance(RESTART_CONFIG, network=network, volumes=volumes, docker_socket=True, env=ENV)
     name = app.name
     app.sh("cloud_admin -d local && cloud_admin -v 2 -c docker")
-    cluster = app.submit(jobs_sub([40] * 4), {"job.sh": JOB_SCRIPT})
+    # the first two run across the restart (40 s is ample); the two queued behind them need no length
+    cluster = app.submit(jobs_sub([40, 40, 10, 10]), {"job.sh": JOB_SCRIPT})
     app.wait("2 busy docker workers", lambda: [w["state"] for w in app.status("-m")["data"]] == ["busy"] * 2,
              timeout=120)
     secrets = harvest_secrets(app, client)
