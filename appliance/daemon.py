@@ -149,7 +149,7 @@ class Daemon:
         followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
                                            self.shape_health, self.cfg.shaped_clouds)
         self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
-        stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
+        stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
         stranded.update(outcomes.stranded_by_removals(removed, now))
         self.cycles += 1
         with self.store.tx():
@@ -458,7 +458,7 @@ class Daemon:
         # while the schedd still runs (supervisord stops it after us) its jobs go back
         # to the queue now; whatever is left is retried after the restart
         results = self.requeue([stranded[wid] for wid in stranded if wid not in self.stranded])
-        self.note(outcomes.judge_requeues(stranded, results, [])[1], now)
+        self.note(outcomes.judge_requeues(stranded, results, [], now)[1], now)
         save_stranded(self.store, stranded)
         self.pool.shutdown(wait=False, cancel_futures=True)
         for d in self.drivers.values():
@@ -488,7 +488,8 @@ def clear_runtime_status() -> None:
 
 def load_stranded(store: Store) -> dict[str, StrandedJobs]:
     rows, _ = store.get("stranded_jobs", [])
-    return {r["worker_id"]: StrandedJobs(r["worker_id"], r["cloud"], r["since"]) for r in rows or []}
+    return {r["worker_id"]: StrandedJobs(r["worker_id"], r["cloud"], r["since"], r.get("quiet_since"))
+            for r in rows or []}
 
 
 def save_stranded(store: Store, stranded: Mapping[str, StrandedJobs]) -> None:

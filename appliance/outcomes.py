@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from . import backoff
@@ -267,8 +267,15 @@ def stranded_by_removals(results: Iterable[RemovalResult], now: float) -> dict[s
 
 # ------------------------------------------------------------------ stranded jobs
 
+# A removed worker's jobs are forgotten once none has shown "running" on it for this long, not
+# at the first answer without one: right after a restart the schedd lists such a job idle, and
+# its reconnect shadow makes it "running" again a few seconds later (seen in CI: the job then
+# waited out the whole 40-minute lease on a worker that was gone).
+REQUEUE_SETTLE = 60.0
+
+
 def judge_requeues(stranded: Mapping[str, StrandedJobs], results: Iterable[RequeueResult],
-                   abandoned: Iterable[StrandedJobs]) -> tuple[dict[str, StrandedJobs], list[Note]]:
+                   abandoned: Iterable[StrandedJobs], now: float) -> tuple[dict[str, StrandedJobs], list[Note]]:
     stranded = dict(stranded)
     notes = []
     for r in results:
@@ -279,8 +286,13 @@ def judge_requeues(stranded: Mapping[str, StrandedJobs], results: Iterable[Reque
         if r.requeued:
             msg = f"{r.requeued} job(s) it was running put back in the queue"
             notes.append(Note(INFO, f"worker {s.worker_id}: {msg}", "worker", msg, s.worker_id, s.cloud))
-        if not r.running:
-            stranded.pop(s.worker_id, None)      # nothing of it left running: done
+        if r.running:
+            if s.quiet_since is not None:
+                stranded[s.worker_id] = replace(s, quiet_since=None)
+        elif s.quiet_since is None:
+            stranded[s.worker_id] = replace(s, quiet_since=now)
+        elif now - s.quiet_since >= REQUEUE_SETTLE:
+            stranded.pop(s.worker_id, None)      # nothing of it running for a while: done
     for s in abandoned:
         stranded.pop(s.worker_id, None)
         msg = ("jobs still shown running on it after 30 min of retries; given up: the job lease ends them, "

@@ -127,6 +127,7 @@ class StrandedJobs:
     worker_id: str
     cloud: str
     since: float
+    quiet_since: float | None = None     # since when no job has shown "running" on it (None: one did)
 
 
 @dataclass

@@ -407,7 +407,7 @@ class Simulation:
         if followup.shape_health is not None:
             self.shape_health = followup.shape_health
         self.redrain, _ = outcomes.judge_drains(plan.redrain, drained, now)
-        stranded, _ = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned)
+        stranded, _ = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
         stranded.update(outcomes.stranded_by_removals(removed, now))
         self.stranded = stranded
         self.write(followup.records, now)

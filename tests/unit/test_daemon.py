@@ -20,6 +20,7 @@ from appliance.config import CloudConfig, Config, PoolConfig, RetentionConfig, S
 from appliance.daemon import Daemon
 from appliance.lifecycle import State
 from appliance.model import JobGroup, Resource, SlotSummary
+from appliance.outcomes import REQUEUE_SETTLE
 from appliance.store import Store
 
 T0 = 1_000_000.0
@@ -423,8 +424,33 @@ def test_jobs_stranded_by_a_restart_are_requeued_whatever_stopped_first(tmp_path
     rig.cycle()
     assert rig.condor.running[wid] == 0 and rig.condor.requeued == 1
     assert "1 job(s) it was running put back in the queue" in rig.reasons()
-    rig.cycle()                                  # checked once more, then forgotten
+    rig.cycle()                                  # none running now: watched a while longer
+    assert wid in rig.daemon.stranded
+    rig.cycle(advance=REQUEUE_SETTLE)            # none running all that while: forgotten
     assert rig.daemon.stranded == {} and rig.store.get("stranded_jobs")[0] == []
+
+
+def test_a_stranded_job_listed_idle_after_a_restart_is_caught_when_it_shows_running_again(tmp_path):
+    # seen in CI: the shadow ended at shutdown, the schedd reused its claim on the removed worker
+    # (running again), stopped; after the restart it listed the job idle, then its reconnect made it
+    # "running" on the worker that was gone, for the whole job lease
+    rig = Rig(tmp_path, [CloudConfig("c", "docker", max_workers=2)], on_shutdown="remove")
+    wid = rig.busy_worker()
+    rig.condor.running[wid] = 1
+    rig.daemon.shutdown()
+    assert rig.condor.running[wid] == 0 and wid in [r["worker_id"] for r in rig.store.get("stranded_jobs")[0]]
+    rig.condor.slots.clear()
+    rig.condor.groups = ()
+    rig.restart()
+    rig.cycle()                                  # listed idle: nothing to do yet
+    assert wid in rig.daemon.stranded and rig.condor.requeued == 1
+    rig.condor.running[wid] = 1                  # the reconnect shadow: "running" on the gone worker
+    rig.cycle(advance=REQUEUE_SETTLE / 2)
+    assert rig.condor.running[wid] == 0 and rig.condor.requeued == 2
+    rig.cycle(advance=REQUEUE_SETTLE / 2)        # the quiet time starts again from here
+    assert wid in rig.daemon.stranded
+    rig.cycle(advance=REQUEUE_SETTLE)
+    assert rig.daemon.stranded == {}
 
 
 def test_jobs_stranded_are_requeued_at_shutdown_when_the_schedd_still_runs(tmp_path):
