@@ -21,7 +21,7 @@ from .ec2_support import boot_script_config, booting_worker, ec2_world, instance
 
 pytestmark = pytest.mark.timeout(480)
 
-CONFIG = boot_script_config(idle_timeout=5, cpus=1, memory=1024)
+CONFIG = boot_script_config(idle_timeout=10, cpus=1, memory=1024)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_the_user_data_makes_a_fresh_debian_a_worker_that_runs_the_job(world, cl
         logs = wait_for("the script's last line in the log", said_goodbye, timeout=10, every=0.5)
     except Exception:
         logs = inst.logs().decode(errors="replace")
-    assert "the worker ended (exit 0); powering off" in logs, logs[-2000:]
-    assert inst.attrs["State"]["ExitCode"] == 0
+    state = inst.attrs["State"]
+    assert "the worker ended (exit 0); powering off" in logs, (state, logs[-2000:])
+    assert state["ExitCode"] == 0, state
 
     # the scheduler retires the worker and terminates what is left in the cloud
     wait_for("the worker to retire", lambda: (worker(app, wid) or {}).get("state") == "retired", timeout=60, app=app)
