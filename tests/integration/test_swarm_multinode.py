@@ -27,10 +27,13 @@ NODE_FLAGS = dict(cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
                   volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
                   environment={"DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE": "1"}, tmpfs={"/var/lib/docker": "exec"})
 
+# Each worker reserves a whole node's 2 CPUs, so Swarm must place the second on the other
+# node. With room for both on one node its scheduler may put both there (seen in CI): each
+# worker is a service of its own, and Swarm spreads the tasks of a service, not services.
 CONFIG = """
 scheduler: {interval: 1, idle_timeout: 5, boot_timeout: 180}
 clouds:
-  - {name: swarm, type: swarm, image: %s, max_workers: 2, worker: {cpus: 1, memory: 512}}
+  - {name: swarm, type: swarm, image: %s, max_workers: 2, worker: {cpus: 2, memory: 512}}
 """
 
 JOB = """#!/bin/sh
