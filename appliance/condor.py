@@ -165,7 +165,7 @@ class Condor:
             clusters = schedd.query(constraint="true", projection=projection, opts=htcondor.QueryOpts.ClusterAds)
             more = missing_references(clusters, projection)
             if more:      # a request refers to attributes of the job's own: read them too, from now on
-                self._references += more
+                self._references = (self._references + more)[-100:]     # bounded, whatever users write
                 projection = [*projection, *more]
                 clusters = schedd.query(constraint="true", projection=projection, opts=htcondor.QueryOpts.ClusterAds)
             constraint = deviation_constraint(clusters)
