@@ -1,13 +1,13 @@
 """The one module that talks to HTCondor: demand, supply, tokens, drains.
 
-Demand is read in two cheap queries instead of one per job (see demand()): the
-schedd's cluster ads, which carry each cluster's request (Requirements, sizes,
-TargetClouds, the worker asks) and its count of idle procs (JobsIdle, which the
-schedd keeps as jobs change state), then a group-by of only the procs that differ
-from their cluster ad (a queue that varies requirements or requests per proc, or a
-job edited alone), usually none. It is skipped altogether while the schedd's job
-queue log has not changed. Supply is the collector's startd ads of our workers
-(ApplianceWorker =?= true).
+Demand is read from the schedd's cluster ads, which carry each cluster's request
+(Requirements, sizes, TargetClouds, the worker asks) and its count of idle procs
+(JobsIdle, which the schedd keeps as jobs change state), plus a group-by of only
+the procs that differ from their cluster ad (a queue that varies requirements or
+requests per proc, or a job edited alone), looked for only in clusters where they
+may be: new ones, and those whose procs' requests the schedd's job queue log shows
+written since (see demand()). The whole read is skipped while that log has not
+changed. Supply is the collector's startd ads of our workers (ApplianceWorker =?= true).
 
 Remote demand (appliance/federation.py): each allowed remote schedd that flocks
 here is found by the identity its ads came with into our collector, and its
@@ -134,7 +134,9 @@ class Condor:
         self._inflight: dict[str, Future] = {}      # remote schedd address -> its query still running
         self._answers: dict[str, tuple[float, list]] = {}   # ... -> (when, its last answer)
         # the schedd's job queue log, and what demand() last read when it was how (see there)
-        self._queue_log = _param("JOB_QUEUE_LOG") or os.path.join(_param("SPOOL") or "", "job_queue.log")
+        self._log = QueueLog(_param("JOB_QUEUE_LOG") or os.path.join(_param("SPOOL") or "", "job_queue.log"))
+        self._clean: set[int] = set()        # clusters checked and found without a proc that differs
+        self._watch: set[str] = {a.lower() for a in ("Requirements", *PROC_ATTRIBUTES)}
         self._last_mark: tuple | None = None
         self._last_read = 0.0
         self._last_demand: tuple[JobGroup, ...] = ()
@@ -150,15 +152,24 @@ class Condor:
            that varies requirements or requests per proc, late materialization with varying
            items, condor_qedit of one job, our own FlockTo): the schedd compares each proc's
            values with its cluster's (deviation_constraint), by value, and Requirements by its
-           text; nothing is turned into text or sent for a proc that does not differ.
-           Those procs are taken out of their cluster's count and form groups of their own.
+           text. Those procs are taken out of their cluster's count and form groups of their own.
+           Only clusters that may hold such procs are looked at: those not yet checked, and
+           those where the job queue log (QueueLog: every change to the queue is written there
+           before it is made) shows a proc's request, or what it refers to, written since. A
+           cluster checked and found without such a proc is not looked at again until then; with
+           no log to read, every cluster is looked at every time.
 
-        With `reuse`, the last answer is returned while the schedd's job queue log (every change
-        to the queue is written there first) is unchanged, for at most QUEUE_REREAD seconds."""
-        mark = _queue_mark(self._queue_log) if reuse else None
-        if (mark is not None and mark == self._last_mark
+        With `reuse`, the last answer is returned while the log is unchanged, for at most
+        QUEUE_REREAD seconds."""
+        mark = self._log.mark()
+        if (reuse and mark is not None and mark == self._last_mark
                 and time.monotonic() - self._last_read < QUEUE_REREAD):
             return self._last_demand
+        written = self._log.written(self._watch)
+        if written is None:           # no log to follow (or a new one): look at every cluster
+            self._clean.clear()
+        else:
+            self._clean -= written
         try:
             schedd = htcondor.Schedd()
             projection = [*CLUSTER_PROJECTION, *self._references]
@@ -168,11 +179,17 @@ class Condor:
                 self._references = (self._references + more)[-100:]     # bounded, whatever users write
                 projection = [*projection, *more]
                 clusters = schedd.query(constraint="true", projection=projection, opts=htcondor.QueryOpts.ClusterAds)
-            constraint = deviation_constraint(clusters)
+            self._watch |= watched_attributes(clusters)
+            looked = [c for c in clusters if int(c.get("ClusterId", -1)) not in self._clean]
+            constraint = deviation_constraint(looked)
             deviants = (schedd.query(constraint=constraint, projection=[a for a in projection if a != "JobsIdle"],
                                      opts=htcondor.QueryOpts.GroupBy) if constraint else [])
         except Exception as err:   # the bindings raise plain RuntimeError/HTCondorIOError
             raise CondorError(f"cannot query the schedd: {err}") from err
+        present = {int(c.get("ClusterId", -1)) for c in clusters}
+        differ = {int(r["ClusterId"]) for r in deviants if "ClusterId" in r}
+        checked = {int(c.get("ClusterId", -1)) for c in looked if int(c.get("JobsIdle", 0) or 0) > 0}
+        self._clean = (self._clean & present) | (checked - differ)
         groups = groups_from_ads(rows_from_clusters(clusters, deviants))
         self._last_mark, self._last_read, self._last_demand = mark, time.monotonic(), groups
         return groups
@@ -632,13 +649,94 @@ def missing_references(ads: Iterable[classad.ClassAd], projection: Sequence[str]
     return sorted(more.values())
 
 
-def _queue_mark(path: str) -> tuple | None:
-    """What changes whenever the job queue does: its log's inode, size and modification time."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+def watched_attributes(clusters: Iterable[classad.ClassAd]) -> set[str]:
+    """The attributes (lower case) that make a proc's request: PROC_ATTRIBUTES, Requirements, and
+    what their expressions refer to in each cluster ad, through other attributes too (the default
+    request_memory refers to MemoryUsage, which refers to ResidentSetSize). A proc that writes
+    none of these asks what its cluster asks."""
+    out = {a.lower() for a in ("Requirements", *PROC_ATTRIBUTES)}
+    for ad in clusters:
+        todo = [a for a in ("Requirements", *PROC_ATTRIBUTES) if a in ad]
+        seen = set()
+        while todo:
+            attr = todo.pop()
+            if attr.lower() in seen:
+                continue
+            seen.add(attr.lower())
+            try:
+                expr = ad.lookup(attr)
+                refs = set(ad.externalRefs(expr)) | set(ad.internalRefs(expr))
+            except Exception:
+                continue
+            for ref in refs:
+                name = ref[3:] if ref.lower().startswith("my.") else ref
+                if "." in name:
+                    continue
+                out.add(name.lower())
+                if name in ad:
+                    todo.append(name)
+    return out
+
+
+def written_clusters(lines: Iterable[str], watch: set[str]) -> set[int]:
+    """The clusters whose request may have changed, from job queue log records
+    (`103 <cluster>.<proc> <attribute> <value>` sets, `104 ... <attribute>` deletes): a watched
+    attribute written to one of its procs, or to the cluster ad itself (`<cluster>.-1`)."""
+    out = set()
+    for line in lines:
+        if not line.startswith(("103 ", "104 ")):
+            continue
+        parts = line.split(" ", 3)
+        if len(parts) < 3 or parts[2].lower() not in watch:
+            continue
+        cluster, _, proc = parts[1].partition(".")
+        try:
+            c, p = int(cluster), int(proc)
+        except ValueError:
+            continue
+        if c > 0 and p >= -1:
+            out.add(c)
+    return out
+
+
+class QueueLog:
+    """The schedd's job queue log, read from where it was last read: which clusters' requests
+    were written since (written()), and whether anything at all was (mark()).
+
+    The schedd writes every change to its queue there, one record a line, before it makes it,
+    and rewrites the file now and then (a new file, whose first record, its sequence number, is
+    another): then, as when the file cannot be read, written() says None: look at everything. The daemon and the schedd share the
+    container, so the file is there; the daemon runs as root, who may read it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.head: bytes | None = None      # its first record: `107 <sequence number> CreationTimestamp <time>`
+        self.offset = 0
+
+    def mark(self) -> tuple | None:
+        """What changes whenever the queue does: the file's inode, size and modification time."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def written(self, watch: set[str]) -> set[int] | None:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.readline(200)
+                if head != self.head or size < self.offset:
+                    self.head, self.offset = head, size     # new to us: followed from its end
+                    return None
+                f.seek(self.offset)
+                data = f.read(max(size - self.offset, 0))
+        except OSError:
+            self.head = None
+            return None
+        end = data.rfind(b"\n") + 1           # a record being written is read next time, whole
+        self.offset += end
+        return written_clusters(data[:end].decode("utf-8", "replace").splitlines(), watch)
 
 
 def _param(name: str) -> str | None:

@@ -12,6 +12,7 @@ from appliance import condor
 from appliance.condor import (
     CLUSTER_PROJECTION,
     DEMAND_PROJECTION,
+    QueueLog,
     deviation_constraint,
     groups_from_ads,
     missing_references,
@@ -203,20 +204,88 @@ class FakeHTCondor:
         return self.schedd
 
 
-def test_demand_is_read_again_only_when_the_queue_log_changed(tmp_path, monkeypatch):
-    s = Schedd(cluster(1, [{}] * 3), cluster(2, [{}, {"RequestMemory": 4096}]))
-    monkeypatch.setattr(condor, "htcondor", FakeHTCondor(s))
-    log = tmp_path / "job_queue.log"
-    log.write_text("105\n")
-    c = condor.Condor("pool")
-    c._queue_log = str(log)
+@pytest.fixture
+def daemon_view(tmp_path, monkeypatch):
+    """A Condor on the stand-in schedd, following a job queue log in tmp_path."""
+    def make(*clusters):
+        s = Schedd(*clusters)
+        monkeypatch.setattr(condor, "htcondor", FakeHTCondor(s))
+        log = tmp_path / "job_queue.log"
+        log.write_text("107 1 CreationTimestamp 1796000000\n")
+        c = condor.Condor("pool")
+        c._log = QueueLog(str(log))
+        return c, s, log
+    return make
+
+
+def append(log, *records):
+    with log.open("a") as f:
+        f.write("".join(r + "\n" for r in records))
+
+
+def deviation_queries(s):
+    return [q for q in s.queries if q == condor.htcondor.QueryOpts.GroupBy]
+
+
+def test_clusters_found_alike_are_not_looked_at_again_until_the_log_shows_a_request_written(daemon_view):
+    c, s, log = daemon_view(cluster(1, [{}] * 3), cluster(2, [{}, {}]))
+    first = c.demand()
+    assert by_key(first) == by_key(truth(s)) and len(deviation_queries(s)) == 1     # new to us: all looked at
+    append(log, "105", "103 1.0 JobStatus 2", "103 1.0 EnteredCurrentStatus 1796000100", "106")
+    s.jobs[0]["JobStatus"] = 2
+    s.clusters[0]["JobsIdle"] = 2
+    second = c.demand()
+    assert len(deviation_queries(s)) == 1                      # no request written: no proc looked at
+    assert by_key(second) == by_key(truth(s))
+    # a job edited alone (condor_qedit): only its cluster is looked at, and it is a group of its own
+    append(log, "105", "103 2.1 RequestMemory 4096", "106")
+    s.jobs[4]["RequestMemory"] = 4096
+    third = c.demand()
+    assert len(deviation_queries(s)) == 2
+    assert by_key(third) == by_key(truth(s)) and sorted(g.count for g in third) == [1, 3]
+    # ... and while that job waits, its cluster is looked at every time
+    append(log, "103 1.1 JobStatus 2")
+    s.jobs[1]["JobStatus"] = 2
+    s.clusters[0]["JobsIdle"] = 1
+    assert by_key(c.demand()) == by_key(truth(s)) and len(deviation_queries(s)) == 3
+
+
+def test_a_new_cluster_is_looked_at_once(daemon_view):
+    other = REQ + ' && (TARGET.Machine == "node1")'
+    c, s, log = daemon_view(cluster(1, [{}] * 2))
+    c.demand()
+    new, jobs = cluster(2, [{}, {"Requirements": other}])
+    s.clusters.append(new)
+    s.jobs += jobs
+    append(log, "101 02.-1 Job Machine", "103 2.-1 RequestMemory 128", "101 2.0 Job Machine", "101 2.1 Job Machine",
+           f"103 2.1 Requirements {other}")
+    assert by_key(c.demand()) == by_key(truth(s))
+    assert len(deviation_queries(s)) == 2
+
+
+def test_a_new_or_unreadable_log_means_every_cluster_is_looked_at(daemon_view, tmp_path):
+    c, s, log = daemon_view(cluster(1, [{}] * 2))
+    c.demand()
+    c.demand(reuse=False)
+    assert len(deviation_queries(s)) == 1
+    log.unlink()
+    log.write_text("107 2 CreationTimestamp 1796000500\n")     # the schedd rewrote its log: a new file
+    c.demand()
+    assert len(deviation_queries(s)) == 2
+    c._log = QueueLog(str(tmp_path / "absent"))
+    c.demand()
+    c.demand()
+    assert len(deviation_queries(s)) == 4
+
+
+def test_demand_is_read_again_only_when_the_queue_log_changed(daemon_view, monkeypatch):
+    c, s, log = daemon_view(cluster(1, [{}] * 3), cluster(2, [{}, {"RequestMemory": 4096}]))
     first = c.demand()
     assert by_key(first) == by_key(truth(s)) and len(s.queries) == 2     # cluster ads, then the procs that differ
     assert c.demand() == first and len(s.queries) == 2                     # nothing changed: not asked
-    with log.open("a") as f:
-        f.write("103 1.0 RequestMemory 64\n")
+    append(log, "103 1.0 LastJobStatus 1")
     c.demand()
-    assert len(s.queries) == 4
+    assert len(s.queries) == 4           # cluster 2 still has a proc that differs: looked at again
     c.demand(reuse=False)
     assert len(s.queries) == 6
     monkeypatch.setattr(condor.time, "monotonic", lambda: 10 ** 9)        # long unchanged: read all the same
@@ -224,11 +293,28 @@ def test_demand_is_read_again_only_when_the_queue_log_changed(tmp_path, monkeypa
     assert len(s.queries) == 8
 
 
-def test_without_its_log_the_queue_is_read_every_time(tmp_path, monkeypatch):
-    s = Schedd(cluster(1, [{}]))
-    monkeypatch.setattr(condor, "htcondor", FakeHTCondor(s))
-    c = condor.Condor("pool")
-    c._queue_log = str(tmp_path / "absent")
-    c.demand()
-    c.demand()
-    assert len(s.queries) == 4
+def test_records_that_touch_a_request_name_their_cluster():
+    watch = condor.watched_attributes([cluster(1, [{}], RequestMemory=classad.ExprTree(
+        "ifThenElse(MemoryUsage =!= undefined, MemoryUsage, (ImageSize + 1023) / 1024)"),
+        MemoryUsage=classad.ExprTree("((ResidentSetSize + 1023) / 1024)"))[0]])
+    assert {"requirements", "requestmemory", "requestdisk", "diskusage", "memoryusage", "imagesize",
+            "residentsetsize", "flockto", "workerimage"} <= watch
+    assert "jobstatus" not in watch and "target.memory" not in watch
+    lines = ["105", "101 7.0 Job Machine", "103 7.0 JobStatus 1", "103 8.3 ResidentSetSize 51200",
+             "103 9.-1 Requirements true", "104 10.2 FlockTo", "103 0.0 NextClusterNum 12", "103 11.0 requestmemory 1",
+             "103 12.x RequestMemory 1", "103 13", "106", "107 3 CreationTimestamp 1"]
+    assert condor.written_clusters(lines, watch) == {8, 9, 10, 11}
+
+
+def test_a_record_being_written_is_read_whole_next_time(tmp_path):
+    log = tmp_path / "job_queue.log"
+    log.write_text("105\n")
+    q = QueueLog(str(log))
+    assert q.written({"requestmemory"}) is None            # new: followed from its end
+    with log.open("a") as f:
+        f.write("103 4.0 RequestMemory 10\n103 5.0 RequestMem")
+    assert q.written({"requestmemory"}) == {4}
+    with log.open("a") as f:
+        f.write("ory 10\n")
+    assert q.written({"requestmemory"}) == {5}
+    assert q.written({"requestmemory"}) == set()
