@@ -57,6 +57,9 @@ PROC_ATTRIBUTES = ("JobUniverse", "RequestCpus", "RequestMemory", "RequestDisk",
 CLUSTER_PROJECTION = ["ClusterId", "JobsIdle", *DEMAND_PROJECTION, "MemoryUsage", "ImageSize", "DiskUsage"]
 # a queue unchanged (its log) is read again after this long all the same
 QUEUE_REREAD = 30.0
+# more than this written to the job queue log since it was last read is not read: every
+# cluster is looked at instead (bounds the daemon's memory and time after a pause)
+MAX_LOG_READ = 64 * 1024 * 1024
 SUBMITTER_PROJECTION = ["Name", "ScheddName", "IdleJobs", "RunningJobs", "SubmitterTag", "AuthenticatedIdentity"]
 # a remote schedd that does not answer within this long is reported, and its answer
 # (if it comes) used in a later cycle: a cycle never waits longer for one
@@ -726,8 +729,8 @@ class QueueLog:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 head = f.readline(200)
-                if head != self.head or size < self.offset:
-                    self.head, self.offset = head, size     # new to us: followed from its end
+                if head != self.head or size < self.offset or size - self.offset > MAX_LOG_READ:
+                    self.head, self.offset = head, size     # new to us (or too much to read): from its end
                     return None
                 f.seek(self.offset)
                 data = f.read(max(size - self.offset, 0))

@@ -318,3 +318,17 @@ def test_a_record_being_written_is_read_whole_next_time(tmp_path):
         f.write("ory 10\n")
     assert q.written({"requestmemory"}) == {5}
     assert q.written({"requestmemory"}) == set()
+
+
+def test_too_much_written_since_is_not_read(tmp_path, monkeypatch):
+    log = tmp_path / "job_queue.log"
+    log.write_text("105\n")
+    q = QueueLog(str(log))
+    q.written(set())
+    monkeypatch.setattr(condor, "MAX_LOG_READ", 30)
+    with log.open("a") as f:
+        f.write("103 4.0 RequestMemory 10\n" * 2)
+    assert q.written({"requestmemory"}) is None            # look at every cluster instead
+    with log.open("a") as f:
+        f.write("103 5.0 RequestMemory 10\n")
+    assert q.written({"requestmemory"}) == {5}
