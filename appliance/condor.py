@@ -576,8 +576,8 @@ def deviation_constraint(clusters: Iterable[classad.ClassAd]) -> str | None:
     text (the key is made of its text). None when no cluster has an idle proc.
 
     The schedd evaluates it for every job, so it finds the job's cluster by a binary search on
-    ClusterId (nested ifThenElse) and compares plain literals: a proc that is not different costs
-    a few comparisons and one unparse of its Requirements. A value only the text can say (an
+    ClusterId (nested ifThenElse) and compares plain literals: a proc of a cluster looked at costs
+    a few comparisons and one unparse of its Requirements; a proc of another, a few comparisons. A value only the text can say (an
     error, a list) is compared as text. A proc flagged that does not differ after all (1 against
     1.0) only costs its own group-by row, which merges with its cluster's group."""
     leaves = sorted(((int(c["ClusterId"]), _same_request(c)) for c in clusters
@@ -708,8 +708,9 @@ class QueueLog:
 
     The schedd writes every change to its queue there, one record a line, before it makes it,
     and rewrites the file now and then (a new file, whose first record, its sequence number, is
-    another): then, as when the file cannot be read, written() says None: look at everything. The daemon and the schedd share the
-    container, so the file is there; the daemon runs as root, who may read it."""
+    another): then, as when the file cannot be read, written() says None: look at everything.
+    The daemon and the schedd share the container, so the file is there; the daemon runs as
+    root, who may read it."""
 
     def __init__(self, path: str):
         self.path = path
