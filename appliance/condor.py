@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
 import classad
 import htcondor
@@ -60,6 +61,8 @@ QUEUE_REREAD = 30.0
 # more than this written to the job queue log since it was last read is not read: every
 # cluster is looked at instead (bounds the daemon's memory and time after a pause)
 MAX_LOG_READ = 64 * 1024 * 1024
+# clusters compared proc by proc in one query at most (the constraint grows ~0.6 KB a cluster)
+COMPARE_BATCH = 500
 SUBMITTER_PROJECTION = ["Name", "ScheddName", "IdleJobs", "RunningJobs", "SubmitterTag", "AuthenticatedIdentity"]
 # a remote schedd that does not answer within this long is reported, and its answer
 # (if it comes) used in a later cycle: a cycle never waits longer for one
@@ -139,6 +142,7 @@ class Condor:
         # the schedd's job queue log, and what demand() last read when it was how (see there)
         self._log = QueueLog(_param("JOB_QUEUE_LOG") or os.path.join(_param("SPOOL") or "", "job_queue.log"))
         self._clean: set[int] = set()        # clusters checked and found without a proc that differs
+        self._alike: dict[int, JobGroup | None] = {}    # ... and the group each stands for (None: none)
         self._watch: set[str] = {a.lower() for a in ("Requirements", *PROC_ATTRIBUTES)}
         self._last_mark: tuple | None = None
         self._last_read = 0.0
@@ -177,23 +181,29 @@ class Condor:
             schedd = htcondor.Schedd()
             projection = [*CLUSTER_PROJECTION, *self._references]
             clusters = schedd.query(constraint="true", projection=projection, opts=htcondor.QueryOpts.ClusterAds)
-            more = missing_references(clusters, projection)
+            more = missing_references([c for c in clusters if int(c.get("ClusterId", -1)) not in self._clean],
+                                      projection)
             if more:      # a request refers to attributes of the job's own: read them too, from now on
                 self._references = (self._references + more)[-100:]     # bounded, whatever users write
                 projection = [*projection, *more]
                 clusters = schedd.query(constraint="true", projection=projection, opts=htcondor.QueryOpts.ClusterAds)
-            self._watch |= watched_attributes(clusters)
+            # what is worked out per cluster is kept for those found alike (self._clean): a cycle over
+            # thousands of clusters (DAGMan's one-job clusters) costs a look-up each, not a parse
             looked = [c for c in clusters if int(c.get("ClusterId", -1)) not in self._clean]
-            constraint = deviation_constraint(looked)
-            deviants = (schedd.query(constraint=constraint, projection=[a for a in projection if a != "JobsIdle"],
-                                     opts=htcondor.QueryOpts.GroupBy) if constraint else [])
+            self._watch |= watched_attributes(looked)
+            deviants = []
+            for i in range(0, len(looked), COMPARE_BATCH):
+                constraint = deviation_constraint(looked[i:i + COMPARE_BATCH])
+                if constraint:
+                    deviants += schedd.query(constraint=constraint, projection=[a for a in projection if a != "JobsIdle"],
+                                             opts=htcondor.QueryOpts.GroupBy)
         except Exception as err:   # the bindings raise plain RuntimeError/HTCondorIOError
             raise CondorError(f"cannot query the schedd: {err}") from err
-        present = {int(c.get("ClusterId", -1)) for c in clusters}
         differ = {int(r["ClusterId"]) for r in deviants if "ClusterId" in r}
         checked = {int(c.get("ClusterId", -1)) for c in looked if int(c.get("JobsIdle", 0) or 0) > 0}
-        self._clean = (self._clean & present) | (checked - differ)
-        groups = groups_from_ads(rows_from_clusters(clusters, deviants))
+        clean = (self._clean & {int(c.get("ClusterId", -1)) for c in clusters}) | (checked - differ)
+        groups, self._alike = groups_of_clusters(clusters, deviants, self._alike, clean)
+        self._clean = clean
         self._last_mark, self._last_read, self._last_demand = mark, time.monotonic(), groups
         return groups
 
@@ -543,6 +553,43 @@ def groups_from_ads(ads: Iterable[classad.ClassAd], schedd: str = "") -> tuple[J
             merged[key] = JobGroup(key, count, cpus, memory, disk, req, target_clouds, owner, ad=job,
                                    schedd=schedd, flock_to=flock_to, gpus=_gpus(ad), asks=worker_asks(ad))
     return tuple(merged.values())
+
+
+def groups_of_clusters(clusters: Sequence[classad.ClassAd], deviants: Sequence[classad.ClassAd],
+                       known: dict[int, JobGroup | None], clean: set[int]
+                       ) -> tuple[tuple[JobGroup, ...], dict[int, JobGroup | None]]:
+    """The demand groups, as groups_from_ads(rows_from_clusters(clusters, deviants)) makes them
+    (merged by key, in the clusters' order, then the procs'); and, for the clusters in `clean`,
+    the group each stands for (None: its jobs need no worker), kept for the next time. A cluster
+    in `known` and `clean` is not worked out again: only its idle count is new."""
+    taken: dict[int, int] = {}
+    for row in deviants:
+        if row.get("JobStatus") == IDLE and "ClusterId" in row:
+            taken[int(row["ClusterId"])] = taken.get(int(row["ClusterId"]), 0) + int(row.get("JobCount", 0))
+    keep: dict[int, JobGroup | None] = {}
+    first: dict[str, JobGroup] = {}      # by key, the first group seen: the one the merged group is
+    counts: dict[str, int] = {}
+
+    def add(g: JobGroup, n: int) -> None:
+        first.setdefault(g.key, g)
+        counts[g.key] = counts.get(g.key, 0) + n
+    for cluster in clusters:
+        cid = int(cluster.get("ClusterId", -1))
+        idle = int(cluster.get("JobsIdle", 0) or 0) - taken.get(cid, 0)
+        if cid in clean and cid in known:
+            group = known[cid]
+        elif idle > 0:
+            found = groups_from_ads(rows_from_clusters([cluster], []))
+            group = found[0] if found else None
+        else:
+            continue
+        if cid in clean:
+            keep[cid] = group
+        if group is not None and idle > 0:
+            add(group, idle)
+    for g in groups_from_ads(deviants):
+        add(g, g.count)
+    return tuple(g if g.count == counts[k] else replace(g, count=counts[k]) for k, g in first.items()), keep
 
 
 def rows_from_clusters(clusters: Iterable[classad.ClassAd], deviants: Iterable[classad.ClassAd]

@@ -5,6 +5,8 @@ A small stand-in for the schedd evaluates the real deviation constraint with the
 ClassAd library, on proc ads that hold their cluster's attributes plus their own."""
 from __future__ import annotations
 
+import dataclasses
+
 import classad
 import pytest
 
@@ -332,3 +334,28 @@ def test_too_much_written_since_is_not_read(tmp_path, monkeypatch):
     with log.open("a") as f:
         f.write("103 5.0 RequestMemory 10\n")
     assert q.written({"requestmemory"}) == {5}
+
+
+def test_groups_of_clusters_are_those_of_their_rows_and_kept_for_clusters_found_alike():
+    other = REQ + " && false"
+    s = Schedd(cluster(1, [{}] * 3), cluster(2, [{}, {"Requirements": other}], RequestMemory=4096),
+               cluster(3, [{}] * 2, universe=7), cluster(4, [{"JobStatus": 2}]), cluster(5, [{}] * 2))
+    clusters = s.cluster_ads(list(CLUSTER_PROJECTION))
+    deviants = s.group_by(deviation_constraint(clusters), [a for a in CLUSTER_PROJECTION if a != "JobsIdle"])
+    groups, keep = condor.groups_of_clusters(clusters, deviants, {}, clean={1, 3, 5})
+    assert groups == groups_from_ads(rows_from_clusters(clusters, deviants))
+    assert set(keep) == {1, 3, 5} and keep[3] is None and keep[1].key == keep[5].key
+    # the next time, a cluster kept is not worked out again: only its idle count is new
+    clusters[0]["JobsIdle"] = 1
+    kept = {**keep, 5: dataclasses.replace(keep[5], key="sentinel")}
+    again, _ = condor.groups_of_clusters(clusters, deviants, kept, clean={1, 3, 5})
+    assert sorted((g.key == "sentinel", g.count) for g in again) == [(False, 1), (False, 1), (False, 1), (True, 2)]
+
+
+def test_thousands_of_clusters_are_compared_in_batches(daemon_view, monkeypatch):
+    monkeypatch.setattr(condor, "COMPARE_BATCH", 40)
+    c, s, log = daemon_view(*[cluster(i, [{}, {"RequestMemory": 64}] if i == 77 else [{}]) for i in range(1, 101)])
+    first = c.demand()
+    assert len(deviation_queries(s)) == 3 and by_key(first) == by_key(truth(s))
+    c.demand(reuse=False)
+    assert len(deviation_queries(s)) == 4          # only cluster 77, which has a proc that differs
