@@ -96,8 +96,8 @@ def test_procs_that_differ_from_their_cluster_are_grouped_as_a_group_by_of_every
     assert found["ours_after"] == found["every_job_after"], found
     assert sorted(v[:2] for v in found["ours_after"].values() if v[1] in (300, 777)) == [[1, 777], [2, 300]]
     by_request = sorted((count, memory, image) for count, memory, _, image in found["ours"].values())
-    assert by_request == [(1, 100, "a"), (1, 100, "b"), (1, 200, "a"), (1, 999, None), (2, 400, None),
-                          (1, 450, None), (3, 100, "a"), (3, 300, None)], by_request
+    assert by_request == [(1, 100, "a"), (1, 100, "b"), (1, 200, "a"), (1, 450, None), (1, 999, None),
+                          (2, 400, None), (3, 100, "a"), (3, 300, None)], by_request
 
     # the daemon read the same, and says how long each phase of its cycle took
     want = {k: v[0] for k, v in found["ours_after"].items()}
