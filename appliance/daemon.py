@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from . import budget, federation, lifecycle, outcomes
+from . import budget, cycletime, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
 from .config import Config, ConfigError, load
@@ -76,6 +76,9 @@ class Daemon:
         self.stranded: dict[str, StrandedJobs] = load_stranded(store)
         # shapes backing off after a capacity error, kept in the store for cloud_status
         self.shape_health = store.shape_health()
+        # slow cycles are logged sparingly (cycletime.judge)
+        self.slow = cycletime.SlowCycles()
+        self.slow_cycle = cycletime.SLOW_CYCLE
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -124,35 +127,39 @@ class Daemon:
 
     def cycle(self) -> Plan:
         now = self.clock()
-        t0 = time.monotonic()
+        timer = cycletime.PhaseTimer()
         self.read_shape_sizes()
-        obs = self.observe(now)
+        obs = self.observe(now, timer)
         views = self.views()
-        plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
-                      self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
-                      budget=self.cfg.budget, spending=self.spending(now))
+        with timer.phase("decide"):
+            plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
+                          self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
+                          budget=self.cfg.budget, spending=self.spending(now))
         health = {v.name: v.health for v in views}
-        launches = self.record_plan(plan, health, now)
+        with timer.phase("record"):
+            launches = self.record_plan(plan, health, now)
         health.update(plan.health)
 
         # act: execute the plan, nothing else
-        drained = self.send_drains(plan)
-        removed = self.remove(plan.terminations + plan.orphans)
-        requeued = self.requeue(plan.requeues)
-        launched = self.launch(launches) if launches else []
-        if plan.reschedule:
-            self.condor.reschedule()
-        if plan.flock_outs:
-            self.send_away(plan)
+        with timer.phase("act"):
+            drained = self.send_drains(plan)
+            removed = self.remove(plan.terminations + plan.orphans)
+            requeued = self.requeue(plan.requeues)
+            launched = self.launch(launches) if launches else []
+            if plan.reschedule:
+                self.condor.reschedule()
+            if plan.flock_outs:
+                self.send_away(plan)
 
         # what the results mean (pure), then one write
-        followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
-                                           self.shape_health, self.cfg.shaped_clouds)
-        self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
-        stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
-        stranded.update(outcomes.stranded_by_removals(removed, now))
+        with timer.phase("decide"):
+            followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
+                                               self.shape_health, self.cfg.shaped_clouds)
+            self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
+            stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
+            stranded.update(outcomes.stranded_by_removals(removed, now))
         self.cycles += 1
-        with self.store.tx():
+        with timer.phase("record"), self.store.tx():
             self.write(followup.records, now)
             self.save_health(health, followup.health, now)
             if followup.shape_health is not None:
@@ -163,14 +170,19 @@ class Daemon:
                 self.stranded = stranded
                 save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
-            duration = time.monotonic() - t0
-            self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
-                                         "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
-                                         "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
-            self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
             self.account_spend(now)
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
+            # last in the transaction, so that its figures cover all of the cycle but the commit
+            duration, phases = timer.elapsed(), timer.phases()
+            self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
+                                         "duration": round(duration, 4), "phases": phases,
+                                         "interval": self.cfg.scheduler.interval,
+                                         "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
+            self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
+        self.slow, line = cycletime.judge(self.slow, duration, phases, now, self.slow_cycle)
+        if line:
+            log.warning("%s", line)
         self.housekeeping(now)
         return plan
 
@@ -225,33 +237,36 @@ class Daemon:
         self.store.put("spend_total", totals)
 
     # ------------------------------------------------------------ observe
-    def observe(self, now: float) -> Observation:
-        try:
-            groups, schedd_ok = self.condor.demand(), True
-            self._recovered("schedd")
-        except CondorError as err:
-            groups, schedd_ok = (), False
-            self._warn_once("schedd", str(err))
-        try:
-            slots = self.condor.supply()
-            self._recovered("collector")
-        except CondorError as err:
-            slots = None
-            self._warn_once("collector", str(err))
-        resources = {}
-        for name, driver in self.drivers.items():
+    def observe(self, now: float, timer: cycletime.PhaseTimer | None = None) -> Observation:
+        timer = timer or cycletime.PhaseTimer()
+        with timer.phase("observe_demand"):
             try:
-                resources[name] = driver.list()
-                self._recovered(f"list:{name}")
-            except CloudError as err:
-                resources[name] = None
-                self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
-        # remote schedds allowed to flock here (cloud_admin --allow-schedd): their demand, and
-        # what was found of each; one that cannot be read is reported, not an error
-        remote, schedds = (), ()
-        allowed = federation.allowed_schedds()
-        if allowed:
-            remote, schedds = self.condor.remote_demand(allowed)
+                groups, schedd_ok = self.condor.demand(), True
+                self._recovered("schedd")
+            except CondorError as err:
+                groups, schedd_ok = (), False
+                self._warn_once("schedd", str(err))
+            # remote schedds allowed to flock here (cloud_admin --allow-schedd): their demand, and
+            # what was found of each; one that cannot be read is reported, not an error
+            remote, schedds = (), ()
+            allowed = federation.allowed_schedds()
+            if allowed:
+                remote, schedds = self.condor.remote_demand(allowed)
+        with timer.phase("observe_supply"):
+            try:
+                slots = self.condor.supply()
+                self._recovered("collector")
+            except CondorError as err:
+                slots = None
+                self._warn_once("collector", str(err))
+            resources = {}
+            for name, driver in self.drivers.items():
+                try:
+                    resources[name] = driver.list()
+                    self._recovered(f"list:{name}")
+                except CloudError as err:
+                    resources[name] = None
+                    self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
         return Observation(now, tuple(groups) + tuple(remote), slots, resources, schedd_ok,
                            watching_since=self.started, schedds=tuple(schedds))
 

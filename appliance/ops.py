@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from . import budget, lifecycle
+from . import budget, cycletime, lifecycle
 from .config import Config
 from .lifecycle import State
 from .model import ShapeHealth
@@ -71,7 +71,8 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
                 "config_error": None, "last_cycle_age": None}
     age = now - beat["time"]
     running = age <= max(STALE_INTERVALS * beat.get("interval", 2.0), 15.0)
-    msg = (f"running (last cycle {age:.0f}s ago, took {beat.get('duration', 0) * 1000:.0f} ms)" if running
+    took = cycletime.describe(beat.get("duration") or 0.0, beat.get("phases") or {})
+    msg = (f"running (last cycle {age:.0f}s ago, took {took})" if running
            else f"not running: last cycle {age:.0f}s ago")
     if running and beat.get("error"):
         msg = f"running, but its cycles fail: {beat['error']}"
@@ -80,7 +81,9 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
     if running and not beat.get("collector_ok", True):
         msg += "; the collector is not answering"
     return {"running": running, "message": msg, "config_error": None, "last_cycle_age": round(age, 1),
-            "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration")}
+            "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration"),
+            # the last cycle's phases, seconds each (cycletime.PHASES); None before a release that kept them
+            "cycle_phases": beat.get("phases")}
 
 
 def _runtime_status() -> dict | None:

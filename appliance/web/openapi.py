@@ -21,6 +21,9 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 SCHEDULER = _obj({
     "running": BOOL, "message": STR, "config_error": _nullable(STR), "last_cycle_age": _nullable(NUM),
     "cycle": _nullable(INT), "cycle_seconds": _nullable(NUM),
+    "cycle_phases": _nullable({"type": "object", "additionalProperties": NUM,
+                               "description": "the last cycle's phases in seconds: observe_demand, observe_supply, "
+                                              "decide, act, record"}),
 }, ["running", "message"])
 
 CLOUD = _obj({

@@ -40,6 +40,9 @@ def test_decision_smoke(image, tmp_path):
     (row,) = data["rows"]
     assert row["jobs"] == 1000 and row["groups"] == 10
     assert row["ours_s"] > 0 and row["naive_s"] > 0 and row["daemon_rss_mb"] > 0
+    assert row["floor_s"] > 0 and row["before_s"] > 0 and row["reused_s"] >= 0 and row["cold_s"] > 0
+    assert row["deviant_procs"] == 0
+    assert set(row["daemon_phases"]) == {"observe_demand", "observe_supply", "decide", "act", "record"}
 
 
 def test_burst_smoke(image, tmp_path):

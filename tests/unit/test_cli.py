@@ -47,6 +47,18 @@ def test_clouds_table(env, capsys):
     assert "scheduler: running" in out[-1]
 
 
+def test_the_last_cycle_is_shown_with_its_phases(env, capsys):
+    phases = {"observe_demand": 1.2, "observe_supply": 0.048, "decide": 0.009, "act": 0.0, "record": 0.031}
+    env.put("heartbeat", {"time": time.time(), "interval": 1, "duration": 1.288, "phases": phases, "cycle": 7})
+    assert status() == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "scheduler: running (last cycle 0s ago, took 1.29 s: observe demand 1.20 s, observe supply 48 ms, "
+        "decide 9 ms, act 0 ms, record 31 ms)")
+    assert status("--json") == 0
+    sched = json.loads(capsys.readouterr().out)["scheduler"]
+    assert sched["cycle_seconds"] == 1.288 and sched["cycle_phases"] == phases
+
+
 def test_disable_enable_persist_and_show(env, capsys):
     assert admin("-d", "local") == 0
     assert capsys.readouterr().out.strip() == "local: disabled"

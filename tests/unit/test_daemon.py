@@ -827,3 +827,25 @@ def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_b
     driver.sizes_error = CloudError("unavailable", "not asked")
     daemon = rig.restart()
     assert daemon.cfg.cloud("aws").shapes[0].sized and daemon.cfg.cloud("aws").shapes[0].cpus == 2
+
+
+# ------------------------------------------------------------------ the cycle's own time
+
+def test_the_heartbeat_keeps_the_last_cycles_duration_and_phases(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    beat, _ = rig.store.get("heartbeat")
+    assert set(beat["phases"]) == {"observe_demand", "observe_supply", "decide", "act", "record"}
+    assert all(v >= 0 for v in beat["phases"].values())
+    assert sum(beat["phases"].values()) <= beat["duration"] + 1e-3
+
+
+def test_a_slow_cycle_is_logged_once_with_its_phases(rig, caplog):
+    rig.daemon.slow_cycle = 0.0           # every cycle is "slow"
+    with caplog.at_level(logging.WARNING, logger="appliance"):
+        for _ in range(3):
+            rig.cycle()
+    lines = [r.getMessage() for r in caplog.records if "slow scheduler cycle" in r.getMessage()]
+    assert len(lines) == 1
+    assert re.search(r"observe demand \d+ ms, observe supply \d+ ms, decide \d+ ms, act \d+ ms, record \d+ ms",
+                     lines[0]), lines[0]
