@@ -24,7 +24,7 @@ from dataclasses import asdict
 from . import budget, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
-from .config import Config, ConfigError, load
+from .config import CloudConfig, Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ads
 from .model import CloudHealth, Observation
@@ -41,6 +41,9 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+# A kept headroom worker's startd shuts itself down after this long unclaimed (a day): the
+# scheduler then replaces it; an appliance that is gone leaves it running no longer than this.
+HEADROOM_NOCLAIM_SHUTDOWN = 86400
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 
@@ -76,6 +79,9 @@ class Daemon:
         self.stranded: dict[str, StrandedJobs] = load_stranded(store)
         # shapes backing off after a capacity error, kept in the store for cloud_status
         self.shape_health = store.shape_health()
+        # each cloud's warm headroom line, and the workers kept as headroom, as last logged
+        self.headroom: dict[str, str] = {}
+        self.kept: set[str] = set()
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -171,8 +177,23 @@ class Daemon:
             self.account_spend(now)
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
+            self.report_headroom(plan)
         self.housekeeping(now)
         return plan
+
+    def report_headroom(self, plan: Plan) -> None:
+        """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is
+        kept past idle_timeout (or kept starting for no job); the lines go to the store for cloud_status."""
+        for cloud, line in plan.headroom.items():
+            if self.headroom.get(cloud) != line:
+                log.info("cloud %s: %s", cloud, line)
+        if plan.headroom != self.headroom:
+            self.headroom = dict(plan.headroom)
+            self.store.put("headroom", self.headroom)
+        for wid, why in plan.kept.items():
+            if wid not in self.kept:
+                log.info("worker %s: %s", wid, why)
+        self.kept = set(plan.kept)
 
     def read_shape_sizes(self) -> None:
         """Ask each cloud whose shapes left their size out (ec2: by instance type) how big
@@ -279,6 +300,7 @@ class Daemon:
                 wid = self._new_id(launch.cloud)
                 self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape,
                                       image=launch.image)
+                log.info("worker %s (%s): launching: %s", wid, launch.cloud, launch.reason)
                 rows.append((wid, launch))
         return rows
 
@@ -416,7 +438,7 @@ class Daemon:
         return WorkerSpec(worker_id=wid, cloud=config, pool=self.cfg.pool.name,
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
-                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900),
+                          noclaim_shutdown=noclaim_shutdown(config, self.cfg.scheduler.idle_timeout),
                           shape=config.shape_of(shape), image=image if image in config.images else "",
                           max_price=max_price)
 
@@ -464,6 +486,16 @@ class Daemon:
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def noclaim_shutdown(cloud: CloudConfig, idle_timeout: float) -> int:
+    """Seconds a worker's startd waits unclaimed before it shuts down by itself, a backstop
+    should the appliance be gone: idle_timeout and 15 minutes more, or a day for a cloud that
+    keeps warm headroom (its kept workers wait unclaimed for as long as they are kept)."""
+    backstop = int(idle_timeout + 900)
+    if cloud.min_idle or any(s.min_idle for s in cloud.shapes):
+        return max(backstop, HEADROOM_NOCLAIM_SHUTDOWN)
+    return backstop
 
 
 def write_runtime_status(beat: dict) -> None:

@@ -49,7 +49,7 @@ def _keep_cloud(d: Draft, obs: Observation, view: CloudView, want: Wanted, place
         d.plan.headroom[view.name] = f"headroom: min_idle {_quota(want)}; none kept: {want.off}"
         return
     ready = _ready(d, obs, view, placement)
-    block = launch_block(view, d.now)
+    block = _block(view, d.now)
     backing_off = view.shapes_backing_off(d.now)
     kept: list[Worker] = []
     launched: dict[str, int] = {}
@@ -92,6 +92,15 @@ def _keep_cloud(d: Draft, obs: Observation, view: CloudView, want: Wanted, place
     for w in kept:
         placement.kept[w.id] = report
     d.plan.headroom[view.name] = report
+
+
+def _block(view: CloudView, now: float) -> str | None:
+    """Why the cloud may launch no headroom now, in words that stay the same from one cycle to
+    the next (the line is logged when it changes): launch_block without the seconds left."""
+    why = launch_block(view, now)
+    if why and why.startswith("backing off for"):
+        return f"backing off after: {view.health.last_error}"
+    return why
 
 
 def _ready(d: Draft, obs: Observation, view: CloudView, placement: Placement) -> list[Worker]:

@@ -801,3 +801,42 @@ def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_b
     driver.sizes_error = CloudError("unavailable", "not asked")
     daemon = rig.restart()
     assert daemon.cfg.cloud("aws").shapes[0].sized and daemon.cfg.cloud("aws").shapes[0].cpus == 2
+
+
+# ------------------------------------------------------------------ warm headroom
+
+def test_headroom_is_kept_past_idle_timeout_replaced_when_taken_and_each_decision_logged(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="appliance")
+    rig = Rig(tmp_path, [CloudConfig("local", "local", max_workers=3, worker=WorkerSize(), min_idle=1)])
+    try:
+        rig.cycle()
+        (first,) = rig.live(State.BOOTING)
+        assert f"worker {first} (local): launching: headroom: min_idle 1, 0 idle" in caplog.text
+        # a day unclaimed before its startd gives up by itself, not idle_timeout + 15 min
+        assert rig.drivers["local"].specs[first].noclaim_shutdown == 86400
+        rig.cycle()                            # still starting: kept, nothing launched twice
+        assert rig.live() == [first]
+        rig.condor.join(first)
+        rig.cycle()
+        rig.cycle(advance=61)                  # past idle_timeout: kept, said once
+        rig.cycle(advance=61)
+        assert rig.live(State.IDLE) == [first] and not rig.condor.drained
+        kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"worker {first}: idle for")]
+        assert len(kept) == 1 and "kept: headroom: min_idle 1, 1 idle" in kept[0]
+        assert rig.store.get("headroom")[0] == {"local": "headroom: min_idle 1, 1 idle"}
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cloud local: headroom")]
+        assert lines == ["cloud local: headroom: min_idle 1, 0 idle, launching 1",
+                         "cloud local: headroom: min_idle 1, 0 idle, 1 starting",
+                         "cloud local: headroom: min_idle 1, 1 idle"]
+        rig.condor.groups = (group(1),)        # a job: it takes the kept worker, a replacement starts
+        rig.cycle()
+        replacement = [w for w in rig.live(State.BOOTING)]
+        assert len(replacement) == 1 and replacement[0] != first
+    finally:
+        rig.daemon.pool.shutdown(wait=True)
+        rig.store.close()
+
+
+def test_workers_of_a_cloud_without_headroom_keep_the_short_noclaim_backstop(rig):
+    wid = rig.busy_worker()
+    assert rig.drivers["local"].specs[wid].noclaim_shutdown == 60 + 900

@@ -142,7 +142,7 @@ HEADROOM = [
     ("a disabled cloud cancels a starting headroom worker", [hcloud(enabled=False)], [booting("b")], [],
      SETTINGS, {}, {"b": State.RETIRED}, {"local": "none kept: disabled"}),
     ("a cloud backing off launches no headroom", [hcloud(backoff_until=NOW + 30)], [], [], SETTINGS, {}, {},
-     {"local": "short of it: backing off for 30s after: boom"}),
+     {"local": "short of it: backing off after: boom"}),
     ("a cloud backing off keeps the idle worker it has", [hcloud(backoff_until=NOW + 30)], [idle("a")], [],
      SETTINGS, {}, {}, {"local": "1 idle"}),
     ("an open breaker launches no headroom", [hcloud(breaker=True)], [], [], SETTINGS, {}, {},
