@@ -50,6 +50,9 @@ def _keep_cloud(d: Draft, obs: Observation, view: CloudView, want: Wanted, place
         return
     ready = _ready(d, obs, view, placement)
     block = _block(view, d.now)
+    if not obs.schedd_ok or obs.slots is None:
+        # who took work is not known: launch nothing on a guess (what is kept stays kept)
+        block = "the schedd or the collector is not answering"
     backing_off = view.shapes_backing_off(d.now)
     kept: list[Worker] = []
     launched: dict[str, int] = {}

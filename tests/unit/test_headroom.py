@@ -210,6 +210,14 @@ def test_a_worker_within_idle_timeout_or_assigned_a_job_is_not_reported_as_kept(
     assert not decide(observe([group(1)], [sa], [("local", "a")]), [a], clouds, SETTINGS).kept
 
 
+def test_nothing_is_launched_on_a_guess_while_the_schedd_or_the_collector_is_down():
+    clouds = [hcloud()]
+    for obs in (observe(schedd_ok=False), observe(collector=False)):
+        plan = decide(obs, [], clouds, SETTINGS)
+        assert launches(plan) == {}
+        assert "short of it: the schedd or the collector is not answering" in plan.headroom["local"]
+
+
 def test_headroom_respects_the_budget():
     priced = hcloud(shapes=[SMALL])
     plan = decide(observe(), [], [priced], SETTINGS, budget=Caps(max_per_hour=0.001))
