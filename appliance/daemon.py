@@ -44,6 +44,13 @@ BOOT_POLL = 0.25
 # A kept headroom worker's startd shuts itself down after this long unclaimed (a day): the
 # scheduler then replaces it; an appliance that is gone leaves it running no longer than this.
 HEADROOM_NOCLAIM_SHUTDOWN = 86400
+# Between cycles the daemon looks at the schedd's job queue log this often (a stat), and a
+# change (a submit) starts the next cycle at once, but never sooner than QUEUE_GAP after
+# the last one began: a new job's worker is launched in tens of milliseconds instead of
+# up to an interval later (bench/latency.py's "see" phase), at the cost of a stat.
+QUEUE_WATCH = 0.05
+QUEUE_GAP = 0.25
+QUEUE_LOG = "/var/lib/condor/spool/job_queue.log"
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 
@@ -82,6 +89,8 @@ class Daemon:
         # each cloud's warm headroom line, and the workers kept as headroom, as last logged
         self.headroom: dict[str, str] = {}
         self.kept: set[str] = set()
+        # the schedd's job queue log: a change between cycles starts the next one early
+        self.queue_log = QUEUE_LOG
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -89,14 +98,27 @@ class Daemon:
                  ", ".join(f"{c.name}/{c.type}" for c in self.cfg.clouds), self.cfg.scheduler.interval)
         while not self.stopping.is_set():
             started = time.monotonic()
+            queue = queue_stamp(self.queue_log)
             try:
                 self.cycle()
                 self.cycle_succeeded()
             except Exception as err:   # one bad cycle must not end the daemon; the next one retries
                 self.cycle_failed(err)
-            elapsed = time.monotonic() - started
-            self.stopping.wait(max(self.next_wait() - elapsed, 0.05))
+            self.wait_next(started, queue)
         self.shutdown()
+
+    def wait_next(self, started: float, queue: tuple | None) -> None:
+        """Wait for the next cycle: its interval after `started`, or less when the job queue
+        changed since the cycle began (a submit), but at least QUEUE_GAP after `started`."""
+        due = started + max(self.next_wait(), 0.05)
+        earliest = started + QUEUE_GAP
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= due:
+                return
+            if queue is not None and now >= earliest and queue_stamp(self.queue_log) != queue:
+                return
+            self.stopping.wait(min(QUEUE_WATCH if queue is not None else due - now, due - now))
 
     def next_wait(self) -> float:
         """Seconds from one cycle's start to the next: short while a worker is starting."""
@@ -486,6 +508,15 @@ class Daemon:
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def queue_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of the schedd's job queue log; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def noclaim_shutdown(cloud: CloudConfig, idle_timeout: float) -> int:

@@ -522,6 +522,27 @@ def test_the_loop_polls_fast_only_while_a_worker_starts(rig):
     assert rig.daemon.next_wait() == 0.25
 
 
+def test_a_change_to_the_job_queue_starts_the_next_cycle_early_but_not_at_once(rig, tmp_path):
+    import os
+    import time as real_time
+    log = tmp_path / "job_queue.log"
+    log.write_text("a")
+    rig.daemon.queue_log = str(log)
+    rig.daemon.next_wait = lambda: 30.0
+    from appliance.daemon import QUEUE_GAP, queue_stamp
+    started = real_time.monotonic()
+    stamp = queue_stamp(str(log))
+    log.write_text("a submit")                  # changed while the cycle ran
+    rig.daemon.wait_next(started, stamp)
+    took = real_time.monotonic() - started
+    assert QUEUE_GAP <= took < 5, took          # not the interval's 30 s, not sooner than the gap
+    started = real_time.monotonic()             # no change, no queue log at all: the interval
+    rig.daemon.next_wait = lambda: 0.3
+    os.unlink(log)
+    rig.daemon.wait_next(started, queue_stamp(str(log)))
+    assert 0.3 <= real_time.monotonic() - started < 5
+
+
 def test_run_cycles_until_stopped_then_shuts_down(rig):
     rig.condor.groups = (group(1),)
     calls = []
