@@ -104,13 +104,3 @@ def wanted(config: Any, enabled: bool, now: float) -> Wanted:
         return Wanted(w.cloud, shapes, f"outside min_idle_window {window}")
     return w
 
-
-def describe(config: Any) -> str:
-    """'1', '2 (large 1)', '1 08:00-18:00': a cloud's headroom as configured, for tables."""
-    parts = [str(config.min_idle)]
-    shaped = [f"{s.name} {s.min_idle}" for s in config.shapes if s.min_idle > 0]
-    if shaped:
-        parts[0] += f" ({', '.join(shaped)})"
-    if config.min_idle_window is not None:
-        parts.append(str(config.min_idle_window))
-    return " ".join(parts)
