@@ -24,7 +24,7 @@ from dataclasses import asdict
 from . import budget, cycletime, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
-from .config import Config, ConfigError, load
+from .config import CloudConfig, Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ads
 from .model import CloudHealth, Observation
@@ -41,6 +41,16 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+# A kept headroom worker's startd shuts itself down after this long unclaimed (a day): the
+# scheduler then replaces it; an appliance that is gone leaves it running no longer than this.
+HEADROOM_NOCLAIM_SHUTDOWN = 86400
+# Between cycles the daemon looks at the schedd's job queue log this often (a stat), and a
+# change (a submit) starts the next cycle at once, but never sooner than QUEUE_GAP after
+# the last one began: a new job's worker is launched in tens of milliseconds instead of
+# up to an interval later (bench/latency.py's "see" phase), at the cost of a stat.
+QUEUE_WATCH = 0.05
+QUEUE_GAP = 0.25
+QUEUE_LOG = "/var/lib/condor/spool/job_queue.log"
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 
@@ -79,6 +89,11 @@ class Daemon:
         # slow cycles are logged sparingly (cycletime.judge)
         self.slow = cycletime.SlowCycles()
         self.slow_cycle = cycletime.SLOW_CYCLE
+        # each cloud's warm headroom line, and the workers kept as headroom, as last logged
+        self.headroom: dict[str, str] = {}
+        self.kept: set[str] = set()
+        # the schedd's job queue log: a change between cycles starts the next one early
+        self.queue_log = QUEUE_LOG
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -86,14 +101,27 @@ class Daemon:
                  ", ".join(f"{c.name}/{c.type}" for c in self.cfg.clouds), self.cfg.scheduler.interval)
         while not self.stopping.is_set():
             started = time.monotonic()
+            queue = queue_stamp(self.queue_log)
             try:
                 self.cycle()
                 self.cycle_succeeded()
             except Exception as err:   # one bad cycle must not end the daemon; the next one retries
                 self.cycle_failed(err)
-            elapsed = time.monotonic() - started
-            self.stopping.wait(max(self.next_wait() - elapsed, 0.05))
+            self.wait_next(started, queue)
         self.shutdown()
+
+    def wait_next(self, started: float, queue: tuple | None) -> None:
+        """Wait for the next cycle: its interval after `started`, or less when the job queue
+        changed since the cycle began (a submit), but at least QUEUE_GAP after `started`."""
+        due = started + max(self.next_wait(), 0.05)
+        earliest = started + QUEUE_GAP
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= due:
+                return
+            if queue is not None and now >= earliest and queue_stamp(self.queue_log) != queue:
+                return
+            self.stopping.wait(min(QUEUE_WATCH if queue is not None else due - now, due - now))
 
     def next_wait(self) -> float:
         """Seconds from one cycle's start to the next: short while a worker is starting."""
@@ -173,6 +201,7 @@ class Daemon:
             self.account_spend(now)
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
+            self.report_headroom(plan)
             # last in the transaction, so that its figures cover all of the cycle but the commit
             duration, phases = timer.elapsed(), timer.phases()
             self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
@@ -185,6 +214,20 @@ class Daemon:
             log.warning("%s", line)
         self.housekeeping(now)
         return plan
+
+    def report_headroom(self, plan: Plan) -> None:
+        """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is
+        kept past idle_timeout (or kept starting for no job); the lines go to the store for cloud_status."""
+        for cloud, line in plan.headroom.items():
+            if self.headroom.get(cloud) != line:
+                log.info("cloud %s: %s", cloud, line)
+        if plan.headroom != self.headroom:
+            self.headroom = dict(plan.headroom)
+            self.store.put("headroom", self.headroom)
+        for wid, why in plan.kept.items():
+            if wid not in self.kept:
+                log.info("worker %s: %s", wid, why)
+        self.kept = set(plan.kept)
 
     def read_shape_sizes(self) -> None:
         """Ask each cloud whose shapes left their size out (ec2: by instance type) how big
@@ -294,6 +337,7 @@ class Daemon:
                 wid = self._new_id(launch.cloud)
                 self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape,
                                       image=launch.image)
+                log.info("worker %s (%s): launching: %s", wid, launch.cloud, launch.reason)
                 rows.append((wid, launch))
         return rows
 
@@ -431,7 +475,7 @@ class Daemon:
         return WorkerSpec(worker_id=wid, cloud=config, pool=self.cfg.pool.name,
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
-                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900),
+                          noclaim_shutdown=noclaim_shutdown(config, self.cfg.scheduler.idle_timeout),
                           shape=config.shape_of(shape), image=image if image in config.images else "",
                           max_price=max_price)
 
@@ -479,6 +523,25 @@ class Daemon:
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def queue_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of the schedd's job queue log; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def noclaim_shutdown(cloud: CloudConfig, idle_timeout: float) -> int:
+    """Seconds a worker's startd waits unclaimed before it shuts down by itself, a backstop
+    should the appliance be gone: idle_timeout and 15 minutes more, or a day for a cloud that
+    keeps warm headroom (its kept workers wait unclaimed for as long as they are kept)."""
+    backstop = int(idle_timeout + 900)
+    if cloud.min_idle or any(s.min_idle for s in cloud.shapes):
+        return max(backstop, HEADROOM_NOCLAIM_SHUTDOWN)
+    return backstop
 
 
 def write_runtime_status(beat: dict) -> None:

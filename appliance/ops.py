@@ -10,10 +10,10 @@ import os
 import time
 from typing import Any
 
-from . import budget, cycletime, lifecycle
-from .config import Config
+from . import budget, cycletime, headroom, lifecycle
+from .config import CloudConfig, Config
 from .lifecycle import State
-from .model import ShapeHealth
+from .model import CloudHealth, ShapeHealth
 from .store import Store
 
 # where the daemon reports a failing cycle when the store cannot be written (its volume is
@@ -102,6 +102,7 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             counts[w.cloud][w.state.value] += 1
     shape_health = store.shape_health()
     costs = cloud_costs(store, cfg, now) if cfg.priced else {}
+    kept_now = store.get("headroom", {})[0] or {}     # the scheduler's last line per cloud
     out = []
     for c, h in zip(cfg.clouds, store.cloud_health(cfg)):
         n = counts[c.name]
@@ -122,8 +123,13 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             # its first shape (its one size, for a cloud with a lone `worker:`), as before shapes
             "worker": {"cpus": c.shapes[0].cpus, "memory": c.shapes[0].memory, "disk": c.shapes[0].disk},
             "shapes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory, "disk": s.disk, "gpus": s.gpus,
-                        "price": s.price, **_shape_health(shape_health.get((c.name, s.name)), now)}
+                        "price": s.price, "min_idle": s.min_idle,
+                        **_shape_health(shape_health.get((c.name, s.name)), now)}
                        for s in c.shapes],
+            # warm headroom: idle workers kept ready (its own and its shapes'), when, and how it stands
+            "min_idle": c.min_idle,
+            "min_idle_window": str(c.min_idle_window) if c.min_idle_window is not None else None,
+            "headroom": _headroom(c, h, kept_now.get(c.name), now),
             # from its shapes' prices: what its workers cost per hour now and over the last 24 hours
             "cost_per_hour": round(costs[c.name].per_hour, 6) if c.name in costs else None,
             "spend_24h": round(costs[c.name].last_day, 6) if c.name in costs else None,
@@ -133,6 +139,15 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             "vm_type": c.vm_type,
         })
     return out
+
+
+def _headroom(c: CloudConfig, h: CloudHealth, line: str | None, now: float) -> dict[str, Any] | None:
+    """A cloud's warm headroom: how many idle workers it keeps now (0 when disabled or outside
+    its window, `off` saying which) and the scheduler's last line; None when none is configured."""
+    want = headroom.wanted(c, h.enabled, now)
+    if not want.configured:
+        return None
+    return {"keep": want.total, "off": want.off or None, "status": line}
 
 
 def cloud_costs(store: Store, cfg: Config, now: float) -> dict[str, budget.Spend]:

@@ -93,13 +93,16 @@ class StoreCollector:
                                       labels=["cloud"])
         breaker = GaugeMetricFamily("appliance_cloud_breaker_open",
                                     "1 if the cloud stopped launching after repeated quick failures", labels=["cloud"])
+        min_idle = GaugeMetricFamily("appliance_cloud_min_idle", "Idle workers the cloud keeps ready now (warm "
+                                     "headroom: 0 while disabled or outside its min_idle_window)", labels=["cloud"])
         for c in clouds:
+            min_idle.add_metric([c["name"]], (c.get("headroom") or {}).get("keep", 0))
             enabled.add_metric([c["name"]], int(c["enabled"]))
             maxw.add_metric([c["name"]], c["max_workers"])
             backoff.add_metric([c["name"]], int(c["health"] == "backoff"))
             backoff_s.add_metric([c["name"]], c["backoff_seconds"])
             breaker.add_metric([c["name"]], int(c["health"] == "stopped"))
-        yield from (enabled, maxw, backoff, backoff_s, breaker)
+        yield from (enabled, maxw, backoff, backoff_s, breaker, min_idle)
 
         if cfg.priced:
             yield from _cost_metrics(store, cfg)

@@ -35,6 +35,14 @@ def test_latency_smoke(image, tmp_path):
     assert all(t["latency"] > 0 and "boot" in t for t in data["trials"])
 
 
+def test_latency_min_idle_smoke(image, tmp_path):
+    """Warm headroom: each trial's job takes the kept worker, and the next waits for its replacement."""
+    data = bench(image, tmp_path, "latency", "--cloud", "local", "--min-idle", "1", "--named-outputs",
+                 "--trials", "2")
+    assert data["min_idle"] == 1 and data["job"] == "named-outputs"
+    assert data["latency"]["n"] == 2 and data["latency"]["p50"] > 0
+
+
 def test_decision_smoke(image, tmp_path):
     data = bench(image, tmp_path, "decision", "--sizes", "1000", "--groups", "10", "--repeats", "2")
     (row,) = data["rows"]

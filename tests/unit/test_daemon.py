@@ -548,6 +548,27 @@ def test_the_loop_polls_fast_only_while_a_worker_starts(rig):
     assert rig.daemon.next_wait() == 0.25
 
 
+def test_a_change_to_the_job_queue_starts_the_next_cycle_early_but_not_at_once(rig, tmp_path):
+    import os
+    import time as real_time
+    log = tmp_path / "job_queue.log"
+    log.write_text("a")
+    rig.daemon.queue_log = str(log)
+    rig.daemon.next_wait = lambda: 30.0
+    from appliance.daemon import QUEUE_GAP, queue_stamp
+    started = real_time.monotonic()
+    stamp = queue_stamp(str(log))
+    log.write_text("a submit")                  # changed while the cycle ran
+    rig.daemon.wait_next(started, stamp)
+    took = real_time.monotonic() - started
+    assert QUEUE_GAP <= took < 5, took          # not the interval's 30 s, not sooner than the gap
+    started = real_time.monotonic()             # no change, no queue log at all: the interval
+    rig.daemon.next_wait = lambda: 0.3
+    os.unlink(log)
+    rig.daemon.wait_next(started, queue_stamp(str(log)))
+    assert 0.3 <= real_time.monotonic() - started < 5
+
+
 def test_run_cycles_until_stopped_then_shuts_down(rig):
     rig.condor.groups = (group(1),)
     calls = []
@@ -849,3 +870,41 @@ def test_a_slow_cycle_is_logged_once_with_its_phases(rig, caplog):
     assert len(lines) == 1
     assert re.search(r"observe demand \d+ ms, observe supply \d+ ms, decide \d+ ms, act \d+ ms, record \d+ ms",
                      lines[0]), lines[0]
+
+# ------------------------------------------------------------------ warm headroom
+
+def test_headroom_is_kept_past_idle_timeout_replaced_when_taken_and_each_decision_logged(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="appliance")
+    rig = Rig(tmp_path, [CloudConfig("local", "local", max_workers=3, worker=WorkerSize(), min_idle=1)])
+    try:
+        rig.cycle()
+        (first,) = rig.live(State.BOOTING)
+        assert f"worker {first} (local): launching: headroom: min_idle 1, 0 idle" in caplog.text
+        # a day unclaimed before its startd gives up by itself, not idle_timeout + 15 min
+        assert rig.drivers["local"].specs[first].noclaim_shutdown == 86400
+        rig.cycle()                            # still starting: kept, nothing launched twice
+        assert rig.live() == [first]
+        rig.condor.join(first)
+        rig.cycle()
+        rig.cycle(advance=61)                  # past idle_timeout: kept, said once
+        rig.cycle(advance=61)
+        assert rig.live(State.IDLE) == [first] and not rig.condor.drained
+        kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"worker {first}: idle for")]
+        assert len(kept) == 1 and "kept: headroom: min_idle 1, 1 idle" in kept[0]
+        assert rig.store.get("headroom")[0] == {"local": "headroom: min_idle 1, 1 idle"}
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cloud local: headroom")]
+        assert lines == ["cloud local: headroom: min_idle 1, 0 idle, launching 1",
+                         "cloud local: headroom: min_idle 1, 0 idle, 1 starting",
+                         "cloud local: headroom: min_idle 1, 1 idle"]
+        rig.condor.groups = (group(1),)        # a job: it takes the kept worker, a replacement starts
+        rig.cycle()
+        replacement = [w for w in rig.live(State.BOOTING)]
+        assert len(replacement) == 1 and replacement[0] != first
+    finally:
+        rig.daemon.pool.shutdown(wait=True)
+        rig.store.close()
+
+
+def test_workers_of_a_cloud_without_headroom_keep_the_short_noclaim_backstop(rig):
+    wid = rig.busy_worker()
+    assert rig.drivers["local"].specs[wid].noclaim_shutdown == 60 + 900
