@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -443,12 +442,17 @@ def requeue_constraint(worker_id: str, started_before: float | None = None) -> s
     worker for a job put back to idle, before it learns the worker is gone (seen under load
     in CI: the job then waited the whole lease); a job started again elsewhere is left alone,
     though its MachineAttrWorkerId0 names the dead worker for a while: its RemoteHost names
-    the new one. A job whose RemoteHost is unknown is taken to be on the dead worker."""
+    the new one. A job whose RemoteHost is unknown is taken to be on the dead worker.
+
+    No regular expression and no backslash: the 23.x schedd reads a query's constraint with
+    old-ClassAd quoting, where `regexp("docker\\-e69e1d", ...)` looks for a backslash and never
+    matches (seen in CI: the job again waited out its lease). RemoteHost is
+    `slot1_1@<worker id>@<host>`, so the worker is one of its "@"-separated parts."""
     quoted = classad.quote(worker_id)
     constraint = f"JobStatus == 2 && MachineAttrWorkerId0 =?= {quoted}"
     if started_before is not None:
         constraint += (f" && (EnteredCurrentStatus <= {int(started_before)} || RemoteHost =?= undefined"
-                       f" || regexp({classad.quote(re.escape(worker_id))}, RemoteHost) =?= true)")
+                       f" || member({quoted}, split(RemoteHost, \"@\")) =?= true)")
     return constraint
 
 

@@ -19,6 +19,7 @@ from .lifecycle import State
 from .model import CloudHealth, ShapeHealth, Worker
 from .scheduler.drains import after_drain
 from .scheduler.plan import RedrainEntry, StrandedJobs, Terminate
+from .scheduler.requeues import REQUEUE_SETTLE
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -266,13 +267,6 @@ def stranded_by_removals(results: Iterable[RemovalResult], now: float) -> dict[s
 
 
 # ------------------------------------------------------------------ stranded jobs
-
-# A removed worker's jobs are forgotten once none has shown "running" on it for this long, not
-# at the first answer without one: right after a restart the schedd lists such a job idle, and
-# its reconnect shadow makes it "running" again a few seconds later (seen in CI: the job then
-# waited out the whole 40-minute lease on a worker that was gone).
-REQUEUE_SETTLE = 60.0
-
 
 def judge_requeues(stranded: Mapping[str, StrandedJobs], results: Iterable[RequeueResult],
                    abandoned: Iterable[StrandedJobs], now: float) -> tuple[dict[str, StrandedJobs], list[Note]]:

@@ -216,7 +216,6 @@ class Store:
         """check_pages=False skips quick_check's read of every page: for a process that
         reopens a file it has already checked (the web app opens one per request)."""
         self.path = path or os.environ.get("APPLIANCE_DB") or DEFAULT_PATH
-        self._check_pages = check_pages
         self._depth = 0          # how many tx() blocks are open on this connection
         # The daemon (root) and the web app (group appliance) share these files.
         # No umask change here: that is process-wide and would leak into whatever
@@ -235,7 +234,7 @@ class Store:
         try:
             self.db.row_factory = sqlite3.Row
             # refuse a newer, damaged or foreign file before anything (even the journal mode) is written
-            self._check_usable()
+            self._check_usable(check_pages)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
@@ -244,7 +243,7 @@ class Store:
             self.db.close()
             raise
 
-    def _check_usable(self) -> None:
+    def _check_usable(self, check_pages: bool = True) -> None:
         """Raise SchemaTooNew or StoreUnusable for a file this code must not touch; reads only.
 
         One read transaction, so a migration another process commits meanwhile is
@@ -256,7 +255,7 @@ class Store:
         try:
             version = self._version()
             self._check_version(version)
-            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")] if self._check_pages else ["ok"]
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")] if check_pages else ["ok"]
             if found != ["ok"]:
                 raise StoreUnusable(self.path, f"it is damaged (SQLite's check found: {_clip('; '.join(found))})")
             problem = _layout_problem(version, _tables(self.db))

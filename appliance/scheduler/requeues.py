@@ -13,6 +13,11 @@ from .plan import StrandedJobs
 # retry this long, then give up with an event: the job lease (40 min) ends the
 # wait by itself in the end, and an operator can condor_vacate_job meanwhile
 REQUEUE_PATIENCE = 1800.0
+# and forget a worker once none of its jobs has shown "running" for this long, not at the
+# first answer without one: right after a restart the schedd lists such a job idle, and its
+# reconnect shadow makes it "running" again a few seconds later (seen in CI: the job then
+# waited out the whole 40-minute lease on a worker that was gone)
+REQUEUE_SETTLE = 60.0
 
 
 def plan_requeues(d: Draft, obs: Observation, stranded: Mapping[str, StrandedJobs]) -> None:

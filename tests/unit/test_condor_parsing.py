@@ -105,3 +105,11 @@ def test_which_jobs_of_a_removed_worker_are_put_back(name, attrs, caught):
     from appliance.condor import requeue_constraint
     job = classad.ClassAd(attrs)
     assert (classad.ExprTree(requeue_constraint("docker-aae138", 200)).eval(job) is True) is caught
+
+
+def test_the_removed_worker_constraint_has_no_backslash():
+    """The 23.x schedd reads query constraints with old-ClassAd quoting: an escaped regexp
+    such as "docker\\-aae138" never matched there, while this library's evaluation above
+    said it did (the job then waited out its 40-minute lease in CI)."""
+    from appliance.condor import requeue_constraint
+    assert "\\" not in requeue_constraint("docker-aae138", 200)

@@ -20,7 +20,7 @@ from appliance.config import CloudConfig, Config, PoolConfig, RetentionConfig, S
 from appliance.daemon import Daemon
 from appliance.lifecycle import State
 from appliance.model import JobGroup, Resource, SlotSummary
-from appliance.outcomes import REQUEUE_SETTLE
+from appliance.scheduler.requeues import REQUEUE_SETTLE
 from appliance.store import Store
 
 T0 = 1_000_000.0
