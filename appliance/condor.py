@@ -409,7 +409,8 @@ class Condor:
                     raise CondorError(f"{command} for {worker_id} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
 
 
-    def requeue(self, worker_id: str, started_before: float | None = None) -> tuple[int, int]:
+    def requeue(self, worker_id: str, started_before: float | None = None,
+                now: float | None = None) -> tuple[int, int]:
         """Put the jobs that were running on a dead worker back in the queue, now.
 
         A shadow whose worker vanished waits for it to reconnect for the job's
@@ -420,27 +421,44 @@ class Condor:
 
         Returns (jobs still running on it, shadows ended). After a restart of
         the schedd a job can be "running" before its reconnect shadow exists:
-        the caller asks again until no job is left running on the worker;
-        `started_before` (when the worker was removed) keeps such a retry off a job
-        that has meanwhile started again elsewhere: its MachineAttrWorkerId0 still
-        names the dead worker for a while, but it entered "running" after the removal
-        (a reconnect after a restart never leaves "running", so it is still caught).
+        the caller asks again until no job is left running on the worker, with
+        `started_before` (when the worker was removed) and `now`; which of the jobs
+        found are ended then is `shadows_to_end`'s rule.
         """
         try:
             ads = htcondor.Schedd().query(constraint=requeue_constraint(worker_id, started_before),
-                                          projection=["ClusterId", "ProcId"])
+                                          projection=["ClusterId", "ProcId", "EnteredCurrentStatus"])
         except Exception as err:
             raise CondorError(f"cannot find the jobs of {worker_id}: {err}") from err
-        jobs = {f"{a['ClusterId']}.{a['ProcId']}".encode() for a in ads}
-        return len(jobs), (_kill_shadows(jobs) if jobs else 0)
+        jobs = {f"{a['ClusterId']}.{a['ProcId']}".encode()
+                for a in shadows_to_end(ads, started_before, time.time() if now is None else now)}
+        return len(ads), (_kill_shadows(jobs) if jobs else 0)
+
+
+# a shadow the schedd starts on the removed worker's claim after the removal fails by itself
+# within seconds (the worker is gone) and frees the claim; ending it sooner only makes the
+# schedd try the claim again (seen: a job put back every cycle for minutes). One still
+# "running" after this long is a reconnect shadow, which waits out the whole lease.
+REUSED_CLAIM_GRACE = 30.0
+
+
+def shadows_to_end(ads, started_before: float | None, now: float) -> list:
+    """Of the jobs found running on a removed worker, those whose shadows to end: all of them
+    at the removal; later, those running since before it (a reconnect after a restart), and
+    those started on its claim since then that have not failed by themselves within the grace."""
+    if started_before is None:
+        return list(ads)
+    return [a for a in ads if float(a.get("EnteredCurrentStatus", 0)) <= started_before
+            or float(a.get("EnteredCurrentStatus", 0)) <= now - REUSED_CLAIM_GRACE]
 
 
 def requeue_constraint(worker_id: str, started_before: float | None = None) -> str:
     """The jobs "running" on a worker the appliance removed. With `started_before`: those
     running since before the removal (a reconnect after a restart never leaves "running"),
     or since then but on that same worker still. The schedd reuses its claim on the dead
-    worker for a job put back to idle, before it learns the worker is gone (seen under load
-    in CI: the job then waited the whole lease); a job started again elsewhere is left alone,
+    worker for a job put back to idle, before it learns the worker is gone, and a restart of
+    the schedd then turns that shadow into a reconnect that waits the whole lease (seen under
+    load in CI; `shadows_to_end` leaves such a job its grace); a job started again elsewhere is left alone,
     though its MachineAttrWorkerId0 names the dead worker for a while: its RemoteHost names
     the new one. A job whose RemoteHost is unknown is taken to be on the dead worker.
 

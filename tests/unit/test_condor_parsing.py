@@ -113,3 +113,28 @@ def test_the_removed_worker_constraint_has_no_backslash():
     said it did (the job then waited out its 40-minute lease in CI)."""
     from appliance.condor import requeue_constraint
     assert "\\" not in requeue_constraint("docker-aae138", 200)
+
+
+# (name, EnteredCurrentStatus or None, ended): the worker was removed at 200, it is now 240
+SHADOWS = [
+    ("running since before the removal: a reconnect that would wait out the lease", 150, True),
+    ("started on the dead worker's claim just now: its shadow fails by itself", 230, False),
+    ("started on the dead worker's claim and still running after the grace", 205, True),
+    ("no EnteredCurrentStatus: taken to be old", None, True),
+]
+
+
+@pytest.mark.parametrize("name,entered,ended", SHADOWS, ids=[c[0] for c in SHADOWS])
+def test_which_shadows_of_a_removed_worker_are_ended(name, entered, ended):
+    """Ending a fresh shadow on the removed worker's claim only made the schedd try the claim
+    again: the job was put back every cycle for minutes, never reaching a new worker."""
+    from appliance.condor import REUSED_CLAIM_GRACE, shadows_to_end
+    assert 240 - 230 < REUSED_CLAIM_GRACE <= 240 - 205      # what the table assumes
+    ad = {"ClusterId": 1, "ProcId": 0} | ({} if entered is None else {"EnteredCurrentStatus": entered})
+    assert (shadows_to_end([ad], 200, 240) == [ad]) is ended
+
+
+def test_at_the_removal_every_shadow_on_the_worker_is_ended():
+    from appliance.condor import shadows_to_end
+    ads = [{"EnteredCurrentStatus": 199}, {"EnteredCurrentStatus": 100}]
+    assert shadows_to_end(ads, None, 200) == ads
