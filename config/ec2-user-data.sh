@@ -26,7 +26,8 @@ set -euo pipefail
 # everything it says goes to the console (cloud-init keeps it) and to a log file, root's only;
 # it never prints a secret
 (umask 077; touch /var/log/appliance-worker.log); chmod 600 /var/log/appliance-worker.log
-exec > >(tee -a /var/log/appliance-worker.log) 2>&1
+exec 3>&1 4>&2 > >(tee -a /var/log/appliance-worker.log) 2>&1
+TEE=$!
 
 WORKER_ID={{ worker_id }}
 CLOUD={{ cloud }}
@@ -46,6 +47,9 @@ say() { echo "$(date -u +%FT%TZ) appliance worker $WORKER_ID: $*"; }
 
 power_off() {
   say "$1; powering off"
+  # let tee write its last lines before we end: in a container this script's end kills it
+  exec 1>&3 2>&4
+  wait "$TEE" 2>/dev/null || true
   if [ -d /run/systemd/system ]; then
     systemctl poweroff --no-block || poweroff
   fi
