@@ -70,7 +70,7 @@ def ad(wid):
     name = f"slot1@{{wid}}@{{host}}"
     return "\\n".join([
         'MyType = "Machine"', 'TargetType = "Job"',
-        f'Name = "{{name}}"', f'Machine = "{{host}}"', 'MyAddress = "<127.0.0.1:9618?noUDP&sock=' + wid + '>"',
+        f'Name = "{{name}}"', f'Machine = "{{host}}"', 'MyAddress = "<127.0.0.1:9618>"',
         'StartdIpAddr = "<127.0.0.1:9618>"', f'UidDomain = "{{cfg.pool.name}}"',
         f'FileSystemDomain = "{{wid}}.{{cfg.pool.name}}"', 'OpSys = "LINUX"', 'Arch = "X86_64"',
         'State = "Unclaimed"', 'Activity = "Idle"', 'SlotType = "Partitionable"', 'PartitionableSlot = true',
@@ -84,10 +84,11 @@ def ad(wid):
     ])
 
 with tempfile.TemporaryDirectory(prefix="bench-ads-") as d:
-    os.chmod(d, 0o700)
-    with open(os.path.join(d, "token"), "w") as f:
+    tokens = os.path.join(d, "tokens")       # every file there must be the token, private
+    os.mkdir(tokens, 0o700)
+    with os.fdopen(os.open(os.path.join(tokens, "bench"), os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(token + "\\n")
-    env = dict(os.environ, _CONDOR_SEC_TOKEN_DIRECTORY=d, _CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY=d,
+    env = dict(os.environ, _CONDOR_SEC_TOKEN_DIRECTORY=tokens, _CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY=tokens,
                _CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS="IDTOKENS")
     t0 = time.monotonic()
     for start in range(0, n, 2000):          # a few thousand ads per connection
