@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from . import budget, cycletime, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
@@ -27,7 +27,7 @@ from .condor import Condor, CondorError
 from .config import CloudConfig, Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ads
-from .model import CloudHealth, Observation
+from .model import CloudHealth, Observation, SlotSummary, Worker
 from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
 from .store import Store, StoreError
@@ -94,6 +94,9 @@ class Daemon:
         self.kept: set[str] = set()
         # the schedd's job queue log: a change between cycles starts the next one early
         self.queue_log = QUEUE_LOG
+        # when this process last saw each live worker in the collector; its row's last_seen
+        # is written only when that matters (see sightings), not for every worker every cycle
+        self.seen_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -160,12 +163,15 @@ class Daemon:
         obs = self.observe(now, timer)
         views = self.views()
         with timer.phase("decide"):
-            plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
+            workers, last_seen = sightings(self.store.workers(), obs.slots, self.seen_at)
+            plan = decide(obs, workers, views, self.cfg.scheduler, self.store.pending_kills(),
                           self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
                           budget=self.cfg.budget, spending=self.spending(now))
+            self.seen_at = {w.id: self.seen_at[w.id] for w in workers if w.id in self.seen_at}
+            self.seen_at.update(dict.fromkeys(plan.seen, now))
         health = {v.name: v.health for v in views}
         with timer.phase("record"):
-            launches = self.record_plan(plan, health, now)
+            launches = self.record_plan(plan, health, now, named(plan.seen, workers), last_seen)
         health.update(plan.health)
 
         # act: execute the plan, nothing else
@@ -324,12 +330,16 @@ class Daemon:
             log.info("%s: reachable again", key)
 
     # ------------------------------------------------------------ record
-    def record_plan(self, plan: Plan, health: Mapping[str, CloudHealth], now: float) -> list[tuple[str, Launch]]:
+    def record_plan(self, plan: Plan, health: Mapping[str, CloudHealth], now: float,
+                    seen: Mapping[str, str] | None = None,
+                    last_seen: Mapping[str, float] | None = None) -> list[tuple[str, Launch]]:
         """Write the decision before acting on it: a launch's row exists before
         the cloud call, so a scheduler that dies during it finds the row and
-        adopts (or fails) the worker."""
+        adopts (or fails) the worker. seen: the workers to record as seen now (all
+        the plan saw, unless given); last_seen: when workers now missing were last seen."""
         with self.store.tx():
-            self.store.mark_seen(plan.seen, now)
+            self.store.mark_seen(plan.seen if seen is None else seen, now)
+            self.store.mark_last_seen(last_seen or {})
             self.write([outcomes.Record(t.worker_id, t.to, t.reason) for t in plan.transitions], now)
             self.save_health(health, plan.health, now)
             rows = []
@@ -524,6 +534,34 @@ class Daemon:
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def sightings(workers: list[Worker], slots: Mapping[str, SlotSummary] | None,
+              seen_at: Mapping[str, float]) -> tuple[list[Worker], dict[str, float]]:
+    """The live workers' rows as the cycle must judge them, and the last_seen times to write.
+
+    A worker's row records when it was first seen under its name (named), not every
+    sighting: writing every idle worker's row every cycle made the store's work per cycle
+    grow with the pool (bench/workers.py: 10,000 UPDATEs a cycle at 10,000 workers).
+    The daemon keeps the time it last saw each worker (seen_at); one missing from the
+    collector gets that time as its last_seen, here for this cycle's judgement (lost_timeout
+    counts from it) and in its row, written once, for a restarted daemon."""
+    out, write = [], {}
+    for w in workers:
+        t = seen_at.get(w.id, 0.0)
+        if t > w.last_seen and (slots is None or w.id not in slots):
+            w = replace(w, last_seen=t)
+            write[w.id] = t
+        out.append(w)
+    return out, write
+
+
+def named(seen: Mapping[str, str], workers: list[Worker]) -> dict[str, str]:
+    """Of the workers seen this cycle, those whose row must say so: seen for the first time,
+    or under another name than their row's."""
+    rows = {w.id: w for w in workers}
+    return {wid: name for wid, name in seen.items()
+            if wid in rows and (rows[wid].condor_name != name or not rows[wid].last_seen)}
 
 
 def queue_stamp(path: str) -> tuple[int, int] | None:

@@ -378,6 +378,14 @@ class Store:
             db.executemany("UPDATE workers SET condor_name = ?, last_seen = ? WHERE id = ?",
                            [(name, now, wid) for wid, name in seen.items()])
 
+    def mark_last_seen(self, times: Mapping[str, float]) -> None:
+        """When workers were last seen in the collector (never moved back in time)."""
+        if not times:
+            return
+        with self.tx() as db:
+            db.executemany("UPDATE workers SET last_seen = ? WHERE id = ? AND last_seen < ?",
+                           [(t, wid, t) for wid, t in times.items()])
+
     def worker(self, worker_id: str) -> Worker | None:
         row = self.db.execute(f"SELECT {_WORKER_COLS} FROM workers WHERE id = ?", (worker_id,)).fetchone()
         return _worker(row) if row else None

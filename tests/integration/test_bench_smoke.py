@@ -66,3 +66,15 @@ def test_burst_smoke(image, tmp_path):
 def test_footprint_smoke(image, tmp_path):
     data = bench(image, tmp_path, "footprint", "--trials", "1", "--idle", "2")
     assert data["start"]["p50"] > 0 and data["memory_mb"]["p50"] > 0
+
+
+def test_workers_smoke(image, tmp_path):
+    """Simulated workers in the real collector, the daemon's cycle over them, the store's statements counted."""
+    data = bench(image, tmp_path, "workers", "--sizes", "50", "--cycles", "3")
+    (row,) = data["rows"]
+    assert row["workers"] == 50
+    assert row["supply_decide_p50_s"] > 0 and row["cycle_p50_s"] > 0 and row["collector_query_p50_s"] > 0
+    assert set(row["phases_p50_s"]) == {"observe_demand", "observe_supply", "decide", "act", "record"}
+    assert row["rss_mb"] > 0 and row["store_transactions_per_cycle"] >= 1
+    assert row["store_statements_per_cycle"] > 0 and row["store_statements_by_kind"]
+    assert data["verdict"]["store_statements_per_cycle"] == {"50": row["store_statements_per_cycle"]}

@@ -852,6 +852,90 @@ def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_b
 
 # ------------------------------------------------------------------ the cycle's own time
 
+# ------------------------------------------------------------------ the store's work per cycle
+
+def joined_workers(rig: Rig, n: int) -> list[str]:
+    """n workers recorded as launched (as the daemon records them), listed by the cloud and in the collector."""
+    ids = [f"local-{i:06x}" for i in range(n)]
+    with rig.store.tx():
+        for wid in ids:
+            rig.store.add_worker(wid, "local", "launch: test", rig.clock())
+            rig.store.transition(wid, State.BOOTING, "launched", rig.clock(), resource_id=f"res-{wid}")
+            rig.drivers["local"].resources[wid] = Resource(wid, f"res-{wid}")
+            rig.condor.join(wid)
+    return ids
+
+
+def statements_per_cycle(rig: Rig) -> list[str]:
+    statements = []
+    rig.store.db.set_trace_callback(statements.append)
+    try:
+        rig.cycle()
+    finally:
+        rig.store.db.set_trace_callback(None)
+    return statements
+
+
+def steady_cycle(tmp_path, n: int) -> list[str]:
+    """The statements of a cycle over n idle workers that were seen before."""
+    rig = Rig(tmp_path, [CloudConfig("local", "local", max_workers=100)], idle_timeout=3600)
+    try:
+        ids = joined_workers(rig, n)
+        rig.cycle()
+        assert set(rig.live(State.IDLE)) == set(ids)
+        rig.cycle()
+        statements = statements_per_cycle(rig)
+        assert set(rig.live(State.IDLE)) == set(ids)
+        return statements
+    finally:
+        rig.daemon.pool.shutdown(wait=True)
+        rig.store.close()
+
+
+def test_the_store_work_of_a_cycle_does_not_grow_with_idle_workers(tmp_path):
+    """Idle workers seen cycle after cycle cost the store nothing each (bench/workers.py): a
+    steady cycle runs the same statements for 1 and for 40 of them, in two transactions."""
+    one, forty = steady_cycle(tmp_path / "1", 1), steady_cycle(tmp_path / "40", 40)
+    assert not [q for q in forty if "UPDATE workers" in q]
+    assert sum(q.startswith("BEGIN") for q in forty) == 2
+    assert len(forty) == len(one)
+
+
+def test_a_worker_missing_from_the_collector_is_lost_lost_timeout_after_it_was_last_seen(tmp_path):
+    """The row keeps when the worker joined; the daemon remembers each later sighting, and a worker
+    that goes missing gets the last one in its row, which lost_timeout counts from."""
+    rig = Rig(tmp_path, idle_timeout=3600)      # lost_timeout 60
+    wid = rig.idle_worker()
+    joined = rig.store.worker(wid).last_seen
+    for _ in range(10):                          # seen for 100 s, its row not written
+        rig.cycle(10)
+    assert rig.store.worker(wid).last_seen == joined
+    last = rig.clock()
+    rig.condor.slots.pop(wid)
+    rig.cycle(1)
+    assert rig.store.worker(wid).last_seen == last       # written once it is missing
+    rig.cycle(58)
+    assert rig.states()[wid] is State.IDLE               # 59 s since last seen
+    rig.cycle(2)
+    assert rig.states()[wid] is State.FAILED
+    assert any("lost: not in the collector for 60s" in r for r in rig.reasons())
+
+
+def test_a_worker_back_in_the_collector_is_not_written_again_unless_renamed(tmp_path):
+    rig = Rig(tmp_path, idle_timeout=3600)
+    wid = rig.idle_worker()
+    slot = rig.condor.slots.pop(wid)
+    rig.cycle(5)
+    missing_since = rig.store.worker(wid).last_seen
+    rig.condor.slots[wid] = slot
+    rig.cycle(5)
+    assert rig.store.worker(wid).last_seen == missing_since
+    rig.condor.slots[wid] = dataclasses.replace(slot, name=f"{wid}@elsewhere")
+    rig.cycle(5)
+    row = rig.store.worker(wid)
+    assert (row.condor_name, row.last_seen) == (f"{wid}@elsewhere", rig.clock())
+
+
 def test_the_heartbeat_keeps_the_last_cycles_duration_and_phases(rig):
     rig.condor.groups = (group(1),)
     rig.cycle()
