@@ -22,6 +22,7 @@ import yaml
 from . import asks  # pure: the names of worker images
 from .budget import Caps  # pure, as shapes
 from .clouds import registry  # imports no driver and no cloud SDK
+from .headroom import DailyWindow, WindowError, parse_window  # pure
 from .shapes import Shape, host_shapes  # pure: imports nothing of HTCondor
 
 DEFAULT_PATH = "/etc/appliance/appliance.yaml"
@@ -343,6 +344,8 @@ SHAPE_KEYS = {
     "attributes": WORKER_KEYS["attributes"],
     # per hour, in any currency as long as every cloud uses the same; none: unknown
     "price": Key(number(0, 1_000_000), None),
+    # idle workers of this shape kept ready, never drained by idle_timeout (appliance/headroom.py)
+    "min_idle": Key(integer(0, 100000), 0),
 }
 
 # Spending caps (appliance/budget.py), for all clouds together and per cloud; none: no cap.
@@ -350,6 +353,16 @@ BUDGET_KEYS = {
     "max_per_hour": Key(number(0, 1_000_000_000), None),     # the cost per hour of the workers alive
     "max_per_day": Key(number(0, 1_000_000_000), None),      # the spend over the last 24 hours
 }
+
+def daily_window(value, path):
+    """clouds[].min_idle_window: 'HH:MM-HH:MM' in UTC, optionally followed by an IANA time zone."""
+    try:
+        return parse_window(value)
+    except WindowError as err:
+        raise _Bad(path, str(err)) from None
+
+
+_described(daily_window, "str")
 
 COMMON_CLOUD_KEYS = {
     "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), required=True),
@@ -364,6 +377,10 @@ COMMON_CLOUD_KEYS = {
     "vm_type": Key(text(VM_TYPE_RE, "1-64 letters, digits, '.', '_', ':' and '-'"), None),
     # the worker images jobs may ask for (+WorkerImage, +VMAMI): name -> what the type launches
     "images": Key(lambda v, p: v, None),   # checked by image_map and the type's validate_images
+    # warm headroom: idle workers kept ready (of any shape), never drained by idle_timeout,
+    # replaced when they take work; only within min_idle_window if given (appliance/headroom.py)
+    "min_idle": Key(integer(0, 100000), 0),
+    "min_idle_window": Key(daily_window, None),
 }
 
 # Each cloud type's own keys are declared by its options dataclass beside its driver
@@ -446,6 +463,9 @@ class CloudConfig:
     # the worker images jobs may ask for, name -> reference, in order; never empty once made:
     # without `images:` the type's own image (its `image` option) is the one named 'default'
     images: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # warm headroom: idle workers of any shape kept ready, and the daily hours when (None: all day)
+    min_idle: int = 0
+    min_idle_window: DailyWindow | None = None
 
     def __post_init__(self):
         if self.settings is not None and not self.options:
@@ -674,6 +694,7 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
     raw_images = values.pop("images")
     images = image_map(raw_images, f"{path}.images") if raw_images is not None else MappingProxyType({})
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget", "images")}
+    _check_headroom(common, shapes, path)
     settings = _settings(ctype, values, path)
     try:
         settings.validate_shapes(bool(shapes))
@@ -683,6 +704,19 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
         raise _Bad(functools.reduce(_join, err.key.split("."), path), err.problem) from None
     return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes,
                        budget=budget, images=images, **common)
+
+
+def _check_headroom(common: dict, shapes: tuple[Shape, ...], path: str) -> None:
+    """min_idle within the file's max_workers, and a window only with something to keep."""
+    per_shape = sum(s.min_idle for s in shapes)
+    keep = max(common["min_idle"], per_shape)
+    if keep > common["max_workers"]:
+        what = (f"min_idle {common['min_idle']}" if common["min_idle"] >= per_shape
+                else f"its shapes' min_idle (together {per_shape})")
+        raise _Bad(f"{path}.min_idle" if common["min_idle"] >= per_shape else f"{path}.shapes",
+                   f"{what} is more than max_workers ({common['max_workers']}): the headroom could never be kept")
+    if common["min_idle_window"] is not None and keep == 0:
+        raise _Bad(f"{path}.min_idle_window", "has no effect without min_idle (on the cloud or one of its shapes)")
 
 
 # clouds whose workers run on the appliance's own host: `shapes: auto` can size them from it

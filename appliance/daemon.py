@@ -19,15 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
-from . import budget, federation, lifecycle, outcomes
+from . import budget, cycletime, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError
-from .config import Config, ConfigError, load
+from .config import CloudConfig, Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ads
-from .model import CloudHealth, Observation
+from .model import CloudHealth, Observation, SlotSummary, Worker
 from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
 from .store import Store, StoreError
@@ -41,6 +41,16 @@ POOL_ID_FILE = os.environ.get("APPLIANCE_POOL_ID_FILE", "/var/lib/appliance/pool
 # part of a second saved here is saved on every cold submit-to-running
 # (bench/latency.py). It only reads the collector, the queue and the clouds.
 BOOT_POLL = 0.25
+# A kept headroom worker's startd shuts itself down after this long unclaimed (a day): the
+# scheduler then replaces it; an appliance that is gone leaves it running no longer than this.
+HEADROOM_NOCLAIM_SHUTDOWN = 86400
+# Between cycles the daemon looks at the schedd's job queue log this often (a stat), and a
+# change (a submit) starts the next cycle at once, but never sooner than QUEUE_GAP after
+# the last one began: a new job's worker is launched in tens of milliseconds instead of
+# up to an interval later (bench/latency.py's "see" phase), at the cost of a stat.
+QUEUE_WATCH = 0.05
+QUEUE_GAP = 0.25
+QUEUE_LOG = "/var/lib/condor/spool/job_queue.log"
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 
@@ -76,6 +86,17 @@ class Daemon:
         self.stranded: dict[str, StrandedJobs] = load_stranded(store)
         # shapes backing off after a capacity error, kept in the store for cloud_status
         self.shape_health = store.shape_health()
+        # slow cycles are logged sparingly (cycletime.judge)
+        self.slow = cycletime.SlowCycles()
+        self.slow_cycle = cycletime.SLOW_CYCLE
+        # each cloud's warm headroom line, and the workers kept as headroom, as last logged
+        self.headroom: dict[str, str] = {}
+        self.kept: set[str] = set()
+        # the schedd's job queue log: a change between cycles starts the next one early
+        self.queue_log = QUEUE_LOG
+        # when this process last saw each live worker in the collector; its row's last_seen
+        # is written only when that matters (see sightings), not for every worker every cycle
+        self.seen_at: dict[str, float] = {}
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -83,14 +104,27 @@ class Daemon:
                  ", ".join(f"{c.name}/{c.type}" for c in self.cfg.clouds), self.cfg.scheduler.interval)
         while not self.stopping.is_set():
             started = time.monotonic()
+            queue = queue_stamp(self.queue_log)
             try:
                 self.cycle()
                 self.cycle_succeeded()
             except Exception as err:   # one bad cycle must not end the daemon; the next one retries
                 self.cycle_failed(err)
-            elapsed = time.monotonic() - started
-            self.stopping.wait(max(self.next_wait() - elapsed, 0.05))
+            self.wait_next(started, queue)
         self.shutdown()
+
+    def wait_next(self, started: float, queue: tuple | None) -> None:
+        """Wait for the next cycle: its interval after `started`, or less when the job queue
+        changed since the cycle began (a submit), but at least QUEUE_GAP after `started`."""
+        due = started + max(self.next_wait(), 0.05)
+        earliest = started + QUEUE_GAP
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= due:
+                return
+            if queue is not None and now >= earliest and queue_stamp(self.queue_log) != queue:
+                return
+            self.stopping.wait(min(QUEUE_WATCH if queue is not None else due - now, due - now))
 
     def next_wait(self) -> float:
         """Seconds from one cycle's start to the next: short while a worker is starting."""
@@ -124,35 +158,42 @@ class Daemon:
 
     def cycle(self) -> Plan:
         now = self.clock()
-        t0 = time.monotonic()
+        timer = cycletime.PhaseTimer()
         self.read_shape_sizes()
-        obs = self.observe(now)
+        obs = self.observe(now, timer)
         views = self.views()
-        plan = decide(obs, self.store.workers(), views, self.cfg.scheduler, self.store.pending_kills(),
-                      self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
-                      budget=self.cfg.budget, spending=self.spending(now))
+        with timer.phase("decide"):
+            workers, last_seen = sightings(self.store.workers(), obs.slots, self.seen_at)
+            plan = decide(obs, workers, views, self.cfg.scheduler, self.store.pending_kills(),
+                          self.templates, self.redrain, self.stranded, flock_to=self.flock_to,
+                          budget=self.cfg.budget, spending=self.spending(now))
+            self.seen_at = {w.id: self.seen_at[w.id] for w in workers if w.id in self.seen_at}
+            self.seen_at.update(dict.fromkeys(plan.seen, now))
         health = {v.name: v.health for v in views}
-        launches = self.record_plan(plan, health, now)
+        with timer.phase("record"):
+            launches = self.record_plan(plan, health, now, named(plan.seen, workers), last_seen)
         health.update(plan.health)
 
         # act: execute the plan, nothing else
-        drained = self.send_drains(plan)
-        removed = self.remove(plan.terminations + plan.orphans)
-        requeued = self.requeue(plan.requeues)
-        launched = self.launch(launches) if launches else []
-        if plan.reschedule:
-            self.condor.reschedule()
-        if plan.flock_outs:
-            self.send_away(plan)
+        with timer.phase("act"):
+            drained = self.send_drains(plan)
+            removed = self.remove(plan.terminations + plan.orphans)
+            requeued = self.requeue(plan.requeues)
+            launched = self.launch(launches) if launches else []
+            if plan.reschedule:
+                self.condor.reschedule()
+            if plan.flock_outs:
+                self.send_away(plan)
 
         # what the results mean (pure), then one write
-        followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
-                                           self.shape_health, self.cfg.shaped_clouds)
-        self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
-        stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
-        stranded.update(outcomes.stranded_by_removals(removed, now))
+        with timer.phase("decide"):
+            followup = outcomes.judge_launches(launched, health, now, self.cfg.scheduler.backoff_base,
+                                               self.shape_health, self.cfg.shaped_clouds)
+            self.redrain, drain_notes = outcomes.judge_drains(plan.redrain, drained, now)
+            stranded, requeue_notes = outcomes.judge_requeues(self.stranded, requeued, plan.requeues_abandoned, now)
+            stranded.update(outcomes.stranded_by_removals(removed, now))
         self.cycles += 1
-        with self.store.tx():
+        with timer.phase("record"), self.store.tx():
             self.write(followup.records, now)
             self.save_health(health, followup.health, now)
             if followup.shape_health is not None:
@@ -163,16 +204,36 @@ class Daemon:
                 self.stranded = stranded
                 save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
-            duration = time.monotonic() - t0
-            self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
-                                         "duration": round(duration, 4), "interval": self.cfg.scheduler.interval,
-                                         "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
-            self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
             self.account_spend(now)
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
+            self.report_headroom(plan)
+            # last in the transaction, so that its figures cover all of the cycle but the commit
+            duration, phases = timer.elapsed(), timer.phases()
+            self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
+                                         "duration": round(duration, 4), "phases": phases,
+                                         "interval": self.cfg.scheduler.interval,
+                                         "schedd_ok": obs.schedd_ok, "collector_ok": obs.slots is not None})
+            self.store.observe_cycle(duration, now)     # for /metrics' cycle duration histogram
+        self.slow, line = cycletime.judge(self.slow, duration, phases, now, self.slow_cycle)
+        if line:
+            log.warning("%s", line)
         self.housekeeping(now)
         return plan
+
+    def report_headroom(self, plan: Plan) -> None:
+        """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is
+        kept past idle_timeout (or kept starting for no job); the lines go to the store for cloud_status."""
+        for cloud, line in plan.headroom.items():
+            if self.headroom.get(cloud) != line:
+                log.info("cloud %s: %s", cloud, line)
+        if plan.headroom != self.headroom:
+            self.headroom = dict(plan.headroom)
+            self.store.put("headroom", self.headroom)
+        for wid, why in plan.kept.items():
+            if wid not in self.kept:
+                log.info("worker %s: %s", wid, why)
+        self.kept = set(plan.kept)
 
     def read_shape_sizes(self) -> None:
         """Ask each cloud whose shapes left their size out (ec2: by instance type) how big
@@ -225,33 +286,36 @@ class Daemon:
         self.store.put("spend_total", totals)
 
     # ------------------------------------------------------------ observe
-    def observe(self, now: float) -> Observation:
-        try:
-            groups, schedd_ok = self.condor.demand(), True
-            self._recovered("schedd")
-        except CondorError as err:
-            groups, schedd_ok = (), False
-            self._warn_once("schedd", str(err))
-        try:
-            slots = self.condor.supply()
-            self._recovered("collector")
-        except CondorError as err:
-            slots = None
-            self._warn_once("collector", str(err))
-        resources = {}
-        for name, driver in self.drivers.items():
+    def observe(self, now: float, timer: cycletime.PhaseTimer | None = None) -> Observation:
+        timer = timer or cycletime.PhaseTimer()
+        with timer.phase("observe_demand"):
             try:
-                resources[name] = driver.list()
-                self._recovered(f"list:{name}")
-            except CloudError as err:
-                resources[name] = None
-                self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
-        # remote schedds allowed to flock here (cloud_admin --allow-schedd): their demand, and
-        # what was found of each; one that cannot be read is reported, not an error
-        remote, schedds = (), ()
-        allowed = federation.allowed_schedds()
-        if allowed:
-            remote, schedds = self.condor.remote_demand(allowed)
+                groups, schedd_ok = self.condor.demand(), True
+                self._recovered("schedd")
+            except CondorError as err:
+                groups, schedd_ok = (), False
+                self._warn_once("schedd", str(err))
+            # remote schedds allowed to flock here (cloud_admin --allow-schedd): their demand, and
+            # what was found of each; one that cannot be read is reported, not an error
+            remote, schedds = (), ()
+            allowed = federation.allowed_schedds()
+            if allowed:
+                remote, schedds = self.condor.remote_demand(allowed)
+        with timer.phase("observe_supply"):
+            try:
+                slots = self.condor.supply()
+                self._recovered("collector")
+            except CondorError as err:
+                slots = None
+                self._warn_once("collector", str(err))
+            resources = {}
+            for name, driver in self.drivers.items():
+                try:
+                    resources[name] = driver.list()
+                    self._recovered(f"list:{name}")
+                except CloudError as err:
+                    resources[name] = None
+                    self._warn_once(f"list:{name}", f"cloud {name}: cannot list workers: {err}")
         return Observation(now, tuple(groups) + tuple(remote), slots, resources, schedd_ok,
                            watching_since=self.started, schedds=tuple(schedds))
 
@@ -266,12 +330,16 @@ class Daemon:
             log.info("%s: reachable again", key)
 
     # ------------------------------------------------------------ record
-    def record_plan(self, plan: Plan, health: Mapping[str, CloudHealth], now: float) -> list[tuple[str, Launch]]:
+    def record_plan(self, plan: Plan, health: Mapping[str, CloudHealth], now: float,
+                    seen: Mapping[str, str] | None = None,
+                    last_seen: Mapping[str, float] | None = None) -> list[tuple[str, Launch]]:
         """Write the decision before acting on it: a launch's row exists before
         the cloud call, so a scheduler that dies during it finds the row and
-        adopts (or fails) the worker."""
+        adopts (or fails) the worker. seen: the workers to record as seen now (all
+        the plan saw, unless given); last_seen: when workers now missing were last seen."""
         with self.store.tx():
-            self.store.mark_seen(plan.seen, now)
+            self.store.mark_seen(plan.seen if seen is None else seen, now)
+            self.store.mark_last_seen(last_seen or {})
             self.write([outcomes.Record(t.worker_id, t.to, t.reason) for t in plan.transitions], now)
             self.save_health(health, plan.health, now)
             rows = []
@@ -279,6 +347,7 @@ class Daemon:
                 wid = self._new_id(launch.cloud)
                 self.store.add_worker(wid, launch.cloud, f"launch: {launch.reason}", now, shape=launch.shape,
                                       image=launch.image)
+                log.info("worker %s (%s): launching: %s", wid, launch.cloud, launch.reason)
                 rows.append((wid, launch))
         return rows
 
@@ -416,7 +485,7 @@ class Daemon:
         return WorkerSpec(worker_id=wid, cloud=config, pool=self.cfg.pool.name,
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
-                          noclaim_shutdown=int(self.cfg.scheduler.idle_timeout + 900),
+                          noclaim_shutdown=noclaim_shutdown(config, self.cfg.scheduler.idle_timeout),
                           update_interval=update_interval(self.cfg.scheduler.max_workers),
                           shape=config.shape_of(shape), image=image if image in config.images else "",
                           max_price=max_price)
@@ -465,6 +534,53 @@ class Daemon:
         for d in self.drivers.values():
             d.close()
         log.info("scheduler stopped")
+
+
+def sightings(workers: list[Worker], slots: Mapping[str, SlotSummary] | None,
+              seen_at: Mapping[str, float]) -> tuple[list[Worker], dict[str, float]]:
+    """The live workers' rows as the cycle must judge them, and the last_seen times to write.
+
+    A worker's row records when it was first seen under its name (named), not every
+    sighting: writing every idle worker's row every cycle made the store's work per cycle
+    grow with the pool (bench/workers.py: 10,000 UPDATEs a cycle at 10,000 workers).
+    The daemon keeps the time it last saw each worker (seen_at); one missing from the
+    collector gets that time as its last_seen, here for this cycle's judgement (lost_timeout
+    counts from it) and in its row, written once, for a restarted daemon."""
+    out, write = [], {}
+    for w in workers:
+        t = seen_at.get(w.id, 0.0)
+        if t > w.last_seen and (slots is None or w.id not in slots):
+            w = replace(w, last_seen=t)
+            write[w.id] = t
+        out.append(w)
+    return out, write
+
+
+def named(seen: Mapping[str, str], workers: list[Worker]) -> dict[str, str]:
+    """Of the workers seen this cycle, those whose row must say so: seen for the first time,
+    or under another name than their row's."""
+    rows = {w.id: w for w in workers}
+    return {wid: name for wid, name in seen.items()
+            if wid in rows and (rows[wid].condor_name != name or not rows[wid].last_seen)}
+
+
+def queue_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of the schedd's job queue log; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def noclaim_shutdown(cloud: CloudConfig, idle_timeout: float) -> int:
+    """Seconds a worker's startd waits unclaimed before it shuts down by itself, a backstop
+    should the appliance be gone: idle_timeout and 15 minutes more, or a day for a cloud that
+    keeps warm headroom (its kept workers wait unclaimed for as long as they are kept)."""
+    backstop = int(idle_timeout + 900)
+    if cloud.min_idle or any(s.min_idle for s in cloud.shapes):
+        return max(backstop, HEADROOM_NOCLAIM_SHUTDOWN)
+    return backstop
 
 
 def write_runtime_status(beat: dict) -> None:

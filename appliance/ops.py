@@ -10,10 +10,10 @@ import os
 import time
 from typing import Any
 
-from . import budget, lifecycle
-from .config import Config
+from . import budget, cycletime, headroom, lifecycle
+from .config import CloudConfig, Config
 from .lifecycle import State
-from .model import ShapeHealth
+from .model import CloudHealth, ShapeHealth
 from .store import Store
 
 # where the daemon reports a failing cycle when the store cannot be written (its volume is
@@ -71,7 +71,8 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
                 "config_error": None, "last_cycle_age": None}
     age = now - beat["time"]
     running = age <= max(STALE_INTERVALS * beat.get("interval", 2.0), 15.0)
-    msg = (f"running (last cycle {age:.0f}s ago, took {beat.get('duration', 0) * 1000:.0f} ms)" if running
+    took = cycletime.describe(beat.get("duration") or 0.0, beat.get("phases") or {})
+    msg = (f"running (last cycle {age:.0f}s ago, took {took})" if running
            else f"not running: last cycle {age:.0f}s ago")
     if running and beat.get("error"):
         msg = f"running, but its cycles fail: {beat['error']}"
@@ -80,7 +81,9 @@ def scheduler_status(store: Store, now: float | None = None) -> dict[str, Any]:
     if running and not beat.get("collector_ok", True):
         msg += "; the collector is not answering"
     return {"running": running, "message": msg, "config_error": None, "last_cycle_age": round(age, 1),
-            "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration")}
+            "cycle": beat.get("cycle"), "cycle_seconds": beat.get("duration"),
+            # the last cycle's phases, seconds each (cycletime.PHASES); None before a release that kept them
+            "cycle_phases": beat.get("phases")}
 
 
 def _runtime_status() -> dict | None:
@@ -99,6 +102,7 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             counts[w.cloud][w.state.value] += 1
     shape_health = store.shape_health()
     costs = cloud_costs(store, cfg, now) if cfg.priced else {}
+    kept_now = store.get("headroom", {})[0] or {}     # the scheduler's last line per cloud
     out = []
     for c, h in zip(cfg.clouds, store.cloud_health(cfg)):
         n = counts[c.name]
@@ -119,8 +123,13 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             # its first shape (its one size, for a cloud with a lone `worker:`), as before shapes
             "worker": {"cpus": c.shapes[0].cpus, "memory": c.shapes[0].memory, "disk": c.shapes[0].disk},
             "shapes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory, "disk": s.disk, "gpus": s.gpus,
-                        "price": s.price, **_shape_health(shape_health.get((c.name, s.name)), now)}
+                        "price": s.price, "min_idle": s.min_idle,
+                        **_shape_health(shape_health.get((c.name, s.name)), now)}
                        for s in c.shapes],
+            # warm headroom: idle workers kept ready (its own and its shapes'), when, and how it stands
+            "min_idle": c.min_idle,
+            "min_idle_window": str(c.min_idle_window) if c.min_idle_window is not None else None,
+            "headroom": _headroom(c, h, kept_now.get(c.name), now),
             # from its shapes' prices: what its workers cost per hour now and over the last 24 hours
             "cost_per_hour": round(costs[c.name].per_hour, 6) if c.name in costs else None,
             "spend_24h": round(costs[c.name].last_day, 6) if c.name in costs else None,
@@ -130,6 +139,15 @@ def clouds_status(store: Store, cfg: Config, now: float | None = None) -> list[d
             "vm_type": c.vm_type,
         })
     return out
+
+
+def _headroom(c: CloudConfig, h: CloudHealth, line: str | None, now: float) -> dict[str, Any] | None:
+    """A cloud's warm headroom: how many idle workers it keeps now (0 when disabled or outside
+    its window, `off` saying which) and the scheduler's last line; None when none is configured."""
+    want = headroom.wanted(c, h.enabled, now)
+    if not want.configured:
+        return None
+    return {"keep": want.total, "off": want.off or None, "status": line}
 
 
 def cloud_costs(store: Store, cfg: Config, now: float) -> dict[str, budget.Spend]:

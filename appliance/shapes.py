@@ -65,6 +65,8 @@ class Shape:
     # what the configuration left for the cloud to say ("cpus", "memory", "gpus"): an ec2
     # shape named by its instance type only; filled in by sized() before it is launched
     to_read: tuple[str, ...] = ()
+    # idle workers of this shape kept ready (config: shapes[].min_idle; appliance/headroom.py)
+    min_idle: int = 0
 
     @property
     def sized(self) -> bool:

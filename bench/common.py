@@ -155,11 +155,17 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def stamp_job(directory: str, name: str = "job") -> str:
-    """A job that writes the time it starts executing (the worker's clock is the host's)."""
+def stamp_job(directory: str, name: str = "job", named_outputs: bool = False) -> str:
+    """A job that writes the time it starts executing (the worker's clock is the host's).
+
+    named_outputs: the job names its output files (none but its stdout and stderr), as
+    `transfer_output_files` does. Without that, HTCondor 23's starter sleeps one second
+    after the input transfer (mtimes have one-second resolution, and it must tell which
+    files the job changed), so such a job starts a second sooner."""
+    named = "+TransferOutput = \\\"\\\"\\n" if named_outputs else ""
     return (f"mkdir -p {directory} && cd {directory} && "
             "printf '#!/bin/sh\\ndate +%%s.%%N\\nsleep ${1:-1}\\n' > stamp.sh && chmod +x stamp.sh && "
-            f"printf 'executable = stamp.sh\\narguments = 1\\noutput = {name}.out\\nerror = {name}.err\\n"
+            f"printf 'executable = stamp.sh\\narguments = 1\\noutput = {name}.out\\nerror = {name}.err\\n{named}"
             "request_cpus = 1\\nrequest_memory = 128\\nrequest_disk = 10MB\\nqueue\\n' > job.sub")
 
 

@@ -79,14 +79,28 @@ def main(argv=None) -> int:
 
 def _clouds(rows) -> str:
     now = time.time()
-    # cost columns only when some shape has a price
+    # cost columns only when some shape has a price, MIN IDLE only when some cloud keeps headroom
     priced = any(c.get("cost_per_hour") is not None for c in rows)
+    warm = any(c.get("headroom") for c in rows)
     return table([[c["name"], c["type"], "yes" if c["enabled"] else "no", c["booting"], c["idle"], c["busy"],
-                   c["draining"], c["max_workers"],
+                   c["draining"], c["max_workers"], *([_min_idle(c)] if warm else []),
                    *([_money(c["cost_per_hour"]), _money(c["spend_24h"])] if priced else []),
                    _health(c), _last_error(c, now)] for c in rows],
                  ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX",
-                  *(["COST/H", "SPENT 24H"] if priced else []), "HEALTH", "LAST ERROR"])
+                  *(["MIN IDLE"] if warm else []), *(["COST/H", "SPENT 24H"] if priced else []), "HEALTH",
+                  "LAST ERROR"])
+
+
+def _min_idle(c) -> str:
+    """'1', '2 (large 1)', '1 08:00-18:00', '1 08:00-18:00 (off now)': a cloud's warm headroom."""
+    h = c.get("headroom")
+    if not h:
+        return "-"
+    shaped = [f"{s['name']} {s['min_idle']}" for s in c.get("shapes") or [] if s.get("min_idle")]
+    text = str(c.get("min_idle", 0)) + (f" ({', '.join(shaped)})" if shaped else "")
+    if c.get("min_idle_window"):
+        text += f" {c['min_idle_window']}"
+    return text + (" (off now)" if h.get("off") else "")
 
 
 def _money(value) -> str:
@@ -162,7 +176,17 @@ def _cloud(c) -> str:
     if c.get("cost_per_hour") is not None or any(v is not None for v in (c.get("budget") or {}).values()):
         cost = "\n" + _spend({"cost_per_hour": c.get("cost_per_hour") or 0.0, "spend_24h": c.get("spend_24h") or 0.0,
                               "budget": c["budget"]}).strip()
-    return f"{head}\n{_sizes(c)}; priority {c['priority']}{_images(c)}{cost}{err}\n\n{w}\n\n{ev}"
+    return f"{head}\n{_sizes(c)}; priority {c['priority']}{_images(c)}{cost}{_warm(c)}{err}\n\n{w}\n\n{ev}"
+
+
+def _warm(c) -> str:
+    """The cloud's warm headroom as the scheduler last saw it, or why none is kept now."""
+    h = c.get("headroom")
+    if not h:
+        return ""
+    if h.get("off"):
+        return f"\nheadroom: min_idle {_min_idle(c)}; none kept now: {h['off']}"
+    return f"\n{h.get('status') or f'headroom: min_idle {_min_idle(c)}'}"
 
 
 def _images(c) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 BUILTIN_MODULES = ("local_options", "docker_options", "swarm_options", "ec2_options", "openstack_options")
 # keys every cloud has (config.COMMON_CLOUD_KEYS): an option may not reuse one
 RESERVED_KEYS = frozenset({"name", "type", "enabled", "priority", "max_workers", "worker", "shapes", "budget",
-                           "vm_type", "images"})
+                           "vm_type", "images", "min_idle", "min_idle_window"})
 
 
 class OptionError(ValueError):

@@ -8,9 +8,11 @@ One cycle decides in named phases, each a module of this package:
                booting, and only the rest asks for new workers: the cheapest
                shapes that fit it (without prices, the smallest), cloud by
                cloud in priority order, within the limits and the budgets;
-3. scale_down  idle workers with nothing to run are drained, unneeded starting
-               workers cancelled, and a cloud over max_workers shrinks in the
-               order its scale-in policy gives;
+   headroom    each cloud keeps its min_idle idle workers ready (and each shape
+               its own), launching replacements for those that took work;
+3. scale_down  idle workers with nothing to run are drained and unneeded
+               starting workers cancelled (not those kept as headroom), and a
+               cloud over max_workers shrinks in the order its scale-in policy gives;
 4. orphans     cloud resources with our labels and no live worker are removed;
 5. drains      this cycle's drains plus failed ones whose retry is due;
 6. requeues    jobs left "running" on workers the appliance removed go back
@@ -34,6 +36,7 @@ from ..model import Observation, Worker
 from .draft import Draft
 from .drains import plan_drains
 from .flock import report_schedds, send_away
+from .headroom import keep_headroom
 from .orphans import find_orphans
 from .place import Capacity, Placement, describe, launch_block, place
 from .plan import (
@@ -83,6 +86,7 @@ def decide(obs: Observation, workers: Sequence[Worker], clouds: Sequence[CloudVi
     # a cloud whose workers just failed is backing off from now: its demand goes elsewhere
     clouds = [replace(c, health=health[c.name]) for c in clouds]
     placement = place(d, obs, clouds, settings, templates, flock_to, budget, spending)
+    keep_headroom(d, obs, clouds, placement, settings, budget, spending)
     scale_down(d, obs, clouds, placement, settings, scale_in)
     find_orphans(d, obs)
     plan_drains(d, redrain or {})

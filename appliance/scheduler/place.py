@@ -56,6 +56,9 @@ class Placement:
     # local group key -> (jobs, why) that this appliance will not run: no enabled cloud can
     # run them, or they wait only at max_workers (per cloud or global); flocking may take them
     overflow: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # worker id -> why it is kept as warm headroom (scheduler/headroom.py): never drained by
+    # idle_timeout, nor cancelled while starting
+    kept: dict[str, str] = field(default_factory=dict)
 
 
 def launch_block(view: CloudView, now: float) -> str | None:

@@ -150,3 +150,7 @@ class Plan:
     reschedule: bool = False    # a worker joined: ask the negotiator to match now
     flock_outs: list[FlockOut] = field(default_factory=list)        # jobs to send to other pools
     schedds: list[ScheddReport] = field(default_factory=list)       # allowed remote schedds
+    # cloud -> its warm headroom this cycle, one line ("headroom: min_idle 1, 1 idle")
+    headroom: dict[str, str] = field(default_factory=dict)
+    # idle workers past idle_timeout (or starting for no job) kept as headroom: id -> why
+    kept: dict[str, str] = field(default_factory=dict)

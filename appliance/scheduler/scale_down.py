@@ -1,7 +1,7 @@
 """Phase 3, scale down: idle workers past idle_timeout with nothing to run are
 drained (never killed: a drain lets running jobs finish), starting workers
-nobody needs any more are cancelled, and workers over a lowered max_workers
-are removed in the order a scale-in policy gives.
+nobody needs any more are cancelled (but not those kept as warm headroom), and
+workers over a lowered max_workers are removed in the order a scale-in policy gives.
 """
 from __future__ import annotations
 
@@ -43,14 +43,21 @@ def drain_or_cancel_unneeded(d: Draft, obs: Observation, placement: Placement, s
         # with the queue unreadable nothing is known to be unneeded: drain and cancel nothing
         if not obs.schedd_ok or placement.assigned.get(w.id):
             continue
+        kept = placement.kept.get(w.id)
         if st is State.IDLE and w.id in d.plan.seen \
                 and not could_run_any(obs.slots[w.id], (w.cloud, shape_name(w, views)), obs.groups,
                                       placement.runnable_on):
             idle_for = d.now - d.since[w.id]
             if idle_for >= settings.idle_timeout:
-                d.drain(w, f"idle for {idle_for:.0f}s with no job it could run", f"idle for {idle_for:.0f}s")
+                if kept:
+                    d.plan.kept[w.id] = f"idle for {idle_for:.0f}s, kept: {kept}"
+                else:
+                    d.drain(w, f"idle for {idle_for:.0f}s with no job it could run", f"idle for {idle_for:.0f}s")
         elif st in lifecycle.STARTING:
-            d.end(w, State.RETIRED, "cancelled: no idle job needs it any more")
+            if kept:
+                d.plan.kept[w.id] = f"starting, kept: {kept}"
+            else:
+                d.end(w, State.RETIRED, "cancelled: no idle job needs it any more")
 
 
 def enforce_max_workers(d: Draft, view: CloudView, policy: ScaleInPolicy) -> None:

@@ -4,8 +4,9 @@ The scheduler daemon is a separate process from gunicorn, so nothing here counts
 in memory: gauges come from the same ops functions as cloud_status, counters
 from the store's transition counts (bumped with each transition's event, so
 "launched" is the number of transitions into booting; kept when old events are
-pruned, so they never go down), and the cycle-duration histogram from the
-cumulative buckets the daemon keeps in the store.
+pruned, so they never go down), the cycle-duration histogram from the
+cumulative buckets the daemon keeps in the store, and the last cycle's duration and
+phases from its heartbeat.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .. import lifecycle, ops
+from .. import cycletime, lifecycle, ops
 from ..config import Config
 from ..store import SPOT_COUNT, Store
 from . import auth, config, store
@@ -34,6 +35,20 @@ class StoreCollector:
         up = GaugeMetricFamily("appliance_scheduler_up", "1 if the scheduler daemon completed a cycle recently")
         up.add_metric([], 1 if sched["running"] else 0)
         yield up
+        # the last cycle, as a whole and by phase (the histogram below has them all, as a whole)
+        if sched.get("cycle_seconds") is not None:
+            last = GaugeMetricFamily("appliance_scheduler_last_cycle_seconds", "Duration of the scheduler's last cycle")
+            last.add_metric([], sched["cycle_seconds"])
+            yield last
+            phases = sched.get("cycle_phases") or {}
+            if phases:
+                ph = GaugeMetricFamily("appliance_scheduler_last_cycle_phase_seconds",
+                                       "Time the scheduler's last cycle spent in each phase (observe_demand, "
+                                       "observe_supply, decide, act, record)", labels=["phase"])
+                for p in cycletime.PHASES:
+                    if p in phases:
+                        ph.add_metric([p], phases[p])
+                yield ph
 
         workers = GaugeMetricFamily("appliance_workers", "Live workers by cloud and state", labels=["cloud", "state"])
         counts = {(c, s.value): 0 for c in cfg.cloud_names for s in lifecycle.LIVE}
@@ -78,13 +93,16 @@ class StoreCollector:
                                       labels=["cloud"])
         breaker = GaugeMetricFamily("appliance_cloud_breaker_open",
                                     "1 if the cloud stopped launching after repeated quick failures", labels=["cloud"])
+        min_idle = GaugeMetricFamily("appliance_cloud_min_idle", "Idle workers the cloud keeps ready now (warm "
+                                     "headroom: 0 while disabled or outside its min_idle_window)", labels=["cloud"])
         for c in clouds:
+            min_idle.add_metric([c["name"]], (c.get("headroom") or {}).get("keep", 0))
             enabled.add_metric([c["name"]], int(c["enabled"]))
             maxw.add_metric([c["name"]], c["max_workers"])
             backoff.add_metric([c["name"]], int(c["health"] == "backoff"))
             backoff_s.add_metric([c["name"]], c["backoff_seconds"])
             breaker.add_metric([c["name"]], int(c["health"] == "stopped"))
-        yield from (enabled, maxw, backoff, backoff_s, breaker)
+        yield from (enabled, maxw, backoff, backoff_s, breaker, min_idle)
 
         if cfg.priced:
             yield from _cost_metrics(store, cfg)

@@ -21,6 +21,9 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 SCHEDULER = _obj({
     "running": BOOL, "message": STR, "config_error": _nullable(STR), "last_cycle_age": _nullable(NUM),
     "cycle": _nullable(INT), "cycle_seconds": _nullable(NUM),
+    "cycle_phases": _nullable({"type": "object", "additionalProperties": NUM,
+                               "description": "the last cycle's phases in seconds: observe_demand, observe_supply, "
+                                              "decide, act, record"}),
 }, ["running", "message"])
 
 CLOUD = _obj({
@@ -38,8 +41,21 @@ CLOUD = _obj({
                                          "description": "backoff: the cloud refused capacity for this shape; "
                                                         "its demand goes to the next cheapest shape"},
                               "backoff_seconds": INT,
+                              "min_idle": {**INT, "description": "idle workers of this shape kept ready"},
                               "last_error": {**STR, "description": "its last capacity error, kept until it "
                                                                    "launches again"}})},
+    "min_idle": {**INT, "description": "warm headroom: idle workers (of any shape) kept ready, never drained by "
+                                       "idle_timeout, replaced when they take work"},
+    "min_idle_window": _nullable({**STR, "description": "the daily hours the headroom is kept, e.g. "
+                                                        "'08:00-18:00' (UTC) or '08:00-18:00 Europe/Berlin'; "
+                                                        "null: all day"}),
+    "headroom": _nullable({**_obj({
+        "keep": {**INT, "description": "idle workers it keeps ready now (0 while disabled or outside "
+                                       "min_idle_window)"},
+        "off": _nullable({**STR, "description": "why none are kept now: disabled, or outside min_idle_window"}),
+        "status": _nullable({**STR, "description": "the scheduler's last word on it, e.g. "
+                                                   "'headroom: min_idle 1, 1 idle'"})}),
+        "description": "null when neither the cloud nor its shapes have min_idle"}),
     "cost_per_hour": _nullable({**NUM, "description": "what its live workers cost per hour, from their shapes' "
                                                       "prices; null when no shape anywhere has a price"}),
     "spend_24h": _nullable({**NUM, "description": "what its workers cost over the last 24 hours (the window of "

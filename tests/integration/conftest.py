@@ -240,6 +240,14 @@ echo done
 """
 
 
+def docker_build(tag: str, dockerfile: str) -> str:
+    """Build a helper image from a Dockerfile given as text (no context); cached layers make a
+    second build of the same text instant. Returns the tag."""
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile.encode(), check=True,
+                   stdout=subprocess.DEVNULL)
+    return tag
+
+
 def job_sub(count: int, seconds: int = 3, extra: str = "") -> str:
     return (f"executable = job.sh\narguments = {seconds}\noutput = out.$(Process)\nerror = err.$(Process)\n"
             f"log = job.log\nrequest_cpus = 1\nrequest_memory = 128\nrequest_disk = 10MB\n{extra}\nqueue {count}")

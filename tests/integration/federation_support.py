@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shlex
-import subprocess
 import tarfile
 import time
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 import docker
 from testcontainers.core.container import DockerContainer
 
-from .conftest import PREFIX, Appliance, remove_appliance
+from .conftest import PREFIX, Appliance, docker_build, remove_appliance
 
 LAB_IMAGE = f"{PREFIX}-lab:trixie"
 # A lab's submit node as Debian ships HTCondor: only what makes it a central manager and
@@ -53,9 +52,7 @@ def note(key: str, value) -> None:
 
 
 def build_lab_image() -> str:
-    subprocess.run(["docker", "build", "-q", "-t", LAB_IMAGE, "-"], input=LAB_DOCKERFILE.encode(),
-                   check=True, stdout=subprocess.DEVNULL)
-    return LAB_IMAGE
+    return docker_build(LAB_IMAGE, LAB_DOCKERFILE)
 
 
 class Lab:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(300)
 
 CLOUD_KEYS = {"name", "type", "enabled", "priority", "booting", "idle", "busy", "draining", "max_workers",
               "health", "backoff_seconds", "failures", "last_error", "last_error_at", "worker", "shapes",
-              "cost_per_hour", "spend_24h", "budget", "images", "vm_type"}
+              "cost_per_hour", "spend_24h", "budget", "images", "vm_type", "min_idle", "min_idle_window", "headroom"}
 WORKER_KEYS = {"id", "cloud", "state", "condor_name", "age_seconds", "state_seconds", "idle_seconds",
                "resource_id", "reason", "shape", "image"}
 EVENT_KEYS = {"id", "time", "kind", "worker_id", "cloud", "from_state", "to_state", "reason"}

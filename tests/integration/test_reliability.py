@@ -14,7 +14,7 @@ import time
 import docker
 import pytest
 
-from .conftest import IMAGE, JOB_SCRIPT, PREFIX, labelled
+from .conftest import IMAGE, JOB_SCRIPT, PREFIX, docker_build, labelled
 from .reliability_support import (
     ENV,
     account,
@@ -282,9 +282,7 @@ def test_a_job_whose_worker_was_removed_by_a_restart_runs_again_at_once(start_ap
 @pytest.fixture
 def bad_images(client, image):
     for tag, entry in ((BROKEN, '["false"]'), (BLACKHOLE, '["sh", "-c", "sleep 3600", "--"]')):
-        dockerfile = f"FROM {image}\nENTRYPOINT {entry}\n"
-        subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile.encode(), check=True,
-                       capture_output=True)
+        docker_build(tag, f"FROM {image}\nENTRYPOINT {entry}\n")
     yield
     for tag in (BROKEN, BLACKHOLE):
         try:

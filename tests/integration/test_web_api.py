@@ -188,8 +188,11 @@ def test_metrics_parse_and_count_launches_and_retirements(app):
     for name in ("appliance_workers", "appliance_idle_jobs", "appliance_worker_launches_total",
                  "appliance_worker_failures_total", "appliance_worker_retirements_total",
                  "appliance_scheduler_cycle_seconds_bucket", "appliance_scheduler_cycle_seconds_count",
-                 "appliance_cloud_backoff", "appliance_cloud_enabled", "appliance_scheduler_up"):
+                 "appliance_cloud_backoff", "appliance_cloud_enabled", "appliance_scheduler_up",
+                 "appliance_scheduler_last_cycle_seconds"):
         assert name in before, name
+    assert {dict(k)["phase"] for k in before["appliance_scheduler_last_cycle_phase_seconds"]} == {
+        "observe_demand", "observe_supply", "decide", "act", "record"}
     local = (("cloud", "local"),)
     assert before["appliance_worker_launches_total"][local] == 0
     assert before["appliance_scheduler_cycle_seconds_count"][()] > 0

@@ -47,6 +47,18 @@ def test_clouds_table(env, capsys):
     assert "scheduler: running" in out[-1]
 
 
+def test_the_last_cycle_is_shown_with_its_phases(env, capsys):
+    phases = {"observe_demand": 1.2, "observe_supply": 0.048, "decide": 0.009, "act": 0.0, "record": 0.031}
+    env.put("heartbeat", {"time": time.time(), "interval": 1, "duration": 1.288, "phases": phases, "cycle": 7})
+    assert status() == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "scheduler: running (last cycle 0s ago, took 1.29 s: observe demand 1.20 s, observe supply 48 ms, "
+        "decide 9 ms, act 0 ms, record 31 ms)")
+    assert status("--json") == 0
+    sched = json.loads(capsys.readouterr().out)["scheduler"]
+    assert sched["cycle_seconds"] == 1.288 and sched["cycle_phases"] == phases
+
+
 def test_disable_enable_persist_and_show(env, capsys):
     assert admin("-d", "local") == 0
     assert capsys.readouterr().out.strip() == "local: disabled"
@@ -165,13 +177,50 @@ def test_shapes_and_each_workers_shape_are_shown(env, tmp_path, capsys):
     assert "worker size: 1 cpus, 1024 MB, 4096 MB disk; priority 0" in capsys.readouterr().out
     assert status("--json") == 0
     docker = json.loads(capsys.readouterr().out)["data"][1]
-    ok = {"health": "ok", "backoff_seconds": 0, "last_error": ""}
+    ok = {"min_idle": 0, "health": "ok", "backoff_seconds": 0, "last_error": ""}
     assert docker["shapes"] == [
         {"name": "small", "cpus": 1, "memory": 512, "disk": 4096, "gpus": 0, "price": None, **ok},
         {"name": "big", "cpus": 4, "memory": 4096, "disk": 4096, "gpus": 1, "price": 0.25, **ok}]
     assert docker["worker"] == {"cpus": 1, "memory": 512, "disk": 4096}
     assert status("-m", "--json") == 0
     assert [w["shape"] for w in json.loads(capsys.readouterr().out)["data"]] == ["big", "default"]
+
+
+WARM = """
+clouds:
+  - {{name: local, type: local, max_workers: 2, min_idle: 1}}
+  - name: docker
+    type: docker
+    max_workers: 4
+    min_idle_window: "{window}"
+    shapes: [{{name: small, min_idle: 1}}, {{name: big, cpus: 4}}]
+  - {{name: cold, type: local}}
+"""
+
+
+def test_each_clouds_min_idle_is_shown_with_its_window_and_the_schedulers_last_word(env, tmp_path, capsys):
+    hour = time.gmtime().tm_hour
+    window = f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"          # closed now
+    (tmp_path / "appliance.yaml").write_text(WARM.format(window=window))
+    env.put("headroom", {"local": "headroom: min_idle 1, 1 idle"})
+    assert status() == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[8:10] == ["MIN", "IDLE"]
+    assert out[1].split()[8] == "1"
+    assert f" 0 (small 1) {window} (off now) " in out[2]
+    assert out[3].split()[8] == "-"
+    assert status("-c", "local") == 0
+    assert "\nheadroom: min_idle 1, 1 idle\n" in capsys.readouterr().out
+    assert status("-c", "docker") == 0
+    assert f"none kept now: outside min_idle_window {window}" in capsys.readouterr().out
+    assert status("--json") == 0
+    local, docker, cold = json.loads(capsys.readouterr().out)["data"]
+    assert (local["min_idle"], local["min_idle_window"]) == (1, None)
+    assert local["headroom"] == {"keep": 1, "off": None, "status": "headroom: min_idle 1, 1 idle"}
+    assert docker["min_idle_window"] == window
+    assert [s["min_idle"] for s in docker["shapes"]] == [1, 0]
+    assert docker["headroom"]["keep"] == 0 and docker["headroom"]["off"].startswith("outside min_idle_window")
+    assert cold["headroom"] is None and cold["min_idle"] == 0
 
 
 def test_a_shape_backing_off_after_a_capacity_error_is_shown_with_its_error(env, tmp_path, capsys):

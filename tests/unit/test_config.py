@@ -109,8 +109,8 @@ BAD = [
     ("clouds: [{name: a, type: local, worker: {attributes: {CloudName: x}}}]",
      "<string>: clouds[0].worker.attributes.CloudName: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: a, type: local, image: x}]",
-     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, images, max_workers, name, priority, "
-     "shapes, simulate_gpus, type, vm_type, worker)"),
+     "<string>: clouds[0].image: unknown key (known keys here: budget, enabled, images, max_workers, min_idle, "
+     "min_idle_window, name, priority, shapes, simulate_gpus, type, vm_type, worker)"),
     ("clouds: [{name: aws, type: ec2, region: us-west-2, instance_type: t3.large}]", "<string>: clouds[0].ami: is required"),
     ("clouds: [{name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t}]",
      "<string>: clouds[0].ami: must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),
@@ -145,11 +145,38 @@ BAD = [
      "<string>: clouds[0].shapes[0].gpus: must be a whole number from 0 to 64, got -1"),
     ("clouds: [{name: d, type: docker, shapes: [{name: s, size: big}]}]",
      "<string>: clouds[0].shapes[0].size: unknown key (known keys here: attributes, cpus, disk, gpus, memory, "
-     "name, price)"),
+     "min_idle, name, price)"),
     ("clouds: [{name: d, type: docker, shapes: [{name: s, attributes: {WorkerShape: x}}]}]",
      "<string>: clouds[0].shapes[0].attributes.WorkerShape: is set by the appliance and cannot be overridden"),
     ("clouds: [{name: d, type: docker, worker: {price: 1}}]",
      "<string>: clouds[0].worker.price: unknown key (known keys here: attributes, cpus, disk, gpus, memory)"),
+    # warm headroom
+    ("clouds: [{name: a, type: local, min_idle: -1}]",
+     "<string>: clouds[0].min_idle: must be a whole number from 0 to 100000, got -1"),
+    ("clouds: [{name: a, type: local, max_workers: 2, min_idle: 3}]",
+     "<string>: clouds[0].min_idle: min_idle 3 is more than max_workers (2): the headroom could never be kept"),
+    ("clouds: [{name: a, type: local, max_workers: 2, shapes: [{name: s, min_idle: 2}, {name: t, min_idle: 1}]}]",
+     "<string>: clouds[0].shapes: its shapes' min_idle (together 3) is more than max_workers (2): the headroom "
+     "could never be kept"),
+    ("clouds: [{name: a, type: local, min_idle_window: '08:00-18:00'}]",
+     "<string>: clouds[0].min_idle_window: has no effect without min_idle (on the cloud or one of its shapes)"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: 8}]",
+     "<string>: clouds[0].min_idle_window: expected a daily window such as \"08:00-18:00\" (UTC) or "
+     "\"08:00-18:00 Europe/Berlin\", got 8"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: '8-18'}]",
+     "<string>: clouds[0].min_idle_window: expected a daily window such as"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: '08:00-25:00'}]",
+     "<string>: clouds[0].min_idle_window: the end of '08:00-25:00' is not a time of day (HH:MM, 00:00 to 24:00)"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: '24:00-06:00'}]",
+     "<string>: clouds[0].min_idle_window: the start of '24:00-06:00' is not a time of day (HH:MM, 00:00 to 23:59)"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: '08:00-08:00'}]",
+     "<string>: clouds[0].min_idle_window: the window '08:00-08:00' starts when it ends; leave min_idle_window out "
+     "to keep min_idle all day"),
+    ("clouds: [{name: a, type: local, min_idle: 1, min_idle_window: '08:00-18:00 Mars/Olympus'}]",
+     "<string>: clouds[0].min_idle_window: unknown time zone 'Mars/Olympus' in '08:00-18:00 Mars/Olympus': give an "
+     "IANA name such as Europe/Berlin or America/Chicago, or none for UTC"),
+    ("clouds: [{name: a, type: local, shapes: [{name: s, min_idle: two}]}]",
+     "<string>: clouds[0].shapes[0].min_idle: expected a whole number from 0 to 100000, got 'two'"),
     ("pool: {condor_host: cm}\nclouds: [{name: aws, type: ec2, region: r, ami: ami-01234567}]",
      "<string>: clouds[0].instance_type: is required (or list shapes, each named by its instance type)"),
     ("pool: {condor_host: cm}\nclouds: [{name: aws, type: ec2, region: r, ami: ami-01234567, instance_type: t3.large, "

@@ -548,6 +548,27 @@ def test_the_loop_polls_fast_only_while_a_worker_starts(rig):
     assert rig.daemon.next_wait() == 0.25
 
 
+def test_a_change_to_the_job_queue_starts_the_next_cycle_early_but_not_at_once(rig, tmp_path):
+    import os
+    import time as real_time
+    log = tmp_path / "job_queue.log"
+    log.write_text("a")
+    rig.daemon.queue_log = str(log)
+    rig.daemon.next_wait = lambda: 30.0
+    from appliance.daemon import QUEUE_GAP, queue_stamp
+    started = real_time.monotonic()
+    stamp = queue_stamp(str(log))
+    log.write_text("a submit")                  # changed while the cycle ran
+    rig.daemon.wait_next(started, stamp)
+    took = real_time.monotonic() - started
+    assert QUEUE_GAP <= took < 5, took          # not the interval's 30 s, not sooner than the gap
+    started = real_time.monotonic()             # no change, no queue log at all: the interval
+    rig.daemon.next_wait = lambda: 0.3
+    os.unlink(log)
+    rig.daemon.wait_next(started, queue_stamp(str(log)))
+    assert 0.3 <= real_time.monotonic() - started < 5
+
+
 def test_run_cycles_until_stopped_then_shuts_down(rig):
     rig.condor.groups = (group(1),)
     calls = []
@@ -827,3 +848,147 @@ def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_b
     driver.sizes_error = CloudError("unavailable", "not asked")
     daemon = rig.restart()
     assert daemon.cfg.cloud("aws").shapes[0].sized and daemon.cfg.cloud("aws").shapes[0].cpus == 2
+
+
+# ------------------------------------------------------------------ the cycle's own time
+
+# ------------------------------------------------------------------ the store's work per cycle
+
+def joined_workers(rig: Rig, n: int) -> list[str]:
+    """n workers recorded as launched (as the daemon records them), listed by the cloud and in the collector."""
+    ids = [f"local-{i:06x}" for i in range(n)]
+    with rig.store.tx():
+        for wid in ids:
+            rig.store.add_worker(wid, "local", "launch: test", rig.clock())
+            rig.store.transition(wid, State.BOOTING, "launched", rig.clock(), resource_id=f"res-{wid}")
+            rig.drivers["local"].resources[wid] = Resource(wid, f"res-{wid}")
+            rig.condor.join(wid)
+    return ids
+
+
+def statements_per_cycle(rig: Rig) -> list[str]:
+    statements = []
+    rig.store.db.set_trace_callback(statements.append)
+    try:
+        rig.cycle()
+    finally:
+        rig.store.db.set_trace_callback(None)
+    return statements
+
+
+def steady_cycle(tmp_path, n: int) -> list[str]:
+    """The statements of a cycle over n idle workers that were seen before."""
+    rig = Rig(tmp_path, [CloudConfig("local", "local", max_workers=100)], idle_timeout=3600)
+    try:
+        ids = joined_workers(rig, n)
+        rig.cycle()
+        assert set(rig.live(State.IDLE)) == set(ids)
+        rig.cycle()
+        statements = statements_per_cycle(rig)
+        assert set(rig.live(State.IDLE)) == set(ids)
+        return statements
+    finally:
+        rig.daemon.pool.shutdown(wait=True)
+        rig.store.close()
+
+
+def test_the_store_work_of_a_cycle_does_not_grow_with_idle_workers(tmp_path):
+    """Idle workers seen cycle after cycle cost the store nothing each (bench/workers.py): a
+    steady cycle runs the same statements for 1 and for 40 of them, in two transactions."""
+    one, forty = steady_cycle(tmp_path / "1", 1), steady_cycle(tmp_path / "40", 40)
+    assert not [q for q in forty if "UPDATE workers" in q]
+    assert sum(q.startswith("BEGIN") for q in forty) == 2
+    assert len(forty) == len(one)
+
+
+def test_a_worker_missing_from_the_collector_is_lost_lost_timeout_after_it_was_last_seen(tmp_path):
+    """The row keeps when the worker joined; the daemon remembers each later sighting, and a worker
+    that goes missing gets the last one in its row, which lost_timeout counts from."""
+    rig = Rig(tmp_path, idle_timeout=3600)      # lost_timeout 60
+    wid = rig.idle_worker()
+    joined = rig.store.worker(wid).last_seen
+    for _ in range(10):                          # seen for 100 s, its row not written
+        rig.cycle(10)
+    assert rig.store.worker(wid).last_seen == joined
+    last = rig.clock()
+    rig.condor.slots.pop(wid)
+    rig.cycle(1)
+    assert rig.store.worker(wid).last_seen == last       # written once it is missing
+    rig.cycle(58)
+    assert rig.states()[wid] is State.IDLE               # 59 s since last seen
+    rig.cycle(2)
+    assert rig.states()[wid] is State.FAILED
+    assert any("lost: not in the collector for 60s" in r for r in rig.reasons())
+
+
+def test_a_worker_back_in_the_collector_is_not_written_again_unless_renamed(tmp_path):
+    rig = Rig(tmp_path, idle_timeout=3600)
+    wid = rig.idle_worker()
+    slot = rig.condor.slots.pop(wid)
+    rig.cycle(5)
+    missing_since = rig.store.worker(wid).last_seen
+    rig.condor.slots[wid] = slot
+    rig.cycle(5)
+    assert rig.store.worker(wid).last_seen == missing_since
+    rig.condor.slots[wid] = dataclasses.replace(slot, name=f"{wid}@elsewhere")
+    rig.cycle(5)
+    row = rig.store.worker(wid)
+    assert (row.condor_name, row.last_seen) == (f"{wid}@elsewhere", rig.clock())
+
+
+def test_the_heartbeat_keeps_the_last_cycles_duration_and_phases(rig):
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    beat, _ = rig.store.get("heartbeat")
+    assert set(beat["phases"]) == {"observe_demand", "observe_supply", "decide", "act", "record"}
+    assert all(v >= 0 for v in beat["phases"].values())
+    assert sum(beat["phases"].values()) <= beat["duration"] + 1e-3
+
+
+def test_a_slow_cycle_is_logged_once_with_its_phases(rig, caplog):
+    rig.daemon.slow_cycle = 0.0           # every cycle is "slow"
+    with caplog.at_level(logging.WARNING, logger="appliance"):
+        for _ in range(3):
+            rig.cycle()
+    lines = [r.getMessage() for r in caplog.records if "slow scheduler cycle" in r.getMessage()]
+    assert len(lines) == 1
+    assert re.search(r"observe demand \d+ ms, observe supply \d+ ms, decide \d+ ms, act \d+ ms, record \d+ ms",
+                     lines[0]), lines[0]
+
+# ------------------------------------------------------------------ warm headroom
+
+def test_headroom_is_kept_past_idle_timeout_replaced_when_taken_and_each_decision_logged(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="appliance")
+    rig = Rig(tmp_path, [CloudConfig("local", "local", max_workers=3, worker=WorkerSize(), min_idle=1)])
+    try:
+        rig.cycle()
+        (first,) = rig.live(State.BOOTING)
+        assert f"worker {first} (local): launching: headroom: min_idle 1, 0 idle" in caplog.text
+        # a day unclaimed before its startd gives up by itself, not idle_timeout + 15 min
+        assert rig.drivers["local"].specs[first].noclaim_shutdown == 86400
+        rig.cycle()                            # still starting: kept, nothing launched twice
+        assert rig.live() == [first]
+        rig.condor.join(first)
+        rig.cycle()
+        rig.cycle(advance=61)                  # past idle_timeout: kept, said once
+        rig.cycle(advance=61)
+        assert rig.live(State.IDLE) == [first] and not rig.condor.drained
+        kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"worker {first}: idle for")]
+        assert len(kept) == 1 and "kept: headroom: min_idle 1, 1 idle" in kept[0]
+        assert rig.store.get("headroom")[0] == {"local": "headroom: min_idle 1, 1 idle"}
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cloud local: headroom")]
+        assert lines == ["cloud local: headroom: min_idle 1, 0 idle, launching 1",
+                         "cloud local: headroom: min_idle 1, 0 idle, 1 starting",
+                         "cloud local: headroom: min_idle 1, 1 idle"]
+        rig.condor.groups = (group(1),)        # a job: it takes the kept worker, a replacement starts
+        rig.cycle()
+        replacement = [w for w in rig.live(State.BOOTING)]
+        assert len(replacement) == 1 and replacement[0] != first
+    finally:
+        rig.daemon.pool.shutdown(wait=True)
+        rig.store.close()
+
+
+def test_workers_of_a_cloud_without_headroom_keep_the_short_noclaim_backstop(rig):
+    wid = rig.busy_worker()
+    assert rig.drivers["local"].specs[wid].noclaim_shutdown == 60 + 900

@@ -175,7 +175,8 @@ def test_a_registered_type_is_validated_built_and_documented(fake_type):
         ("clouds: [{name: f, type: fake, zone: z, size: 9}]", "clouds[0].size: must be a whole number from 1 to 8"),
         ("clouds: [{name: f, type: fake, zone: nowhere}]", "clouds[0].size: must be 1 in zone nowhere"),
         ("clouds: [{name: f, type: fake, zone: z, image: x}]",
-         "clouds[0].image: unknown key (known keys here: budget, enabled, extras, images, max_workers, name, priority, "
+         "clouds[0].image: unknown key (known keys here: budget, enabled, extras, images, max_workers, min_idle, "
+         "min_idle_window, name, priority, "
          "shapes, size, type, vm_type, worker, zone)"),
         ("clouds: [{name: f, type: k8s}]", "unknown cloud type 'k8s' (known: local, docker, swarm, ec2, openstack, fake)"),
     ]:

@@ -46,6 +46,7 @@ def every_write(store):
     store.add_worker("w1", "local", "launch", now=1.0)
     store.transition("w1", State.BOOTING, "launched", now=2.0, resource_id="pid:1")
     store.mark_seen({"w1": "slot1@w1"}, now=3.0)
+    store.mark_last_seen({"w1": 3.5})
     store.event("admin", "note", now=3.0)
     store.put("demand", [1], now=3.0)
     store.save_health(CloudHealth("local", True, 2, failures=1))

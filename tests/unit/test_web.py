@@ -108,6 +108,18 @@ def test_metrics_count_from_the_store(env):
     assert samples[("appliance_cloud_enabled", (("cloud", "burst"),))] == 0
 
 
+def test_metrics_show_the_last_cycle_and_its_phases(env):
+    c, store = env
+    phases = {"observe_demand": 0.2, "observe_supply": 0.01, "decide": 0.005, "act": 0.0, "record": 0.02}
+    store.put("heartbeat", {"time": time.time(), "interval": 1, "duration": 0.24, "phases": phases})
+    text = c.get("/metrics", headers=BASIC).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_scheduler_last_cycle_seconds", ())] == 0.24
+    assert {dict(k).get("phase"): v for (name, k), v in samples.items()
+            if name == "appliance_scheduler_last_cycle_phase_seconds"} == phases
+
+
 def test_no_password_in_pages(env):
     c, _ = env
     login(c)
