@@ -46,7 +46,7 @@ class StoreCollector:
         if beat and beat.get("time"):
             # for alerts on its age (time() - this): the heartbeat's time, kept while the daemon is down
             at = GaugeMetricFamily("appliance_scheduler_last_cycle_timestamp_seconds",
-                                   "Unix time the scheduler daemon last completed a cycle")
+                                   "Unix time of the scheduler daemon's last cycle (its heartbeat)")
             at.add_metric([], beat["time"])
             yield at
         # the last cycle, as a whole and by phase (the histogram below has them all, as a whole)
