@@ -97,6 +97,9 @@ def _v1_base_schema(db: sqlite3.Connection) -> None:
 
 # transition_counts' key (in to_state) of the failures that were spot interruptions
 SPOT_COUNT = "spot-interruption"
+# ... and of the failures of workers that never joined the pool (from requested or booting:
+# a launch error, a boot timeout, vanished while booting), spot interruptions apart
+BOOT_FAILURE_COUNT = "boot-failure"
 
 
 def _v2_transition_counts(db: sqlite3.Connection) -> None:
@@ -425,6 +428,9 @@ class Store:
                 # a counter of its own, in the same table under a key no state has
                 db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
                            "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", SPOT_COUNT))
+            elif to_state == "failed" and from_state in ("requested", "booting"):
+                db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
+                           "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", BOOT_FAILURE_COUNT))
 
     def events(self, since_id: int = 0, limit: int = 100, worker_id: str | None = None) -> list[dict]:
         """Events after `since_id`, oldest first; without since_id, the newest `limit`."""

@@ -4,11 +4,14 @@ The scheduler daemon is a separate process from gunicorn, so nothing here counts
 in memory: gauges come from the same ops functions as cloud_status, counters
 from the store's transition counts (bumped with each transition's event, so
 "launched" is the number of transitions into booting; kept when old events are
-pruned, so they never go down), the cycle-duration histogram from the
+pruned, so they never go down), the budget caps reached from the demand the last
+cycle recorded, the cycle-duration histogram from the
 cumulative buckets the daemon keeps in the store, and the last cycle's duration and
 phases from its heartbeat.
 """
 from __future__ import annotations
+
+import re
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,13 +19,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import cycletime, lifecycle, ops
 from ..config import Config
-from ..store import SPOT_COUNT, Store
+from ..store import BOOT_FAILURE_COUNT, SPOT_COUNT, Store
 from . import auth, config, store
 from .api import error
 
 bp = Blueprint("metrics", __name__)
 
 GROUP_STATUSES = ("served", "launching", "waiting", "unschedulable")
+BUDGET_CAPS = ("max_per_hour", "max_per_day")
+# a waiting group's reason names each budget cap that stopped its launches (budget.within):
+# 'budget: [CLOUD ]max_per_hour 2.00 reached (...)', without CLOUD for the global budget
+BUDGET_REACHED_RE = re.compile(r"budget: (?:([a-z0-9][a-z0-9-]*) )?(max_per_hour|max_per_day) \S+ reached")
 
 
 class StoreCollector:
@@ -35,6 +42,13 @@ class StoreCollector:
         up = GaugeMetricFamily("appliance_scheduler_up", "1 if the scheduler daemon completed a cycle recently")
         up.add_metric([], 1 if sched["running"] else 0)
         yield up
+        beat, _ = store.get("heartbeat")
+        if beat and beat.get("time"):
+            # for alerts on its age (time() - this): the heartbeat's time, kept while the daemon is down
+            at = GaugeMetricFamily("appliance_scheduler_last_cycle_timestamp_seconds",
+                                   "Unix time of the scheduler daemon's last cycle (its heartbeat)")
+            at.add_metric([], beat["time"])
+            yield at
         # the last cycle, as a whole and by phase (the histogram below has them all, as a whole)
         if sched.get("cycle_seconds") is not None:
             last = GaugeMetricFamily("appliance_scheduler_last_cycle_seconds", "Duration of the scheduler's last cycle")
@@ -67,6 +81,7 @@ class StoreCollector:
         for s, n in by_status.items():
             jobs.add_metric([s], n)
         yield jobs
+        yield _budget_reached(cfg, q["groups"])
 
         events = store.event_counts()
         for name, to, text in (("appliance_worker_launches", "booting", "Workers launched (requested -> booting)"),
@@ -77,6 +92,12 @@ class StoreCollector:
             for cloud in cfg.cloud_names:
                 c.add_metric([cloud], events.get((cloud, to), 0))
             yield c
+        boot = CounterMetricFamily("appliance_worker_boot_failures", "Workers failed before they joined the "
+                                   "pool (launch error, boot timeout, vanished while booting; not spot "
+                                   "interruptions)", labels=["cloud"])
+        for cloud in cfg.cloud_names:
+            boot.add_metric([cloud], events.get((cloud, BOOT_FAILURE_COUNT), 0))
+        yield boot
         spot = CounterMetricFamily("appliance_spot_interruptions", "Workers failed by a spot interruption "
                                    "(the cloud took the instance back, or the worker reported the notice)",
                                    labels=["cloud"])
@@ -115,6 +136,22 @@ class StoreCollector:
         else:
             h.add_metric([], [("+Inf", 0)], 0.0)
         yield h
+
+
+def _budget_reached(cfg: Config, groups: list[dict]) -> GaugeMetricFamily:
+    """1 for each budget cap (global: cloud="", or a cloud's) that stops launches idle jobs
+    wait for now, as the scheduler's last cycle reported them; 0 for the other caps set."""
+    g = GaugeMetricFamily("appliance_budget_reached", "1 while a budget cap (cloud=\"\" for the global "
+                          "budget) stops launches that idle jobs wait for", labels=["cloud", "cap"])
+    reached = {(c.name, cap): 0 for c in cfg.clouds for cap in BUDGET_CAPS if getattr(c.budget, cap) is not None}
+    reached.update({("", cap): 0 for cap in BUDGET_CAPS if getattr(cfg.budget, cap) is not None})
+    for grp in groups:
+        if grp.get("status") == "waiting":
+            for cloud, cap in BUDGET_REACHED_RE.findall(grp.get("reason") or ""):
+                reached[(cloud, cap)] = 1
+    for (cloud, cap), value in sorted(reached.items()):
+        g.add_metric([cloud, cap], value)
+    return g
 
 
 def _cost_metrics(store: Store, cfg: Config):

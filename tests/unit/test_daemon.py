@@ -519,6 +519,11 @@ def test_boot_timeout_fails_the_worker_and_the_demand_moves_on(tmp_path):
     assert rig.states()[wid] is State.FAILED and rig.health("first").failures == 1
     (replacement,) = rig.live(State.BOOTING)
     assert replacement.startswith("second-")
+    # counted as a boot failure of its cloud (the alert "workers failing to boot" reads it)
+    from appliance.web.metrics import render
+    text = render(rig.store, rig.cfg).decode()
+    assert 'appliance_worker_boot_failures_total{cloud="first"} 1.0' in text, text
+    assert 'appliance_worker_boot_failures_total{cloud="second"} 0.0' in text, text
 
 
 def test_unreachable_collector_schedd_and_cloud_judge_nothing(rig):
@@ -822,6 +827,31 @@ def test_a_budget_stops_launches_says_why_and_the_spend_is_counted_per_second(tm
     assert 'appliance_cost_per_hour{cloud="aws",shape="small"} 0.36' in text
     spend = re.search(r'appliance_spend_total\{cloud="aws",shape="small"\} ([0-9.e-]+)', text)
     assert spend and float(spend.group(1)) == pytest.approx(totals["aws/small"]), text
+    # the global cap stops the launches the jobs wait for: reached (the daily cap is not set)
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""} 1.0' in text, text
+    assert 'cap="max_per_day"' not in text
+    # the demand gone, no cap stops anything: 0, still exported (the alert sees it resolve)
+    rig.condor.groups = ()
+    rig.cycle(advance=10)
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""} 0.0' in render(rig.store, rig.cfg).decode()
+
+
+def test_a_clouds_own_budget_reached_is_named_by_its_cloud_in_metrics(tmp_path):
+    from appliance.budget import Caps
+    from appliance.shapes import Shape
+    from appliance.web.metrics import render
+    small = Shape("small", 1, 1024, 4096, price=0.36)
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=8, shapes=(small,),
+                                     budget=Caps(max_per_hour=0.5, max_per_day=100.0))])
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    assert len(rig.drivers["aws"].launched) == 1
+    (row,), _ = rig.store.get("demand")
+    assert "budget: aws max_per_hour 0.50 reached" in row["reason"], row["reason"]
+    text = render(rig.store, rig.cfg).decode()
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud="aws"} 1.0' in text, text
+    assert 'appliance_budget_reached{cap="max_per_day",cloud="aws"} 0.0' in text, text
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""}' not in text     # no global cap set
 
 
 def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_before(tmp_path):

@@ -106,6 +106,39 @@ def test_metrics_count_from_the_store(env):
     assert samples[("appliance_scheduler_cycle_seconds_count", ())] == 2
     assert samples[("appliance_scheduler_cycle_seconds_bucket", (("le", "0.025"),))] == 1
     assert samples[("appliance_cloud_enabled", (("cloud", "burst"),))] == 0
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "local"),))] == 1
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "burst"),))] == 0
+
+
+def test_boot_failures_count_only_workers_that_never_joined(env):
+    c, store = env
+    for wid, path, reason in (
+            ("local-1", (), "launch error: quota"),                                   # requested -> failed
+            ("local-2", (State.BOOTING,), "did not join the pool within boot_timeout (600s)"),
+            ("local-3", (State.BOOTING, State.IDLE), "vanished"),                     # it had joined
+            ("local-4", (State.BOOTING,), "spot interruption: its spot instance i-4 is terminated"),
+            ("local-5", (State.BOOTING,), "demand went away")):                       # cancelled, retired
+        store.add_worker(wid, "local", "launch")
+        for state in path:
+            store.transition(wid, state, "step")
+        store.transition(wid, State.RETIRED if wid == "local-5" else State.FAILED, reason)
+    text = c.get("/metrics", headers=BASIC).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "local"),))] == 2
+    assert samples[("appliance_worker_failures_total", (("cloud", "local"),))] == 4
+
+
+def test_metrics_carry_the_heartbeats_time_for_a_staleness_alert(env):
+    c, store = env
+    store.put("heartbeat", {"time": 1_700_000_000.5, "interval": 1, "duration": 0.01})
+    text = c.get("/metrics", headers=BASIC).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_scheduler_last_cycle_timestamp_seconds", ())] == 1_700_000_000.5
+    assert samples[("appliance_scheduler_up", ())] == 0          # that old: not running
+    store.put("heartbeat", None)
+    assert "appliance_scheduler_last_cycle_timestamp_seconds" not in c.get("/metrics", headers=BASIC).text
 
 
 def test_metrics_show_the_last_cycle_and_its_phases(env):
