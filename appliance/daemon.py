@@ -92,6 +92,8 @@ class Daemon:
         # each cloud's warm headroom line, and the workers kept as headroom, as last logged
         self.headroom: dict[str, str] = {}
         self.kept: set[str] = set()
+        # jobs running on each worker (its claimed slots), as last written for the page
+        self.running: dict[str, int] | None = None
         # the schedd's job queue log: a change between cycles starts the next one early
         self.queue_log = QUEUE_LOG
         # when this process last saw each live worker in the collector; its row's last_seen
@@ -208,6 +210,7 @@ class Daemon:
             self.store.put("demand", [group_row(g) for g in plan.groups])
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
             self.report_headroom(plan)
+            self.report_running(obs)
             # last in the transaction, so that its figures cover all of the cycle but the commit
             duration, phases = timer.elapsed(), timer.phases()
             self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
@@ -220,6 +223,16 @@ class Daemon:
             log.warning("%s", line)
         self.housekeeping(now)
         return plan
+
+    def report_running(self, obs: Observation) -> None:
+        """The jobs running on each of our workers (its claimed slots, one job each), for the
+        page: written when it changes; kept as it was while the collector does not answer."""
+        if obs.slots is None:
+            return
+        running = {wid: s.claimed for wid, s in sorted(obs.slots.items()) if s.claimed}
+        if running != self.running:
+            self.running = running
+            self.store.put("running", running)
 
     def report_headroom(self, plan: Plan) -> None:
         """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is

@@ -207,6 +207,21 @@ def queue_status(store: Store) -> dict[str, Any]:
     }
 
 
+def running_status(store: Store) -> dict[str, Any]:
+    """The jobs running on our workers (each claimed slot runs one), as the scheduler last
+    saw them in the collector: per live worker, and per cloud (clouds by name)."""
+    running, updated = store.get("running", {})
+    live = {w.id: w for w in store.workers()}
+    per_worker = {wid: n for wid, n in (running or {}).items() if wid in live and n > 0}
+    clouds: dict[str, dict[str, Any]] = {}
+    for wid, n in per_worker.items():
+        row = clouds.setdefault(live[wid].cloud, {"cloud": live[wid].cloud, "workers": 0, "jobs": 0})
+        row["workers"] += 1
+        row["jobs"] += n
+    return {"updated_at": updated or None, "running_jobs": sum(per_worker.values()), "workers": per_worker,
+            "clouds": [clouds[name] for name in sorted(clouds)]}
+
+
 def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
     return store.events(since_id=since, limit=limit)
 

@@ -154,7 +154,7 @@ def _queue(q) -> str:
                  (["SCHEDD", "OWNER"] if remote else []) + ["JOBS", "CPUS", "MEMORY", "DISK", "CLOUDS", "STATUS", "WHY"])
     extra = ""
     if q["unschedulable_jobs"]:
-        extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no enabled cloud can ever run them"
+        extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no configured cloud can ever run them"
     return f"{q['idle_jobs']} idle job(s) in {len(q['groups'])} group(s)\n\n{body}{extra}{schedds}"
 
 

@@ -1,4 +1,4 @@
-"""The dashboard: login, clouds (enable/disable, max_workers), workers, demand, events.
+"""The dashboard: login, clouds (enable/disable, max_workers), workers, demand and running jobs, events.
 
 The server renders every part with Jinja; static/app.js fetches /parts every few
 seconds and swaps in the parts that changed, and sends the forms with fetch, so
@@ -82,11 +82,12 @@ def view_model() -> dict:
     live = [w for w in workers if w["state"] not in ("retired", "failed")]
     ended = [w for w in workers if w["state"] in ("retired", "failed")][-10:][::-1]
     queue = {**ops.queue_status(s), "schedds": federation.schedds_status(s)}
+    running = ops.running_status(s)
     events = ops.events(s, limit=EVENTS_SHOWN)[::-1]
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
             "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
-            "web_problems": web_problems(), "spend": spend}
+            "web_problems": web_problems(), "spend": spend, "running": running}
 
 
 # ------------------------------------------------------------------ pages

@@ -130,7 +130,10 @@ def test_disable_survives_a_restart(start_appliance, volumes):
     app.wait_cycles(3)   # cycles that saw the job: nothing launched for it, and it is reported
     assert not [e for e in app.events() if e["to_state"] == "requested"]
     q = app.status("-q")["data"]
-    assert q["groups"][0]["status"] == "unschedulable" and "local: disabled" in q["groups"][0]["reason"]
+    # the one cloud that could run it is disabled: it waits for it, it is not unschedulable
+    assert (q["groups"][0]["status"], q["groups"][0]["reason"]) == ("waiting",
+                                                                    "only local could run it, and it is disabled")
+    assert q["unschedulable_jobs"] == 0
 
     assert app.sh("cloud_admin -e local").strip() == "local: enabled"
     app.wait("a worker for the job", lambda: any(e["to_state"] == "requested" for e in app.events()), timeout=30)

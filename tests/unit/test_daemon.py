@@ -975,6 +975,31 @@ def test_the_heartbeat_keeps_the_last_cycles_duration_and_phases(rig):
     assert sum(beat["phases"].values()) <= beat["duration"] + 1e-3
 
 
+def test_the_jobs_running_on_each_worker_are_recorded_for_the_page(rig):
+    from appliance import ops
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    a, b, c = rig.live(State.BOOTING)
+    rig.condor.join(a, claimed=2, cpus=2)
+    rig.condor.join(b, claimed=1)
+    rig.condor.join(c)
+    rig.cycle()
+    assert rig.store.get("running")[0] == {a: 2, b: 1}
+    written = rig.store.get("running")[1]
+    rig.cycle()
+    assert rig.store.get("running")[1] == written             # unchanged: not written again
+    rig.condor.collector_down = True
+    rig.cycle()
+    assert rig.store.get("running")[0] == {a: 2, b: 1}      # no answer: nothing judged on absence
+    rig.condor.collector_down = False
+    rig.condor.join(a)
+    rig.cycle()
+    assert rig.store.get("running")[0] == {b: 1}
+    status = ops.running_status(rig.store)
+    assert (status["running_jobs"], status["workers"]) == (1, {b: 1})
+    assert status["clouds"] == [{"cloud": "local", "workers": 1, "jobs": 1}]
+
+
 def test_a_slow_cycle_is_logged_once_with_its_phases(rig, caplog):
     rig.daemon.slow_cycle = 0.0           # every cycle is "slow"
     with caplog.at_level(logging.WARNING, logger="appliance"):

@@ -1,7 +1,7 @@
 """Bad input, fuzzed: the config loader and the CLIs never crash on it.
 
 Whatever YAML or data reaches appliance.config, the answer is a Config or one
-ConfigError whose path names where the problem is. Whatever arguments reach
+ConfigError whose paths name where each problem is. Whatever arguments reach
 cloud_status / cloud_admin, the answer is an exit code with a message, and a
 rejected command changes nothing in the state.
 """
@@ -87,13 +87,23 @@ def _walk(data, path: str) -> bool:
 
 @FAST
 @given(documents)
-def test_any_data_gives_a_config_or_one_error_naming_the_key_path(data):
+def test_any_data_gives_a_config_or_one_error_naming_each_key_path(data):
     try:
         cfg = parse(data)
     except ConfigError as err:
-        assert str(err).startswith(f"<string>: {err.path}: ") and err.problem
-        assert _walk(data, err.path), (err.path, data)
-        assert len(str(err)) < 1000
+        assert (err.path, err.problem) == err.errors[0]
+        lines = str(err).splitlines()
+        if len(err.errors) == 1:
+            assert lines == [f"<string>: {err.path}: {err.problem}"]
+        else:
+            assert lines[0] == f"<string>: {len(err.errors)} errors:"
+            shown = err.errors[:config_mod.ERRORS_SHOWN]
+            assert lines[1:len(shown) + 1] == [f"  {path}: {problem}" for path, problem in shown]
+        assert len(set(err.errors)) == len(err.errors), err.errors      # none said twice
+        for path, problem in err.errors:
+            assert problem and _walk(data, path), (path, data)
+        assert all(len(line) < 1000 for line in lines)
+        assert len(lines) <= config_mod.ERRORS_SHOWN + 2
         return
     assert isinstance(cfg, Config)
     s = cfg.scheduler

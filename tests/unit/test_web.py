@@ -266,3 +266,40 @@ def test_the_page_shows_the_cost_and_a_shape_backing_off(env, tmp_path):
     metrics = {f.name: f for f in text_string_to_metric_families(c.get("/metrics", headers=BASIC).text)}
     assert [(s.labels, s.value) for s in metrics["appliance_cost_per_hour"].samples] == [
         ({"cloud": "aws", "shape": "big"}, 0.0), ({"cloud": "aws", "shape": "small"}, 0.5)]
+
+
+def _worker(store, wid, cloud, *states):
+    store.add_worker(wid, cloud, "launch")
+    for state in states:
+        store.transition(wid, state, state.value)
+
+
+def test_the_page_shows_the_running_jobs_by_worker_and_by_cloud(env):
+    c, store = env
+    _worker(store, "local-aaaaaa", "local", State.BOOTING, State.IDLE, State.BUSY)
+    _worker(store, "local-bbbbbb", "local", State.BOOTING, State.IDLE, State.BUSY, State.DRAINING)
+    _worker(store, "burst-cccccc", "burst", State.BOOTING, State.IDLE, State.BUSY)
+    _worker(store, "local-dddddd", "local", State.BOOTING, State.IDLE)
+    _worker(store, "local-eeeeee", "local", State.BOOTING, State.IDLE, State.BUSY, State.DRAINING, State.RETIRED)
+    # what the scheduler recorded from the collector; a worker ended since is not counted
+    store.put("running", {"local-aaaaaa": 2, "local-bbbbbb": 1, "burst-cccccc": 3, "local-eeeeee": 4})
+    login(c)
+    for path in ("/", "/parts"):
+        page = c.get(path).text
+        assert re.search(r'data-running-jobs><span class="num">6</span><span class="lbl">running jobs</span>', page)
+        assert "0 idle jobs · 6 running" in page
+        jobs = dict(re.findall(r'<tr data-worker="([^"]+)">.*?<td class="n" data-jobs>([^<]*)</td>', page, re.S))
+        assert jobs == {"local-aaaaaa": "2", "local-bbbbbb": "1", "burst-cccccc": "3", "local-dddddd": "·"}
+        by_cloud = re.findall(r'<tr data-running-cloud="([^"]+)"><td>[^<]+</td><td class="n">(\d+)</td>'
+                              r'<td class="n">(\d+)</td></tr>', page)
+        assert by_cloud == [("burst", "1", "3"), ("local", "2", "3")]
+
+
+def test_the_page_with_nothing_running_says_so_in_its_counts_only(env):
+    c, store = env
+    _worker(store, "local-dddddd", "local", State.BOOTING, State.IDLE)
+    login(c)
+    page = c.get("/").text
+    assert re.search(r'data-running-jobs><span class="num">0</span>', page)
+    assert "0 idle jobs · 0 running" in page and "data-running-cloud" not in page
+    assert re.search(r'<td class="n" data-jobs>·</td>', page)
