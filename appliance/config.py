@@ -320,7 +320,7 @@ SCHEDULER_KEYS = {
     "idle_timeout": Key(number(0, 7 * 86400), 300.0),
     "boot_timeout": Key(number(5, 86400), 600.0),
     # a joined worker missing from the collector this long is lost; long enough
-    # to ride out a collector restart (workers re-advertise every 30 s or less)
+    # to ride out a collector restart (workers re-advertise every 60 s or less)
     "lost_timeout": Key(number(30, 86400), 300.0),
     "max_booting": Key(integer(1, 10000), 10),
     "max_workers": Key(integer(0, 100000), 100),

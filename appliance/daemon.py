@@ -31,7 +31,7 @@ from .model import CloudHealth, Observation, SlotSummary, Worker
 from .ops import RUNTIME_STATUS
 from .scheduler import CloudView, Launch, Plan, RedrainEntry, StrandedJobs, Terminate, decide, group_row
 from .store import Store, StoreError
-from .workerconf import WorkerSpec, update_interval
+from .workerconf import WorkerSpec
 
 log = logging.getLogger("appliance")
 
@@ -499,7 +499,6 @@ class Daemon:
                           condor_host=self.condor_host(self.drivers[cloud]),
                           token=self.condor.mint_worker_token(wid), key=self.condor.new_worker_key(wid),
                           noclaim_shutdown=noclaim_shutdown(config, self.cfg.scheduler.idle_timeout),
-                          update_interval=update_interval(self.cfg.scheduler.max_workers),
                           shape=config.shape_of(shape), image=image if image in config.images else "",
                           max_price=max_price)
 

@@ -18,15 +18,6 @@ from .shapes import Shape
 # this long (seconds) and the startd exits, and with it the master.
 NOCLAIM_SHUTDOWN_DEFAULT = 1200
 
-
-def update_interval(pool_max_workers: int) -> int:
-    """How often a worker re-advertises: 10 s in pools of up to 500 workers, up to 30 s in
-    bigger ones (the collector then takes at most ~50 updates a second, and as many from masters).
-    A restarted collector learns a worker again on its third update (the first goes into the
-    dead connection, the second is refused on the old security session), so this sets how
-    long workers take to come back after the appliance restarts: 20-30 s at 10 s."""
-    return min(30, max(10, pool_max_workers // 50))
-
 # The worker's directories below its home, with their modes. Only `execute` is
 # open: each job's sandbox in it belongs to the job's own account (mode 0700).
 # Logs, spool, locks and sockets are the condor daemons' alone.
@@ -60,7 +51,6 @@ class WorkerSpec:
     token: str = ""           # secret: the worker's pool token
     key: bytes = b""          # secret: the worker's own signing key
     noclaim_shutdown: int = NOCLAIM_SHUTDOWN_DEFAULT
-    update_interval: int = 30      # see update_interval()
     # the size the scheduler chose (one of the cloud's shapes); None: the cloud's first
     shape: Shape | None = None
     # the name of the image the scheduler chose (one of the cloud's images); "": its default
@@ -251,12 +241,11 @@ def condor_config(spec: WorkerSpec, home: str) -> str:
         "USER_JOB_WRAPPER = $(LOCAL_DIR)/job-wrapper",
         f"include : $(LOCAL_DIR)/{SLOT_ACCOUNTS_FILE}",
         "",
-        "# Re-advertise often enough that a restarted collector knows us again soon (the third",
-        "# update after its restart gets through), and re-register with its CCB soon (default",
-        "# 60 s): until then nobody can reach us.",
-        f"UPDATE_INTERVAL = {spec.update_interval}",
+        "# Re-advertise often enough that a restarted collector knows us again within a minute,",
+        "# and re-register with its CCB soon (default 60 s): until then nobody can reach us.",
+        "UPDATE_INTERVAL = 30",
         "CCB_RECONNECT_TIME = 10",
-        f"MASTER_UPDATE_INTERVAL = {spec.update_interval}",
+        "MASTER_UPDATE_INTERVAL = 30",
         "UPDATE_OFFSET = 0",
         "",
         "# Backstop: if nobody claims us for this long, shut down (and the machine with us).",

@@ -116,9 +116,12 @@ def test_a_launch_over_the_budget_is_not_made_and_the_reason_is_shown(world):
     app.submit(sub(4, 4000, count=2), {"job.sh": JOB_SCRIPT}, directory="/home/submit/budget")
     # two c5.xlarge would cost 0.34/h: one is launched, the other waits for the budget
 
+    # the cycle that launches the first says what the pair would cost (0.00/h now, +0.34/h);
+    # the cycles after it count the first as spending
     def waiting():
         groups = app.status("-q")["data"]["groups"]
-        return groups if groups and groups[0]["status"] == "waiting" and types_running(ep, pid) else None
+        return groups if (groups and groups[0]["status"] == "waiting" and types_running(ep, pid)
+                          and "(0.17/h now" in groups[0]["reason"]) else None
     (group,) = wait_for("the budget to hold the second launch", waiting, timeout=30, app=app)
     assert "budget: max_per_hour 0.30 reached (0.17/h now, +0.17/h)" in group["reason"], group
     assert types_running(ep, pid) == ["c5.xlarge"]

@@ -1,5 +1,3 @@
-import pytest
-
 from appliance.config import CloudConfig, WorkerSize
 from appliance.matching import worker_start
 from appliance.shapes import Shape
@@ -65,13 +63,3 @@ def test_without_a_shape_the_spec_is_its_clouds_first():
     spec = WorkerSpec("docker-first1", SHAPED, "mypool", "10.0.0.5")
     assert spec.size is SMALL and 'WorkerShape = "small"' in lines(spec)
     assert repr(spec) == "WorkerSpec('docker-first1', cloud='docker', shape='small', condor_host='10.0.0.5')"
-
-
-@pytest.mark.parametrize("pool_max,interval", [(1, 10), (100, 10), (500, 10), (1000, 20), (1500, 30), (100000, 30)])
-def test_workers_re_advertise_every_10_s_in_small_pools_and_every_30_s_in_big_ones(pool_max, interval):
-    """A restarted collector learns a worker on its third update: 20-30 s at 10 s. Big pools keep
-    the collector's load at ~50 updates a second."""
-    from appliance.workerconf import update_interval
-    assert update_interval(pool_max) == interval
-    conf = condor_config(WorkerSpec("w", CLOUD, "p", "cm", update_interval=interval), "/w").splitlines()
-    assert f"UPDATE_INTERVAL = {interval}" in conf and f"MASTER_UPDATE_INTERVAL = {interval}" in conf
