@@ -139,7 +139,7 @@ class Condor:
         self._inflight: dict[str, Future] = {}      # remote schedd address -> its query still running
         self._answers: dict[str, tuple[float, list]] = {}   # ... -> (when, its last answer)
         # the schedd's job queue log, and what demand() last read when it was how (see there)
-        self._log = QueueLog(_param("JOB_QUEUE_LOG") or os.path.join(_param("SPOOL") or "", "job_queue.log"))
+        self._log = QueueLog(job_queue_log_path())
         self._clean: set[int] = set()        # clusters checked and found without a proc that differs
         self._alike: dict[int, JobGroup | None] = {}    # ... and the group each stands for (None: none)
         self._watch: set[str] = {a.lower() for a in ("Requirements", *PROC_ATTRIBUTES)}
@@ -810,6 +810,11 @@ class QueueLog:
         end = data.rfind(b"\n") + 1           # a record being written is read next time, whole
         self.offset += end
         return written_clusters(data[:end].decode("utf-8", "replace").splitlines(), watch)
+
+
+def job_queue_log_path() -> str:
+    """The schedd's job queue log, where HTCondor's configuration puts it."""
+    return _param("JOB_QUEUE_LOG") or os.path.join(_param("SPOOL") or "", "job_queue.log")
 
 
 def _param(name: str) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 
 from . import budget, cycletime, federation, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
-from .condor import Condor, CondorError
+from .condor import Condor, CondorError, QueueLog, job_queue_log_path
 from .config import CloudConfig, Config, ConfigError, load
 from .lifecycle import State
 from .matching import template_ads
@@ -50,7 +50,6 @@ HEADROOM_NOCLAIM_SHUTDOWN = 86400
 # up to an interval later (bench/latency.py's "see" phase), at the cost of a stat.
 QUEUE_WATCH = 0.05
 QUEUE_GAP = 0.25
-QUEUE_LOG = "/var/lib/condor/spool/job_queue.log"
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
 
@@ -95,7 +94,7 @@ class Daemon:
         # jobs running on each worker (its claimed slots), as last written for the page
         self.running: dict[str, int] | None = None
         # the schedd's job queue log: a change between cycles starts the next one early
-        self.queue_log = QUEUE_LOG
+        self.queue_log = QueueLog(job_queue_log_path())
         # when this process last saw each live worker in the collector; its row's last_seen
         # is written only when that matters (see sightings), not for every worker every cycle
         self.seen_at: dict[str, float] = {}
@@ -106,7 +105,7 @@ class Daemon:
                  ", ".join(f"{c.name}/{c.type}" for c in self.cfg.clouds), self.cfg.scheduler.interval)
         while not self.stopping.is_set():
             started = time.monotonic()
-            queue = queue_stamp(self.queue_log)
+            queue = self.queue_log.mark()
             try:
                 self.cycle()
                 self.cycle_succeeded()
@@ -124,7 +123,7 @@ class Daemon:
             now = time.monotonic()
             if now >= due:
                 return
-            if queue is not None and now >= earliest and queue_stamp(self.queue_log) != queue:
+            if queue is not None and now >= earliest and self.queue_log.mark() != queue:
                 return
             self.stopping.wait(min(QUEUE_WATCH if queue is not None else due - now, due - now))
 
@@ -574,15 +573,6 @@ def named(seen: Mapping[str, str], workers: list[Worker]) -> dict[str, str]:
     rows = {w.id: w for w in workers}
     return {wid: name for wid, name in seen.items()
             if wid in rows and (rows[wid].condor_name != name or not rows[wid].last_seen)}
-
-
-def queue_stamp(path: str) -> tuple[int, int] | None:
-    """(mtime, size) of the schedd's job queue log; None when it cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def noclaim_shutdown(cloud: CloudConfig, idle_timeout: float) -> int:

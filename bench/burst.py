@@ -21,12 +21,11 @@ workers over time for both runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import time
 
-from .common import IMAGE, REPO, Appliance, build_image, load, table, write_result
+from .common import IMAGE, REPO, Appliance, image_ready, load, parser, table, write_result
 
 CONFIG = """
 scheduler: {{idle_timeout: {idle}, on_shutdown: remove}}
@@ -162,16 +161,13 @@ def run(jobs: int, seconds: int, workers: int, out: str | None = None, plot_path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     p.add_argument("--plot", default=str(REPO / "docs" / "burst.png"), help="PNG path ('' for none)")
     args = p.parse_args(argv)
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     run(args.jobs, args.seconds, args.workers, args.out, args.plot or None)
     return 0
 

@@ -7,6 +7,7 @@ repository's root. They share the tests' polling loop, tests/waiting.py
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -35,6 +36,20 @@ def build_image() -> float:
     t = time.monotonic()
     sh("docker", "build", "-q", "-t", IMAGE, str(REPO))
     return time.monotonic() - t
+
+
+def parser(doc: str, out_help: str = "write the JSON here instead of bench/results/") -> argparse.ArgumentParser:
+    """A benchmark's command line: its own options are added to this one's --no-build and --out."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-build", action="store_true", help=f"use the existing {IMAGE}")
+    p.add_argument("--out", help=out_help)
+    return p
+
+
+def image_ready(args: argparse.Namespace) -> None:
+    """Build the image from this checkout unless --no-build."""
+    if not args.no_build:
+        build_image()
 
 
 class Appliance:

@@ -29,12 +29,11 @@ and its RSS from /proc. Goals (issue 17): ours p50 <= 0.25 s at 100,000 jobs, at
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
-from .common import Appliance, build_image, load, table, write_result
+from .common import Appliance, image_ready, load, parser, table, write_result
 
 CONFIG = """
 scheduler: {idle_timeout: 60}
@@ -208,18 +207,15 @@ def run(sizes: list[int], group_counts: list[int], repeats: int = 5, naive: bool
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000, 1000000])
     p.add_argument("--groups", type=int, nargs="+", default=[10, 100])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-naive", action="store_true")
     p.add_argument("--largest-for", type=int, nargs="+", metavar="REQUESTS",
                    help="run the largest size with these request counts only (default: all)")
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     args = p.parse_args(argv)
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     run(args.sizes, args.groups, args.repeats, not args.no_naive, args.out, args.largest_for)
     return 0
 

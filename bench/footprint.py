@@ -8,11 +8,10 @@ memory  the whole container's memory after it has idled (docker stats), and the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-from .common import Appliance, build_image, load, summary, table, write_result
+from .common import Appliance, image_ready, load, parser, summary, table, write_result
 
 CONFIG = """
 clouds:
@@ -67,14 +66,11 @@ def run(trials: int, idle_s: float, out: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--idle", type=float, default=20, help="seconds to idle before reading memory")
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     args = p.parse_args(argv)
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     run(args.trials, args.idle, args.out)
     return 0
 

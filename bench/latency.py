@@ -27,12 +27,22 @@ with min_idle: 1, p50 <= 1 s (issue 17).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 import uuid
 
-from .common import IMAGE, Appliance, build_image, load, sh, stamp_job, summary, table, write_result
+from .common import (
+    IMAGE,
+    Appliance,
+    image_ready,
+    load,
+    parser,
+    sh,
+    stamp_job,
+    summary,
+    table,
+    write_result,
+)
 
 CONFIGS = {
     "local": """
@@ -140,7 +150,7 @@ def run(cloud: str, trials: int, warm: bool, out: str | None = None, min_idle: i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--cloud", default="local", choices=sorted(CONFIGS))
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--warm", action="store_true", help="keep an idle worker between trials")
@@ -149,11 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--named-outputs", action="store_true",
                    help="the job names its outputs (+TransferOutput): HTCondor's starter then skips the one-second "
                         "sleep it makes before a job that sends back every changed file")
-    p.add_argument("--no-build", action="store_true", help=f"use the existing {IMAGE}")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     args = p.parse_args(argv)
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     run(args.cloud, args.trials, args.warm or args.min_idle > 0, args.out, args.min_idle, args.named_outputs)
     return 0
 

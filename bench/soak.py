@@ -46,7 +46,6 @@ bench/results/soak.json after every sample, so a run cut short keeps what it mea
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
@@ -57,7 +56,7 @@ import subprocess
 import tempfile
 import time
 
-from .common import IMAGE, REPO, Appliance, build_image, load, sh, summary, table, write_result
+from .common import IMAGE, REPO, Appliance, image_ready, load, parser, sh, summary, table, write_result
 
 CONFIG = """
 scheduler: {{interval: 1, idle_timeout: {idle}, max_booting: {workers}, max_workers: {workers}, backoff_base: 5}}
@@ -624,7 +623,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "write the JSON here instead of bench/results/soak.json")
     p.add_argument("--minutes", type=float, default=30, help="length of the load, warm-up included")
     p.add_argument("--warmup", type=float, help="seconds before the first sample (default min(120, 15%% of the run))")
     p.add_argument("--samples", type=int, default=None, help="quiet-point samples, first and last included "
@@ -641,8 +640,6 @@ def main(argv=None) -> int:
     p.add_argument("--condor-config", action="append", default=[], metavar="LINE",
                    help="an HTCondor configuration line for the appliance, for experiments "
                         "(e.g. 'SEC_DEFAULT_SESSION_LEASE = 120'); repeatable")
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/soak.json")
     args = p.parse_args(argv)
     if args.samples is None:
         args.samples = max(5, min(41, round(args.minutes / 3) + 1))
@@ -650,8 +647,7 @@ def main(argv=None) -> int:
         p.error("--prune-every must be at least 60 (retention.prune_every's smallest value)")
     if args.samples < 3:
         p.error("--samples must be at least 3 (a slope needs them)")
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     result = run(args)
     return 0 if result["verdict"]["bounded"] and result["verdict"]["jobs_ok"] else 1
 

@@ -36,11 +36,10 @@ workers.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
-from .common import Appliance, build_image, load, table, write_result
+from .common import Appliance, image_ready, load, parser, table, write_result
 
 CONFIG = """
 scheduler: {idle_timeout: 86400}
@@ -291,14 +290,11 @@ def run(sizes: list[int], cycles: int = 10, out: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--cycles", type=int, default=10, help="timed cycles at each size (default 10)")
-    p.add_argument("--no-build", action="store_true")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/")
     args = p.parse_args(argv)
-    if not args.no_build:
-        build_image()
+    image_ready(args)
     run(args.sizes, args.cycles, args.out)
     return 0
 

@@ -115,7 +115,9 @@ def test_workers_spread_over_two_swarm_nodes_and_run_jobs_on_both(nodes):
     def node_of_workers() -> dict[str, str]:
         out = run(manager, "sh", "-c", "docker service ps -q $(docker service ls -q) | xargs -r docker inspect "
                                        "--format '{{index .Spec.ContainerSpec.Labels \"appliance.worker\"}} {{.NodeID}}'")
-        ids = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+        # A task not yet scheduled has no NodeID: it prints only its label, so skip it until it has one.
+        fields = [line.split() for line in out.splitlines()]
+        ids = {f[0]: f[1] for f in fields if len(f) == 2}
         return ids if len(ids) == 2 else {}
     placement = wait("two worker services", node_of_workers, 120)
     assert len(set(placement.values())) == 2, f"both workers on one node: {placement}"

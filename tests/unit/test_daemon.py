@@ -558,11 +558,12 @@ def test_a_change_to_the_job_queue_starts_the_next_cycle_early_but_not_at_once(r
     import time as real_time
     log = tmp_path / "job_queue.log"
     log.write_text("a")
-    rig.daemon.queue_log = str(log)
+    from appliance.condor import QueueLog
+    from appliance.daemon import QUEUE_GAP
+    rig.daemon.queue_log = QueueLog(str(log))
     rig.daemon.next_wait = lambda: 30.0
-    from appliance.daemon import QUEUE_GAP, queue_stamp
     started = real_time.monotonic()
-    stamp = queue_stamp(str(log))
+    stamp = rig.daemon.queue_log.mark()
     log.write_text("a submit")                  # changed while the cycle ran
     rig.daemon.wait_next(started, stamp)
     took = real_time.monotonic() - started
@@ -570,7 +571,7 @@ def test_a_change_to_the_job_queue_starts_the_next_cycle_early_but_not_at_once(r
     started = real_time.monotonic()             # no change, no queue log at all: the interval
     rig.daemon.next_wait = lambda: 0.3
     os.unlink(log)
-    rig.daemon.wait_next(started, queue_stamp(str(log)))
+    rig.daemon.wait_next(started, rig.daemon.queue_log.mark())
     assert 0.3 <= real_time.monotonic() - started < 5
 
 
