@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 
-from . import budget, cycletime, federation, lifecycle, outcomes
+from . import budget, cycletime, federation, history, lifecycle, outcomes
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError, QueueLog, job_queue_log_path
 from .config import CloudConfig, Config, ConfigError, load
@@ -98,6 +98,8 @@ class Daemon:
         # when this process last saw each live worker in the collector; its row's last_seen
         # is written only when that matters (see sightings), not for every worker every cycle
         self.seen_at: dict[str, float] = {}
+        # the history bucket last written: a new one prunes those past history.WINDOW
+        self.history_bucket = 0
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -210,6 +212,7 @@ class Daemon:
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
             self.report_headroom(plan)
             self.report_running(obs)
+            self.record_history(plan, now)
             # last in the transaction, so that its figures cover all of the cycle but the commit
             duration, phases = timer.elapsed(), timer.phases()
             self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
@@ -232,6 +235,20 @@ class Daemon:
         if running != self.running:
             self.running = running
             self.store.put("running", running)
+
+    def record_history(self, plan: Plan, now: float) -> None:
+        """The pool's figures for the page's charts and /api/history (history.py): from what
+        this cycle already has, plus one grouped count of the live workers; no HTCondor query.
+        Once a minute, when a new bucket starts, the buckets past the window go: the bound
+        holds whatever retention.prune_every says."""
+        bucket = history.bucket_of(now)
+        sample = history.sample(sum(g.count for g in plan.groups), sum((self.running or {}).values()),
+                                self.store.live_counts(), self.cfg.cloud_names,
+                                self.cfg.priced_shape if self.cfg.priced else None)
+        self.store.record_history(bucket, sample)
+        if bucket != self.history_bucket:
+            self.history_bucket = bucket
+            self.store.prune_history(bucket - history.WINDOW + history.BUCKET)   # WINDOW / BUCKET buckets kept
 
     def report_headroom(self, plan: Plan) -> None:
         """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is

@@ -8,7 +8,8 @@ written together with its event row, in one transaction.
 The file outlives releases, so its layout is versioned (PRAGMA user_version) and
 moved forward by MIGRATIONS when a newer release first opens it. It is also kept
 bounded: `prune` drops old events and long-ended workers, while the transition
-counters behind /metrics live in their own table and survive pruning.
+counters behind /metrics live in their own table and survive pruning; the pool's
+history (appliance.history) keeps six hours of one-minute buckets and no more.
 
 Opening a file checks it before writing anything: one from a newer release
 (SchemaTooNew), one that is not an SQLite database, is damaged, or holds another
@@ -153,6 +154,21 @@ def _v5_worker_image(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE workers ADD COLUMN image TEXT NOT NULL DEFAULT ''")
 
 
+def _v6_history(db: sqlite3.Connection) -> None:
+    """The pool over time (appliance.history): per time bucket, each series' value (idle jobs,
+    running jobs, workers per state and per cloud, spend per hour). One row per bucket and
+    series, so a cycle's sample is one upsert that keeps the larger value, and a new series
+    (a cloud added) needs no new column. Bounded: buckets older than history.WINDOW go."""
+    _run(db, """
+    CREATE TABLE IF NOT EXISTS history (
+        bucket INTEGER NOT NULL,
+        series TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (bucket, series)
+    ) WITHOUT ROWID
+    """)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only;
 # never edit or reorder a released step. All pending steps run in one
 # transaction when a Store opens the file, so an upgrade happens entirely or not
@@ -163,6 +179,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v3_retention_indexes,
     _v4_worker_shape,
     _v5_worker_image,
+    _v6_history,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -588,6 +605,33 @@ class Store:
             return db.execute("DELETE FROM events").rowcount
         return db.execute("DELETE FROM events WHERE id <= "
                           "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
+
+    # ------------------------------------------------------------ the pool over time
+    def live_counts(self) -> list[tuple[str, str, str, int]]:
+        """(cloud, shape, state, how many) of the live workers: counted by SQLite on the
+        (state, state_since) index, without building a row per worker."""
+        states = tuple(s.value for s in lifecycle.LIVE)
+        rows = self.db.execute(f"SELECT cloud, shape, state, COUNT(*) FROM workers WHERE state IN "
+                               f"({','.join('?' * len(states))}) GROUP BY cloud, shape, state", states)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def record_history(self, bucket: int, sample: Mapping[str, float]) -> None:
+        """Add a sample to its bucket: each series keeps the larger of its stored value and this one."""
+        with self.tx() as db:
+            db.executemany("INSERT INTO history (bucket, series, value) VALUES (?, ?, ?) "
+                           "ON CONFLICT(bucket, series) DO UPDATE SET value = MAX(value, excluded.value)",
+                           [(bucket, name, value) for name, value in sample.items()])
+
+    def history(self, since: float = 0) -> list[tuple[int, str, float]]:
+        """(bucket, series, value) of the buckets that start at or after `since`, oldest first."""
+        rows = self.db.execute("SELECT bucket, series, value FROM history WHERE bucket >= ? ORDER BY bucket",
+                               (since,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def prune_history(self, before: float) -> int:
+        """Drop the buckets that start before `before`; how many rows went."""
+        with self.tx() as db:
+            return db.execute("DELETE FROM history WHERE bucket < ?", (before,)).rowcount
 
     # ------------------------------------------------------------ small snapshots
     def put(self, key: str, value: Any, now: float | None = None) -> None:

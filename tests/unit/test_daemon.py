@@ -1048,3 +1048,21 @@ def test_headroom_is_kept_past_idle_timeout_replaced_when_taken_and_each_decisio
 def test_workers_of_a_cloud_without_headroom_keep_the_short_noclaim_backstop(rig):
     wid = rig.busy_worker()
     assert rig.drivers["local"].specs[wid].noclaim_shutdown == 60 + 900
+
+
+def test_each_cycle_adds_to_the_pools_history_and_old_buckets_go(rig):
+    from appliance import history
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    a, b = rig.live(State.BOOTING)
+    rig.condor.join(a, claimed=1)
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    data = history.series(rig.store.history())
+    assert len(data["times"]) == 1                       # both cycles in one minute: one bucket
+    # each series at its largest in the minute: 2 idle jobs at first, 1 running later
+    assert (data["idle_jobs"], data["running_jobs"]) == ([2], [1])
+    assert data["workers_by_state"]["booting"] == [2] and data["workers_by_state"]["busy"] == [1]
+    assert data["workers_by_cloud"] == {"local": [2]} and data["spend_per_hour"] is None
+    rig.cycle(advance=history.WINDOW)                    # six hours on: the old bucket is gone
+    assert len(history.series(rig.store.history())["times"]) == 1
