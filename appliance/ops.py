@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from . import budget, cycletime, headroom, lifecycle
+from . import budget, cycletime, headroom, history, lifecycle
 from .config import CloudConfig, Config
 from .lifecycle import State
 from .model import CloudHealth, ShapeHealth
@@ -220,6 +220,12 @@ def running_status(store: Store) -> dict[str, Any]:
         row["jobs"] += n
     return {"updated_at": updated or None, "running_jobs": sum(per_worker.values()), "workers": per_worker,
             "clouds": [clouds[name] for name in sorted(clouds)]}
+
+
+def history_status(store: Store, since: float = 0) -> dict[str, Any]:
+    """The pool over time (appliance.history): the buckets from the one holding `since` on,
+    or the whole window kept (six hours) without it."""
+    return history.series(store.history(history.bucket_of(since)))
 
 
 def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:

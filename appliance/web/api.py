@@ -147,3 +147,10 @@ def events():
     since = _int_arg("since", 0, 0, 2 ** 62)
     limit = _int_arg("limit", 100, 1, 1000)
     return answer(ops.events(store(), since=since, limit=limit))
+
+
+@bp.get("/history")
+@api_auth
+def history():
+    """The pool over time, the page's charts' data: one-minute buckets of the last six hours."""
+    return answer(ops.history_status(store(), since=_int_arg("since", 0, 0, 2 ** 62)))

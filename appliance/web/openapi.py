@@ -109,6 +109,26 @@ QUEUE = _obj({
     "groups": {"type": "array", "items": {"$ref": "#/components/schemas/JobGroup"}},
 })
 
+_SERIES = {"type": "array", "items": _nullable(NUM),
+           "description": "one value per bucket of `times` (null: none recorded for it)"}
+HISTORY = _obj({
+    "bucket_seconds": {**INT, "description": "the length of a bucket (60)"},
+    "window_seconds": {**INT, "description": "how far back buckets are kept (21600: six hours)"},
+    "coalesce": {"type": "string", "enum": ["max"],
+                 "description": "each series keeps its largest value of the bucket's scheduler cycles"},
+    "times": {"type": "array", "items": INT,
+              "description": "the buckets' start times (Unix seconds), oldest first; a bucket missing "
+                             "means the scheduler did not run then"},
+    "idle_jobs": _SERIES, "running_jobs": _SERIES,
+    "workers_by_state": {"type": "object", "additionalProperties": _SERIES,
+                         "description": "live workers per state: booting (requested ones too), idle, busy, "
+                                        "draining"},
+    "workers_by_cloud": {"type": "object", "additionalProperties": _SERIES,
+                         "description": "live workers per cloud"},
+    "spend_per_hour": _nullable({**_SERIES, "description": "what the live workers cost per hour; null when no "
+                                                           "shape has a price"}),
+})
+
 CLOUD_DETAIL = {"allOf": [{"$ref": "#/components/schemas/Cloud"}, _obj({
     "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
@@ -135,7 +155,7 @@ AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many fai
                "503": _err("the configuration file is invalid")}
 NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
 REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail",
-                                                           "Schedd")}
+                                                           "Schedd", "History")}
 
 
 def spec() -> dict[str, Any]:
@@ -198,13 +218,23 @@ def spec() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
                 "responses": {"200": _ok("the events", {"type": "array", "items": REF["Event"]}),
                               "400": _err("bad parameter"), **AUTH_ERRORS}}},
+            "/api/history": {"get": {
+                "summary": "the pool over time: idle and running jobs, workers per state and per cloud, spend "
+                           "per hour, in one-minute buckets of the last six hours (the page's charts)",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 2 ** 62},
+                     "description": "Unix seconds: only the buckets from the one holding this time on; "
+                                    "without it, the whole window"}],
+                "responses": {"200": _ok("the series", REF["History"]),
+                              "400": _err("bad parameter"), **AUTH_ERRORS}}},
         },
         "components": {
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"}},
             "schemas": {"Scheduler": SCHEDULER, "Cloud": CLOUD, "CloudDetail": CLOUD_DETAIL, "Worker": WORKER,
-                        "Event": EVENT, "JobGroup": GROUP, "Schedd": SCHEDD, "Queue": QUEUE,
+                        "Event": EVENT, "JobGroup": GROUP, "Schedd": SCHEDD, "Queue": QUEUE, "History": HISTORY,
                         "Error": _obj({"error": STR, "config_error": STR}, ["error"])},
         },
     }

@@ -303,3 +303,30 @@ def test_the_page_with_nothing_running_says_so_in_its_counts_only(env):
     assert re.search(r'data-running-jobs><span class="num">0</span>', page)
     assert "0 idle jobs · 0 running" in page and "data-running-cloud" not in page
     assert re.search(r'<td class="n" data-jobs>·</td>', page)
+
+
+def test_the_api_history_answers_the_series_and_names_a_bad_since(env):
+    from appliance import history
+    c, store = env
+    now = time.time()
+    old, new = history.bucket_of(now) - 120, history.bucket_of(now)
+    store.record_history(old, {"idle_jobs": 5, "running_jobs": 0, "state:booting": 2, "cloud:local": 2})
+    store.record_history(new, {"idle_jobs": 0, "running_jobs": 3, "state:busy": 2, "cloud:local": 2,
+                               "cloud:burst": 0})
+    r = c.get("/api/history", headers=BASIC)
+    assert r.status_code == 200 and set(r.json) == {"scheduler", "data"}
+    data = r.json["data"]
+    assert data["times"] == [old, new] and data["bucket_seconds"] == 60 and data["coalesce"] == "max"
+    assert (data["idle_jobs"], data["running_jobs"]) == ([5, 0], [0, 3])
+    assert data["workers_by_state"] == {"booting": [2, None], "busy": [None, 2]}
+    assert data["workers_by_cloud"] == {"burst": [None, 0], "local": [2, 2]}
+    assert data["spend_per_hour"] is None
+    # since: from the bucket holding that time on
+    assert c.get(f"/api/history?since={int(now)}", headers=BASIC).json["data"]["times"] == [new]
+    assert c.get(f"/api/history?since={old + 59}", headers=BASIC).json["data"]["times"] == [old, new]
+    for bad in ("yesterday", "-5", "1.5", str(2 ** 63)):
+        r = c.get(f"/api/history?since={bad}", headers=BASIC)
+        assert r.status_code == 400 and r.json["error"].startswith("since must be a whole number"), bad
+    assert c.get("/api/history").status_code == 401
+    spec = c.get("/api/openapi.json").json
+    assert "/api/history" in spec["paths"] and "spend_per_hour" in spec["components"]["schemas"]["History"]["properties"]
