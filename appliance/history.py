@@ -184,5 +184,6 @@ def charts(data: Mapping[str, Any], now: float,
     if data.get("spend_per_hour") is not None:
         out.append(_chart("spend", "Spend per hour", [("per hour", "c-spend", data["spend_per_hour"])],
                           times, start, now, ticks, clock, whole=False))
-    return {"charts": out, "samples": len(times), "width": WIDTH, "height": HEIGHT,
-            "minutes": round((now - start) / 60)}
+    minutes = round((now - start) / 60)
+    return {"charts": out, "samples": len(times), "width": WIDTH, "height": HEIGHT, "minutes": minutes,
+            "span": f"{minutes} min" if minutes < 120 else f"{minutes / 60:.3g} h"}

@@ -1,4 +1,5 @@
-"""The dashboard: login, clouds (enable/disable, max_workers), workers, demand and running jobs, events.
+"""The dashboard: login, clouds (enable/disable, max_workers), the pool over time, workers, demand and
+running jobs, events.
 
 The server renders every part with Jinja; static/app.js fetches /parts every few
 seconds and swaps in the parts that changed, and sends the forms with fetch, so
@@ -12,7 +13,7 @@ from functools import wraps
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
-from .. import federation, ops
+from .. import federation, history, ops
 from ..cli.common import duration
 from ..config import ConfigError
 from . import auth, config, store, web_problems
@@ -85,9 +86,13 @@ def view_model() -> dict:
     running = ops.running_status(s)
     events = ops.events(s, limit=EVENTS_SHOWN)[::-1]
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
+    now = time.time()
+    # the pool over time, drawn by the server as plain SVG: no script, no charting library
+    charts = history.charts(ops.history_status(s, since=now - history.WINDOW), now)
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
-            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
-            "web_problems": web_problems(), "spend": spend, "running": running}
+            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": now,
+            "web_problems": web_problems(), "spend": spend, "running": running,
+            "history": charts}
 
 
 # ------------------------------------------------------------------ pages

@@ -330,3 +330,25 @@ def test_the_api_history_answers_the_series_and_names_a_bad_since(env):
     assert c.get("/api/history").status_code == 401
     spec = c.get("/api/openapi.json").json
     assert "/api/history" in spec["paths"] and "spend_per_hour" in spec["components"]["schemas"]["History"]["properties"]
+
+
+def test_the_page_draws_the_pool_over_time_as_plain_svg(env):
+    from appliance import history
+    c, store = env
+    login(c)
+    page = c.get("/").text
+    assert 'data-part="history"' in page and "No samples yet" in page
+    assert page.count("<svg") == 3 and "<polyline" not in page        # empty charts, no spend chart (no price)
+    now = time.time()
+    for minutes_ago, idle, busy in ((3, 4, 0), (2, 1, 3), (1, 0, 3)):
+        store.record_history(history.bucket_of(now - 60 * minutes_ago),
+                             {"idle_jobs": idle, "running_jobs": busy, "state:busy": busy, "state:booting": 0,
+                              "cloud:local": busy, "cloud:burst": 0})
+    parts = c.get("/parts", headers={"X-Requested-With": "fetch"}).text
+    assert "No samples yet" not in parts
+    chart = re.search(r'<figure class="chart" data-chart="jobs">.*?</figure>', parts, re.S).group(0)
+    lines = re.findall(r'<polyline class="ln (c-[a-z-]+)" data-series="([a-z ]+)" points="([0-9., ]+)"', chart)
+    assert {(cls, name) for cls, name, _ in lines} == {("c-idle-jobs", "idle jobs"), ("c-running-jobs", "running jobs")}
+    assert all(len(points.split()) == 6 for _, _, points in lines)      # three one-minute steps, one run each
+    assert "idle jobs <b>0</b>" in chart and "running jobs <b>3</b>" in chart     # the legend's latest values
+    assert ' style="' not in parts and "<script" not in parts          # nothing the page's CSP forbids
