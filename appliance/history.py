@@ -152,7 +152,9 @@ def _chart(key: str, title: str, lines: list[tuple[str, str, list[float | None]]
     return {
         "key": key, "title": title,
         "lines": [{"label": label, "cls": cls, "runs": _steps(times, values, x, y, now),
-                   "now": _fmt(next((v for v in reversed(values) if v is not None), 0.0), whole)}
+                   # the legend's figure: the line's highest point. Not "now": a bucket's value is its
+                   # minute's peak, which the page's tiles (the present) would seem to contradict
+                   "peak": _fmt(max((v for v in values if v is not None), default=0.0), whole)}
                   for label, cls, values in lines],
         # counts are whole: no "2.5 workers" half way up a chart topped at 5
         "y_ticks": [{"y": round(y(v), 1), "label": _fmt(v, whole)} for v in (0.0, top / 2, top)

@@ -106,8 +106,8 @@ def test_the_charts_draw_steps_break_at_gaps_and_label_their_axes():
     assert [c["key"] for c in out["charts"]] == ["jobs", "states", "clouds"]     # no price, no spend chart
     jobs = out["charts"][0]
     idle, running = jobs["lines"]
-    assert (idle["label"], idle["cls"], idle["now"]) == ("idle jobs", "c-idle-jobs", "0")
-    assert running["now"] == "4"
+    assert (idle["label"], idle["cls"], idle["peak"]) == ("idle jobs", "c-idle-jobs", "4")
+    assert running["peak"] == "4"
     # two runs: the minute at T0, then the bucket at T0 + 120, held until now
     assert len(idle["runs"]) == 2
     first = [tuple(map(float, p.split(","))) for p in idle["runs"][0].split()]
@@ -127,7 +127,7 @@ def test_the_spend_chart_shows_when_a_price_is_configured():
     data = history.series([(T0, "idle_jobs", 0), (T0, "running_jobs", 0), (T0, "spend_per_hour", 0.36)])
     out = history.charts(data, T0 + 30)
     spend = out["charts"][-1]
-    assert (spend["key"], spend["lines"][0]["now"]) == ("spend", "0.36")
+    assert (spend["key"], spend["lines"][0]["peak"]) == ("spend", "0.36")
     assert [t["label"] for t in spend["y_ticks"]] == ["0.00", "0.25", "0.50"]
 
 

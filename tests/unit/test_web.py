@@ -350,5 +350,7 @@ def test_the_page_draws_the_pool_over_time_as_plain_svg(env):
     lines = re.findall(r'<polyline class="ln (c-[a-z-]+)" data-series="([a-z ]+)" points="([0-9., ]+)"', chart)
     assert {(cls, name) for cls, name, _ in lines} == {("c-idle-jobs", "idle jobs"), ("c-running-jobs", "running jobs")}
     assert all(len(points.split()) == 6 for _, _, points in lines)      # three one-minute steps, one run each
-    assert "idle jobs <b>0</b>" in chart and "running jobs <b>3</b>" in chart     # the legend's latest values
+    # the legend: each line's peak over the chart
+    assert re.search(r"idle jobs <span[^>]*>peak</span> <b>4</b>", chart), chart
+    assert re.search(r"running jobs <span[^>]*>peak</span> <b>3</b>", chart), chart
     assert ' style="' not in parts and "<script" not in parts          # nothing the page's CSP forbids
