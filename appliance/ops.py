@@ -42,6 +42,32 @@ def shown(value: Any) -> str:
     return repr(text[:80])
 
 
+# an operator's reason for an action (cloud_admin --comment, the API's "comment"): at most this long
+COMMENT_MAX = 200
+
+
+def parse_comment(value: Any) -> str:
+    """An operator's reason for an action, as it goes into the event: one line (runs of
+    white space, newlines too, become one space), printable, at most COMMENT_MAX
+    characters. None or blank is no comment ('')."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise OpError(f"the comment must be text, got {value!r:.80}")
+    text = " ".join(value.split())
+    if not text.isprintable():
+        raise OpError(f"the comment must be printable text, got {text[:80]!r}")
+    if len(text) > COMMENT_MAX:
+        raise OpError(f"the comment must be at most {COMMENT_MAX} characters, got {len(text)}")
+    return text
+
+
+def by(actor: str, comment: str = "") -> str:
+    """Who acted, and why when they said: 'cloud_admin: "new image fixed"'. What the events
+    record after 'by' (e.g. 'disabled by cloud_admin: "quota"'), the audit trail."""
+    return f'{actor}: "{comment}"' if comment else actor
+
+
 class UnknownCloud(OpError):
     def __init__(self, name: str, cfg: Config):
         super().__init__(f"no cloud named {shown(name)} (known: {', '.join(cfg.cloud_names) or 'none'})", 404)
@@ -228,9 +254,10 @@ def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any
 
 # ------------------------------------------------------------------ writing
 
-def set_enabled(store: Store, cfg: Config, name: str, enabled: bool, actor: str = "operator") -> dict[str, Any]:
+def set_enabled(store: Store, cfg: Config, name: str, enabled: bool, actor: str = "operator",
+                comment: str | None = None) -> dict[str, Any]:
     resolve_cloud(cfg, name)
-    store.set_cloud(name, enabled=enabled, actor=actor)
+    store.set_cloud(name, enabled=enabled, actor=by(actor, parse_comment(comment)))
     return next(c for c in clouds_status(store, cfg) if c["name"] == name)
 
 
@@ -247,17 +274,26 @@ def parse_count(value: Any, what: str = "max_workers") -> int:
     return value
 
 
-def set_max_workers(store: Store, cfg: Config, name: str, value: Any, actor: str = "operator") -> dict[str, Any]:
+def set_max_workers(store: Store, cfg: Config, name: str, value: Any, actor: str = "operator",
+                    comment: str | None = None) -> dict[str, Any]:
     resolve_cloud(cfg, name)
     n = parse_count(value)
-    store.set_cloud(name, max_workers=n, actor=actor)
+    store.set_cloud(name, max_workers=n, actor=by(actor, parse_comment(comment)))
     return next(c for c in clouds_status(store, cfg) if c["name"] == name)
 
 
 def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, everything: bool,
-                 now_flag: bool, actor: str = "operator") -> list[str]:
-    """Ask the daemon to drain and remove workers (or remove at once with now_flag)."""
+                 now_flag: bool, actor: str = "operator", comment: str | None = None,
+                 retire: bool = False) -> list[str]:
+    """Ask the daemon to drain and remove workers (or remove at once with now_flag).
+
+    A drain is a retirement after the running jobs (retire: asked so, `cloud_admin -o`):
+    the worker takes no new job, its running ones finish however long they take, then
+    it is removed. A worker that has not joined yet has none: it is cancelled."""
+    if retire and now_flag:
+        raise OpError("a retirement lets the running jobs finish: it cannot be at once (now)")
     resolve_cloud(cfg, cloud)
+    who = by(actor, parse_comment(comment))
     live = [w for w in store.workers() if w.cloud == cloud]
     if everything:
         ids = [w.id for w in live if w.state is not State.DRAINING or now_flag]
@@ -269,5 +305,5 @@ def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, e
         ids = [worker_id]
     else:
         raise OpError("say which workers: a worker id, or all")
-    store.request_kill(ids, now_flag, actor=actor)
+    store.request_kill(ids, now_flag, actor=who, retire=retire)
     return ids

@@ -503,12 +503,15 @@ class Store:
 
     # ------------------------------------------------------------ operator requests
     def request_kill(self, worker_ids: Iterable[str], now_flag: bool, now: float | None = None,
-                     actor: str = "operator") -> None:
+                     actor: str = "operator", retire: bool = False) -> None:
+        """A drain and removal (retire: the same, asked as `cloud_admin -o`), or with now_flag a
+        removal without draining, for the daemon's next cycle."""
         now = time.time() if now is None else now
+        how = ("removal without draining" if now_flag else
+               "retirement after the running jobs" if retire else "drain and removal")
         with self.tx() as db:
             for wid in worker_ids:
                 db.execute("INSERT INTO requests (time, worker_id, now) VALUES (?, ?, ?)", (now, wid, int(now_flag)))
-                how = "removal without draining" if now_flag else "drain and removal"
                 self._event(db, now, "admin", f"{how} requested by {actor}", wid, None, None, None)
 
     def pending_kills(self) -> dict[str, bool]:

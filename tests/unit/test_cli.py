@@ -60,25 +60,25 @@ def test_the_last_cycle_is_shown_with_its_phases(env, capsys):
 
 
 def test_disable_enable_persist_and_show(env, capsys):
-    assert admin("-d", "local") == 0
+    assert admin("-d", "local", "-C", "why") == 0
     assert capsys.readouterr().out.strip() == "local: disabled"
     assert status("--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["enabled"] for c in data["data"]] == [False, False]
-    assert admin("-e", "local") == 0 and "local: enabled" in capsys.readouterr().out
+    assert admin("-e", "local", "-C", "why") == 0 and "local: enabled" in capsys.readouterr().out
 
 
 def test_unknown_cloud_is_rejected_with_the_known_names(env, capsys):
-    assert admin("-e", "nope") == 1
+    assert admin("-e", "nope", "-C", "why") == 1
     assert capsys.readouterr().err.strip().endswith("no cloud named nope (known: local, docker)")
     assert status("-c", "nope") == 1
     assert "no cloud named nope (known: local, docker)" in capsys.readouterr().err
 
 
 def test_max_workers_and_bad_numbers(env, capsys):
-    assert admin("-v", "5", "-c", "docker") == 0 and "docker: max_workers 5" in capsys.readouterr().out
+    assert admin("-v", "5", "-c", "docker", "-C", "why") == 0 and "docker: max_workers 5" in capsys.readouterr().out
     for bad in ("-1", "x", "2.5", "1000001"):
-        assert admin("-v", bad, "-c", "docker") == 1
+        assert admin("-v", bad, "-c", "docker", "-C", "why") == 1
         assert "max_workers must be a whole number" in capsys.readouterr().err
 
 
@@ -94,14 +94,64 @@ def test_usage_errors_exit_2(env, capsys):
 def test_kill_needs_a_live_worker(env, capsys):
     env.add_worker("local-aaaaaa", "local", "x")
     env.transition("local-aaaaaa", State.BOOTING, "y")
-    assert admin("-k", "-c", "local", "-n", "local-zzzzzz") == 1
+    assert admin("-k", "-c", "local", "-n", "local-zzzzzz", "-C", "why") == 1
     assert "no live worker local-zzzzzz in cloud local (live: local-aaaaaa)" in capsys.readouterr().err
-    assert admin("-k", "-c", "local", "-n", "local-aaaaaa") == 0
+    assert admin("-k", "-c", "local", "-n", "local-aaaaaa", "-C", "why") == 0
     assert "drain and removal requested for 1 worker(s): local-aaaaaa" in capsys.readouterr().out
     assert env.pending_kills() == {"local-aaaaaa": False}
-    assert admin("-k", "-c", "local", "-a", "--now", "--json") == 0
+    assert admin("-k", "-c", "local", "-a", "--now", "--json", "-C", "why") == 0
     assert json.loads(capsys.readouterr().out)["workers"] == ["local-aaaaaa"]
     assert env.pending_kills() == {"local-aaaaaa": True}
+
+
+def test_every_action_needs_a_comment_and_its_event_records_it(env, capsys):
+    env.add_worker("local-aaaaaa", "local", "x")
+    for argv in (["-e", "local"], ["-d", "local"], ["-v", "1", "-c", "local"], ["-k", "-c", "local", "-a"],
+                 ["-o", "-c", "local", "-a"], ["--remove-user", "alice"], ["--revoke-schedd", "lab"],
+                 ["-e", "local", "-C", "  "]):
+        with pytest.raises(SystemExit) as e:
+            cloud_admin.main(argv)
+        assert e.value.code == 2 and "--comment" in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:        # a listing changes nothing: no comment to give
+        cloud_admin.main(["--list-users", "-C", "x"])
+    assert e.value.code == 2
+    assert admin("-e", "local", "-C", "bell\a") == 1
+    assert "printable" in capsys.readouterr().err
+    assert admin("-d", "local", "-C", "x" * 201) == 1
+    assert "at most 200 characters" in capsys.readouterr().err
+    assert admin("-d", "local", "--comment", "host\n maintenance") == 0
+    assert admin("-v", "3", "-c", "local", "-C", "3 granted") == 0
+    assert admin("-o", "-c", "local", "-n", "local-aaaaaa", "-C", "kernel update") == 0
+    capsys.readouterr()
+    assert status("-e", "--json") == 0
+    reasons = [e["reason"] for e in json.loads(capsys.readouterr().out)["data"]]
+    assert reasons[-3:] == ['disabled by cloud_admin: "host maintenance"', 'max_workers set to 3 by cloud_admin: '
+                            '"3 granted"', 'retirement after the running jobs requested by cloud_admin: "kernel update"']
+    assert status("-e") == 0
+    assert 'disabled by cloud_admin: "host maintenance"' in capsys.readouterr().out
+
+
+def test_retire_lets_the_running_jobs_finish(env, capsys):
+    """-o is a drain: no new job, the running ones finish, then removal; never at once."""
+    for wid in ("local-aaaaaa", "local-bbbbbb"):
+        env.add_worker(wid, "local", "x")
+        env.transition(wid, State.BOOTING, "y")
+        env.transition(wid, State.BUSY, "joined")
+    assert admin("-o", "-c", "local", "-n", "local-aaaaaa", "-C", "why") == 0
+    assert capsys.readouterr().out.strip() == ("local: retirement after the running jobs requested for 1 worker(s): "
+                                               "local-aaaaaa")
+    assert env.pending_kills() == {"local-aaaaaa": False}
+    assert admin("-o", "-c", "local", "-a", "--json", "-C", "why") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["workers"] == ["local-aaaaaa", "local-bbbbbb"] and data["drain"] is True
+    assert env.pending_kills() == {"local-aaaaaa": False, "local-bbbbbb": False}
+    for argv, says in ((["-o", "-c", "local", "-a", "--now"], "--now only goes with -k"),
+                       (["-o", "-a"], "need -c NAME"), (["-o", "-c", "local"], "-o needs exactly one of -n ID or -a"),
+                       (["-e", "local", "-n", "x"], "-n and -a only go with -k or -o")):
+        with pytest.raises(SystemExit) as e:
+            cloud_admin.main([*argv, "-C", "why"])
+        assert e.value.code == 2 and says in capsys.readouterr().err, argv
+    assert admin("-o", "-c", "local", "-n", "local-zzzzzz", "-C", "why") == 1
 
 
 def test_workers_and_events(env, capsys):
@@ -120,7 +170,7 @@ def test_scheduler_not_running_exits_3_but_still_prints(env, capsys):
     assert status() == 3
     captured = capsys.readouterr()
     assert "local" in captured.out and "not running: last cycle" in captured.err
-    assert admin("-d", "local") == 3
+    assert admin("-d", "local", "-C", "why") == 3
     assert "saved, but the scheduler is not running" in capsys.readouterr().err
 
 
@@ -137,7 +187,7 @@ def test_a_full_state_volume_is_one_line_not_a_traceback(env, monkeypatch, capsy
     def full(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(Store, "set_cloud", full)
-    assert admin("-v", "1", "-c", "local") == 4
+    assert admin("-v", "1", "-c", "local", "-C", "why") == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "nothing was changed: database or disk is full (the state volume is full" in err
