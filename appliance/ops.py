@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from . import budget, cycletime, headroom, lifecycle
+from . import budget, cycletime, headroom, lifecycle, stats
 from .config import CloudConfig, Config
 from .lifecycle import State
 from .model import CloudHealth, ShapeHealth
@@ -246,6 +246,43 @@ def running_status(store: Store) -> dict[str, Any]:
         row["jobs"] += n
     return {"updated_at": updated or None, "running_jobs": sum(per_worker.values()), "workers": per_worker,
             "clouds": [clouds[name] for name in sorted(clouds)]}
+
+
+# the window of the boot and job statistics unless an operator gives another (hours)
+STATS_HOURS = 24
+STATS_MAX_HOURS = 24 * 366
+
+
+def stats_window(hours: Any, now: float) -> tuple[int, float]:
+    """(hours, since): the last `hours` hours, a whole number from 1 to a year."""
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= STATS_MAX_HOURS:
+        raise OpError(f"the window must be a whole number of hours from 1 to {STATS_MAX_HOURS}, got {hours!r}")
+    return hours, now - hours * 3600
+
+
+def boot_status(store: Store, cfg: Config, hours: int = STATS_HOURS, now: float | None = None) -> dict[str, Any]:
+    """Each cloud's workers launched in the last `hours`: how their starts ended (joined,
+    failed, interrupted, cancelled, still starting), the share that joined, and how long
+    joining took; and each failed start, with why (cloudscheduler's -b and -z)."""
+    now = time.time() if now is None else now
+    hours, since = stats_window(hours, now)
+    boots = store.boots(since)
+    return {"hours": hours, "since": round(since, 3), "clouds": stats.boot_stats(boots, cfg.cloud_names),
+            "failures": stats.boot_failures(boots)}
+
+
+def job_time_status(cfg: Config, hours: int = STATS_HOURS, now: float | None = None,
+                    completed=None) -> dict[str, Any]:
+    """How long the jobs that completed on each cloud's workers in the last `hours` ran
+    (their last run), from the schedd's history (cloudscheduler's -g). `completed`:
+    condor.completed_jobs, or a stand-in."""
+    now = time.time() if now is None else now
+    hours, since = stats_window(hours, now)
+    if completed is None:
+        # the bindings only when asked
+        from .condor import completed_jobs as completed
+    runs = [stats.JobRun(cloud, worker, seconds) for cloud, worker, seconds in completed(since)]
+    return {"hours": hours, "since": round(since, 3), "clouds": stats.job_times(runs, cfg.cloud_names)}
 
 
 def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:

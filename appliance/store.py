@@ -32,6 +32,7 @@ from . import lifecycle
 from .config import Config
 from .lifecycle import State
 from .model import SPOT_INTERRUPTION, CloudHealth, ShapeHealth, Worker
+from .stats import Boot
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
@@ -443,6 +444,21 @@ class Store:
                                (*args, limit)).fetchall()
         out = [dict(r) for r in rows]
         return out if since_id else out[::-1]
+
+    def boots(self, since: float) -> list[Boot]:
+        """Each worker launched since `since`, and how its start ended: its one transition
+        out of requested/booting other than to booting (joined, failed or cancelled), from
+        the events; none yet while it starts, or when that event was pruned."""
+        ends = {r["worker_id"]: r for r in self.db.execute(
+            "SELECT worker_id, time, to_state, reason FROM events WHERE kind = 'worker' AND time >= ? "
+            "AND from_state IN ('requested', 'booting') AND to_state != 'booting'", (since,))}
+        out = []
+        for r in self.db.execute("SELECT id, cloud, created_at FROM workers WHERE created_at >= ? "
+                                 "ORDER BY created_at", (since,)):
+            end = ends.get(r["id"])
+            out.append(Boot(r["id"], r["cloud"], r["created_at"], end["time"] if end else None,
+                            end["to_state"] if end else None, end["reason"] if end else ""))
+        return out
 
     # ------------------------------------------------------------ clouds
     def set_cloud(self, name: str, *, enabled: bool | None = None, max_workers: int | None = None,

@@ -154,6 +154,84 @@ def test_retire_lets_the_running_jobs_finish(env, capsys):
     assert admin("-o", "-c", "local", "-n", "local-zzzzzz", "-C", "why") == 1
 
 
+def _boot(store, wid, cloud, launched, to=None, after=0.0, reason="x"):
+    store.add_worker(wid, cloud, "launch", now=launched)
+    if to is not None:
+        store.transition(wid, State.BOOTING, "launched", now=launched + 1)
+        store.transition(wid, to, reason, now=launched + after)
+
+
+def test_boot_times_and_failures_per_cloud(env, capsys):
+    now = time.time()
+    _boot(env, "local-old", "local", now - 2 * 86400, State.IDLE, 5, "joined")       # before the window
+    _boot(env, "local-a", "local", now - 3600, State.IDLE, 20, "joined the pool as a")
+    _boot(env, "local-b", "local", now - 3000, State.BUSY, 40, "joined the pool as b")
+    _boot(env, "local-c", "local", now - 5000, State.FAILED, 300, "did not join the pool within boot_timeout (300s)")
+    _boot(env, "local-d", "local", now - 1000, State.RETIRED, 3, "cancelled: no demand")
+    _boot(env, "local-e", "local", now - 10)
+    assert status("-b") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("workers launched in the last 24 h (since ")
+    assert out[2].split() == ["CLOUD", "LAUNCHED", "JOINED", "FAILED", "CANCELLED", "STARTING", "SUCCESS", "BOOT",
+                              "MEAN", "P50", "P90", "MAX", "COMMONEST", "FAILURE"]
+    assert out[3].split()[:12] == ["local", "5", "2", "1", "1", "1", "67%", "30s", "20s", "40s", "40s", "1x"]
+    assert out[3].endswith("1x did not join the pool within boot_timeout (300s)")
+    assert out[4].split() == ["docker", "0", "0", "0", "0", "0", "-", "-", "-", "-", "-", "-"]
+    assert status("-b", "--json") == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["hours"] == 24 and set(data) == {"hours", "since", "clouds"}
+    assert data["clouds"][0]["boot_seconds"] == {"mean": 30.0, "p50": 20.0, "p90": 40.0, "max": 40.0}
+    assert status("-b", "--hours", "72", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["data"]["clouds"][0]["launched"] == 6
+    assert status("-z") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1 boot failure(s) in the last 24 h")
+    assert out[2].split() == ["TIME", "WORKER", "CLOUD", "AFTER", "WHY"]
+    assert out[3].split()[2:] == ["local-c", "local", "5m00s", "did", "not", "join", "the", "pool", "within",
+                                  "boot_timeout", "(300s)"]
+    assert status("-z", "--json") == 0
+    failures = json.loads(capsys.readouterr().out)["data"]["failures"]
+    assert [(f["worker_id"], f["after_seconds"]) for f in failures] == [("local-c", 300.0)]
+    assert status("-z", "--hours", "1") == 0
+    assert capsys.readouterr().out.startswith("no boot failures in the last 1 h")
+
+
+def test_stats_window_errors(env, capsys):
+    for bad in ("0", "9000"):
+        assert status("-b", "--hours", bad) == 1
+        assert "whole number of hours from 1 to 8784" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cloud_status.main(["-m", "--hours", "3"])
+    assert e.value.code == 2 and "--hours only goes with -b, -z and -g" in capsys.readouterr().err
+
+
+def test_job_times_per_cloud_from_the_history(env, capsys, monkeypatch):
+    from appliance import condor
+    asked = []
+
+    def completed(since):
+        asked.append(since)
+        return [("local", "local-a", 10.0), ("local", "local-a", 30.0), ("local", "local-b", 50.0)]
+    monkeypatch.setattr(condor, "completed_jobs", completed)
+    assert status("-g") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("jobs that completed on the workers in the last 24 h")
+    assert out[2].split() == ["CLOUD", "JOBS", "WORKERS", "MEAN", "P50", "P90", "MAX", "HOURS"]
+    assert out[3].split() == ["local", "3", "2", "30s", "30s", "50s", "50s", "0.03"]
+    assert out[4].split() == ["docker", "0", "0", "-", "-", "-", "-", "0"]
+    assert abs(asked[0] - (time.time() - 86400)) < 60
+    assert status("-g", "--json", "--hours", "2") == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["hours"] == 2 and data["clouds"][0]["job_seconds"] == {"mean": 30.0, "p50": 30.0, "p90": 50.0,
+                                                                       "max": 50.0}
+
+    def broken(since):
+        raise condor.CondorError("cannot read the schedd's job history: connection refused")
+    monkeypatch.setattr(condor, "completed_jobs", broken)
+    assert status("-g") == 4
+    assert "cannot read the schedd's job history: connection refused" in capsys.readouterr().err
+
+
 def test_workers_and_events(env, capsys):
     env.add_worker("local-aaaaaa", "local", "launch: 1 idle job")
     env.transition("local-aaaaaa", State.BOOTING, "launched (pid:1)")

@@ -165,7 +165,8 @@ clouds:
 """
 TOKENS = ["-e", "-d", "-k", "-v", "-c", "-n", "-a", "-m", "-q", "-e", "--now", "--json", "--all", "-x",
           "local", "docker", "nope", "-1", "0", "abc", "1e3", "99999999999", "²", "٣", " 3", "", " ",
-          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0"]
+          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0", "-o", "-b", "-z", "-g",
+          "--hours", "-C", "--comment", "why"]
 # what a shell can pass: no NUL, no lone surrogates (undecodable bytes: see the subprocess test below)
 word = st.one_of(st.sampled_from(TOKENS),
                  st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12))
@@ -195,6 +196,8 @@ def cli_env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("APPLIANCE_CONFIG", str(d / "appliance.yaml"))
     mp.setenv("APPLIANCE_DB", str(d / "appliance.db"))
+    from appliance import condor
+    mp.setattr(condor, "completed_jobs", lambda since: [])     # -g reads no real schedd here
     store = Store()
     store.add_worker("local-000001", "local", "test")
     yield store, str(d / "appliance.db")
