@@ -33,6 +33,7 @@ from . import lifecycle
 from .config import Config
 from .lifecycle import State
 from .model import SPOT_INTERRUPTION, CloudHealth, ShapeHealth, Worker
+from .stats import Boot
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
@@ -461,6 +462,21 @@ class Store:
         out = [dict(r) for r in rows]
         return out if since_id else out[::-1]
 
+    def boots(self, since: float) -> list[Boot]:
+        """Each worker launched since `since`, and how its start ended: its one transition
+        out of requested/booting other than to booting (joined, failed or cancelled), from
+        the events; none yet while it starts, or when that event was pruned."""
+        ends = {r["worker_id"]: r for r in self.db.execute(
+            "SELECT worker_id, time, to_state, reason FROM events WHERE kind = 'worker' AND time >= ? "
+            "AND from_state IN ('requested', 'booting') AND to_state != 'booting'", (since,))}
+        out = []
+        for r in self.db.execute("SELECT id, cloud, created_at FROM workers WHERE created_at >= ? "
+                                 "ORDER BY created_at", (since,)):
+            end = ends.get(r["id"])
+            out.append(Boot(r["id"], r["cloud"], r["created_at"], end["time"] if end else None,
+                            end["to_state"] if end else None, end["reason"] if end else ""))
+        return out
+
     # ------------------------------------------------------------ clouds
     def set_cloud(self, name: str, *, enabled: bool | None = None, max_workers: int | None = None,
                   now: float | None = None, actor: str = "operator") -> None:
@@ -520,12 +536,15 @@ class Store:
 
     # ------------------------------------------------------------ operator requests
     def request_kill(self, worker_ids: Iterable[str], now_flag: bool, now: float | None = None,
-                     actor: str = "operator") -> None:
+                     actor: str = "operator", retire: bool = False) -> None:
+        """A drain and removal (retire: the same, asked as `cloud_admin -o`), or with now_flag a
+        removal without draining, for the daemon's next cycle."""
         now = time.time() if now is None else now
+        how = ("removal without draining" if now_flag else
+               "retirement after the running jobs" if retire else "drain and removal")
         with self.tx() as db:
             for wid in worker_ids:
                 db.execute("INSERT INTO requests (time, worker_id, now) VALUES (?, ?, ?)", (now, wid, int(now_flag)))
-                how = "removal without draining" if now_flag else "drain and removal"
                 self._event(db, now, "admin", f"{how} requested by {actor}", wid, None, None, None)
 
     def pending_kills(self) -> dict[str, bool]:

@@ -65,6 +65,14 @@ def _flag_arg(name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
+def _comment_arg() -> str | None:
+    """An action's optional reason, recorded in its event: "comment" in a JSON body, or ?comment=."""
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and "comment" in body:
+        return body["comment"]
+    return request.args.get("comment")
+
+
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(spec())
@@ -87,13 +95,13 @@ def cloud(name: str):
 @bp.post("/clouds/<name>/enable")
 @api_auth
 def enable(name: str):
-    return answer(ops.set_enabled(store(), config(), name, True, actor="web API"))
+    return answer(ops.set_enabled(store(), config(), name, True, actor="web API", comment=_comment_arg()))
 
 
 @bp.post("/clouds/<name>/disable")
 @api_auth
 def disable(name: str):
-    return answer(ops.set_enabled(store(), config(), name, False, actor="web API"))
+    return answer(ops.set_enabled(store(), config(), name, False, actor="web API", comment=_comment_arg()))
 
 
 @bp.patch("/clouds/<name>")
@@ -104,9 +112,12 @@ def patch_cloud(name: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not body:
         return error(400, 'the body must be a JSON object such as {"max_workers": 5} or {"enabled": false}')
-    unknown = sorted(set(body) - {"max_workers", "enabled"})
+    unknown = sorted(set(body) - {"max_workers", "enabled", "comment"})
     if unknown:
-        return error(400, f"unknown field(s): {', '.join(map(str, unknown))} (known: enabled, max_workers)")
+        return error(400, f"unknown field(s): {', '.join(map(str, unknown))} (known: enabled, max_workers, comment)")
+    if not set(body) & {"max_workers", "enabled"}:
+        return error(400, 'nothing to change: give "max_workers" or "enabled" (with "comment", why)')
+    comment = ops.parse_comment(body.get("comment"))     # validate before changing anything
     if "enabled" in body and not isinstance(body["enabled"], bool):
         return error(400, f"enabled must be true or false, got {body['enabled']!r}")
     if "max_workers" in body:
@@ -115,9 +126,9 @@ def patch_cloud(name: str):
         ops.parse_count(body["max_workers"])      # validate before changing anything
     result = None
     if "max_workers" in body:
-        result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API")
+        result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API", comment=comment)
     if "enabled" in body:
-        result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API")
+        result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API", comment=comment)
     return answer(result)
 
 

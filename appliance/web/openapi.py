@@ -158,10 +158,19 @@ REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Ev
                                                            "Schedd", "History")}
 
 
+COMMENT = {"type": "string", "maxLength": 200,
+           "description": "optional: why, recorded in the change's event after who made it"}
+COMMENT_ARG = {"name": "comment", "in": "query", "required": False, "schema": COMMENT,
+               "description": "why (or \"comment\" in a JSON body), recorded in the event"}
+
+
 def spec() -> dict[str, Any]:
     def write(summary: str) -> dict[str, Any]:
-        return {"summary": summary, "parameters": [NAME],
+        return {"summary": summary, "parameters": [NAME, COMMENT_ARG],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"comment": COMMENT}}}}},
                 "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
+                              "400": _err("bad comment"),
                               "404": _err("no cloud of that name"), "403": _err("missing CSRF token (session only)"),
                               **AUTH_ERRORS}}
 
@@ -188,7 +197,7 @@ def spec() -> dict[str, Any]:
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "additionalProperties": False, "minProperties": 1,
                               "properties": {"max_workers": {"type": "integer", "minimum": 0, "maximum": 100000},
-                                             "enabled": BOOL}}}}},
+                                             "enabled": BOOL, "comment": COMMENT}}}}},
                           "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
                                         "400": _err("bad body"), "404": _err("no cloud of that name"),
                                         "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},

@@ -152,14 +152,16 @@ def broken(message: str):
 @bp.post("/clouds/<name>/enable")
 @page_auth
 def enable(name: str):
-    return _write(lambda: ops.set_enabled(store(), config(), name, True, actor="web page"),
+    return _write(lambda: ops.set_enabled(store(), config(), name, True, actor="web page",
+                                                comment=_comment()),
                   f"{name}: enabled")
 
 
 @bp.post("/clouds/<name>/disable")
 @page_auth
 def disable(name: str):
-    return _write(lambda: ops.set_enabled(store(), config(), name, False, actor="web page"),
+    return _write(lambda: ops.set_enabled(store(), config(), name, False, actor="web page",
+                                                comment=_comment()),
                   f"{name}: disabled (running workers stay)")
 
 
@@ -167,7 +169,8 @@ def disable(name: str):
 @page_auth
 def max_workers(name: str):
     value = request.form.get("max_workers", "")
-    return _write(lambda: ops.set_max_workers(store(), config(), name, value, actor="web page"),
+    return _write(lambda: ops.set_max_workers(store(), config(), name, value, actor="web page",
+                                                    comment=_comment()),
                   lambda c: f"{name}: max_workers set to {c['max_workers']}")
 
 
@@ -175,8 +178,14 @@ def max_workers(name: str):
 @page_auth
 def drain(worker_id: str):
     cloud = request.form.get("cloud", "")
-    return _write(lambda: ops.kill_workers(store(), config(), cloud, worker_id, False, False, actor="web page"),
+    return _write(lambda: ops.kill_workers(store(), config(), cloud, worker_id, False, False, actor="web page",
+                                                   comment=_comment()),
                   f"{worker_id}: drain and removal requested")
+
+
+def _comment() -> str | None:
+    """The operator's optional reason (the page's "Why" box), recorded in the event."""
+    return request.form.get("comment")
 
 
 def _write(action, message):

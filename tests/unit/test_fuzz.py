@@ -165,7 +165,8 @@ clouds:
 """
 TOKENS = ["-e", "-d", "-k", "-v", "-c", "-n", "-a", "-m", "-q", "-e", "--now", "--json", "--all", "-x",
           "local", "docker", "nope", "-1", "0", "abc", "1e3", "99999999999", "²", "٣", " 3", "", " ",
-          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0"]
+          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0", "-o", "-b", "-z", "-g",
+          "--hours", "-C", "--comment", "why"]
 # what a shell can pass: no NUL, no lone surrogates (undecodable bytes: see the subprocess test below)
 word = st.one_of(st.sampled_from(TOKENS),
                  st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12))
@@ -195,6 +196,8 @@ def cli_env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("APPLIANCE_CONFIG", str(d / "appliance.yaml"))
     mp.setenv("APPLIANCE_DB", str(d / "appliance.db"))
+    from appliance import condor
+    mp.setattr(condor, "completed_jobs", lambda since: [])     # -g reads no real schedd here
     store = Store()
     store.add_worker("local-000001", "local", "test")
     yield store, str(d / "appliance.db")
@@ -243,8 +246,8 @@ def test_shown_values_never_expand_shared_structures():
     assert time.monotonic() - started < 1
 
 
-@pytest.mark.parametrize("argv", [["-v", "²", "-c", "local"], ["-v", "٣", "-c", "local"],
-                                  ["-e", ""], ["-d", ""], ["-v", "1", "-c", ""]])
+@pytest.mark.parametrize("argv", [["-v", "²", "-c", "local", "-C", "x"], ["-v", "٣", "-c", "local", "-C", "x"],
+                                  ["-e", "", "-C", "x"], ["-d", "", "-C", "x"], ["-v", "1", "-c", "", "-C", "x"]])
 def test_cli_odd_values_found_by_fuzzing(cli_env, capsys, argv):
     store, db = cli_env
     store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
@@ -265,7 +268,7 @@ def test_cli_undecodable_bytes_in_arguments(tmp_path):
     env = dict(os.environ, APPLIANCE_CONFIG=str(tmp_path / "a.yaml"), APPLIANCE_DB=str(tmp_path / "db"),
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     for module, code in (("cloud_admin", 1), ("cloud_status", 2)):
-        argv = [sys.executable, "-m", f"appliance.cli.{module}", "-e" if module == "cloud_admin" else "-x", b"\xff"]
+        argv = [sys.executable, "-m", f"appliance.cli.{module}", *(["-C", "x", "-e"] if module == "cloud_admin" else ["-x"]), b"\xff"]
         proc = subprocess.run(argv, env=env, capture_output=True, timeout=30)
         assert proc.returncode == code, proc
         assert b"Traceback" not in proc.stderr and proc.stderr.strip(), proc

@@ -90,6 +90,25 @@ def test_patch_validation(env):
     assert c.get("/api/events?since=x", headers=BASIC).status_code == 400
 
 
+def test_web_actions_record_an_optional_comment(env):
+    c, store = env
+    token = login(c)
+    csrf = {"X-CSRF-Token": token}
+    r = c.post("/clouds/local/disable", data={"csrf_token": token, "comment": "quota\nspent"},
+               headers={"X-Requested-With": "fetch"})
+    assert r.status_code == 200
+    assert c.post("/api/clouds/local/enable", json={"comment": "quota raised"}, headers=csrf).status_code == 200
+    assert c.post("/api/clouds/local/disable?comment=why%20not", headers=csrf).status_code == 200
+    assert c.patch("/api/clouds/local", json={"max_workers": 3, "comment": "3 granted"}, headers=csrf).status_code == 200
+    assert [e["reason"] for e in store.events()][-4:] == [
+        'disabled by web page: "quota spent"', 'enabled by web API: "quota raised"', 'disabled by web API: "why not"',
+        'max_workers set to 3 by web API: "3 granted"']
+    for body in ({"comment": "only a comment"}, {"enabled": True, "comment": "x" * 201},
+                 {"enabled": True, "comment": 5}, {"enabled": True, "comment": "bell\a"}):
+        assert c.patch("/api/clouds/local", json=body, headers=csrf).status_code == 400, body
+    assert store.events()[-1]["reason"] == 'max_workers set to 3 by web API: "3 granted"'
+
+
 def test_metrics_count_from_the_store(env):
     c, store = env
     store.add_worker("local-1", "local", "launch")
