@@ -98,6 +98,9 @@ class Daemon:
         # when this process last saw each live worker in the collector; its row's last_seen
         # is written only when that matters (see sightings), not for every worker every cycle
         self.seen_at: dict[str, float] = {}
+        # the last cycle's job groups, to see a group become unschedulable or a budget begin
+        # to stop launches once (outcomes.demand_notes); from the store, so a restart is no news
+        self.demand: list[dict] = store.get("demand", [])[0] or []
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -206,7 +209,11 @@ class Daemon:
                 save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
             self.account_spend(now)
-            self.store.put("demand", [group_row(g) for g in plan.groups])
+            demand = [group_row(g) for g in plan.groups]
+            if obs.schedd_ok:     # an unreadable queue is no news about its jobs
+                self.note(outcomes.demand_notes(self.demand, demand), now)
+                self.demand = demand
+            self.store.put("demand", demand)
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
             self.report_headroom(plan)
             self.report_running(obs)
