@@ -318,3 +318,21 @@ def test_giving_up_is_an_event(tmp_path):
     assert gave_up["reason"].startswith("webhook lab: gave up on event ") and URL_SECRET not in gave_up["reason"]
     assert store.get(notify.COUNTS_KEY)[0] == {"failed": 5, "given_up": 1}
     store.close()
+
+
+def test_a_changed_file_restarts_the_followers_and_an_unchanged_one_does_not(tmp_path, receiver):
+    path = str(tmp_path / "state.db")
+    Store(path).close()
+    notifier = notify.Notifier(path, threading.Event())
+    try:
+        cfg = loads(f"notifications: {{webhooks: [{{url: '{receiver.url}', name: a}}]}}")
+        notifier.apply(cfg)
+        (first,) = notifier.threads
+        notifier.apply(loads(f"notifications: {{webhooks: [{{url: '{receiver.url}', name: a}}]}}"))
+        assert notifier.threads == [first]                   # the same webhooks: left running
+        notifier.apply(loads(f"notifications: {{webhooks: [{{url: '{receiver.url}', name: b}}]}}"))
+        assert not first.is_alive() and len(notifier.threads) == 1 and notifier.threads[0].name == "notify-b"
+        notifier.apply(loads(""))
+        assert notifier.threads == []
+    finally:
+        notifier.stop_followers()
