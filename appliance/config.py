@@ -408,6 +408,70 @@ BUDGET_KEYS = {
     "max_per_day": Key(number(0, 1_000_000_000), None),      # the spend over the last 24 hours
 }
 
+# ---------------------------------------------------------------- notifications
+# Webhooks (appliance/notify.py): a JSON POST for each event an operator chose. A webhook's
+# URL (Slack's and Matrix's carry their token in it) and its headers' values are secrets:
+# no message here shows them, only the scheme or the header's name.
+
+NOTIFICATION_EVENTS = ("breaker_open", "budget_reached", "unschedulable", "boot_failed")
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")     # an HTTP token
+# set by the appliance on every delivery: a header of the file must not change them
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "user-agent"}
+
+
+def webhook_url(value, path):
+    """notifications.webhooks[].url: http(s)://host[:port]/path. Never shown back: it may hold a token."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(path, "expected a URL (https://host/path)")
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        shown = f"'{scheme[:10]}://...'" if sep else "a value without a scheme"
+        raise _Bad(path, f"must be an http:// or https:// URL, got {shown}")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if not host or any(c.isspace() for c in value.strip()):
+        raise _Bad(path, "must be a URL with a host and no spaces (https://host/path)")
+    return value.strip()
+
+
+_described(webhook_url, "str")
+
+
+def secret_headers(value, path):
+    """notifications.webhooks[].headers: name -> value, sent with each delivery; the values
+    are secrets (a bearer token), so no message names them, only the header."""
+    if not isinstance(value, dict):
+        raise _Bad(path, "expected a mapping of header names to values")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not HEADER_NAME_RE.match(k):
+            raise _Bad(path, f"header names are 1-64 letters, digits and -_.!#$%&'*+^`|~, got {_shown(k)}")
+        if k.lower() in _RESERVED_HEADERS:
+            raise _Bad(_join(path, k), "is set by the appliance and cannot be overridden")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not str(v).strip() \
+                or any(c in str(v) for c in "\r\n\0"):
+            raise _Bad(_join(path, k), "expected a one-line string (the value is not shown: it may be a secret)")
+        out[k] = str(v)
+    return MappingProxyType(out)
+
+
+_described(secret_headers, "dict[str, str]")
+
+WEBHOOK_KEYS = {
+    "url": Key(webhook_url, required=True),
+    # the operator's choice; by default every kind of notification there is
+    "events": Key(text_list(text(choices=NOTIFICATION_EVENTS)), NOTIFICATION_EVENTS),
+    "headers": Key(secret_headers, MappingProxyType({})),
+    # seconds one attempt may take; a slow receiver delays only the notifications, never scheduling
+    "timeout": Key(number(1, 120), 10.0),
+    # how the log names this webhook (default: the URL's host, as the URL itself may be a secret)
+    "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), None),
+}
+NOTIFICATIONS_KEYS = {
+    "webhooks": Key(lambda v, p: v, ()),     # checked with WEBHOOK_KEYS in _parse_notifications
+}
+
+
 def daily_window(value, path):
     """clouds[].min_idle_window: 'HH:MM-HH:MM' in UTC, optionally followed by an IANA time zone."""
     try:
@@ -595,6 +659,29 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """Where notifications are POSTed. url and headers are secrets: repr() shows neither."""
+    url: str = field(repr=False)
+    events: tuple[str, ...] = NOTIFICATION_EVENTS
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    timeout: float = 10.0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs name it: its name, else the URL's host (never the URL: it may hold a token)."""
+        if self.name:
+            return self.name
+        rest = self.url.partition("://")[2].split("/", 1)[0].rsplit("@", 1)[-1]
+        return rest or "webhook"
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    webhooks: tuple[Webhook, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     pool: PoolConfig
     scheduler: SchedulerConfig
@@ -603,6 +690,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     federation: FederationConfig = FederationConfig()
     budget: Caps = Caps()        # for all clouds together; each cloud may have its own too
+    notifications: NotificationsConfig = NotificationsConfig()
 
     def cloud(self, name: str) -> CloudConfig:
         for c in self.clouds:
@@ -673,6 +761,7 @@ def _parse(data: Any) -> Config:
     top = _section(data, "", {
         "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
         "retention": Key(lambda v, p: v), "federation": Key(lambda v, p: v), "budget": Key(lambda v, p: v),
+        "notifications": Key(lambda v, p: v),
     }, found)
     pool = found.attempt(lambda: PoolConfig(**_section(top["pool"], "pool", POOL_KEYS)))
     sched = found.attempt(lambda: SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS)))
@@ -704,9 +793,39 @@ def _parse(data: Any) -> Config:
                                                f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it"))
     federation = found.attempt(_parse_federation, top["federation"])
     budget = found.attempt(lambda: Caps(**_section(top["budget"], "budget", BUDGET_KEYS)))
+    notifications = found.attempt(_parse_notifications, top["notifications"])
     found.raise_any()
     return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention, federation=federation,
-                  budget=budget)
+                  budget=budget, notifications=notifications)
+
+
+def _parse_notifications(raw: Any) -> NotificationsConfig:
+    section = _section(raw, "notifications", NOTIFICATIONS_KEYS)
+    hooks = section["webhooks"]
+    if hooks in ((), None):
+        return NotificationsConfig()
+    if not isinstance(hooks, list):
+        raise _Bad("notifications.webhooks", "expected a list of webhooks, each with at least a url")
+    out: list[Webhook] = []
+    found = _Found()
+    for i, item in enumerate(hooks):
+        path = f"notifications.webhooks[{i}]"
+        if not isinstance(item, dict):
+            found.add(_Bad(path, "expected a mapping with at least a url (and events, headers, timeout, name)"))
+            continue
+        values = found.attempt(_section, item, path, WEBHOOK_KEYS)
+        if values is _FAILED:
+            continue
+        if not values["events"]:
+            found.add(_Bad(f"{path}.events", f"is empty: leave it out for all of {', '.join(NOTIFICATION_EVENTS)}"))
+            continue
+        hook = Webhook(**{**values, "events": tuple(dict.fromkeys(values["events"]))})
+        if hook.name and any(h.name == hook.name for h in out):
+            found.add(_Bad(f"{path}.name", f"duplicate webhook name {hook.name!r}"))
+            continue
+        out.append(hook)
+    found.raise_any()
+    return NotificationsConfig(tuple(out))
 
 
 def _parse_federation(raw: Any) -> FederationConfig:

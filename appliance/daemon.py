@@ -100,6 +100,9 @@ class Daemon:
         self.seen_at: dict[str, float] = {}
         # the history bucket last written: a new one prunes those past history.WINDOW
         self.history_bucket = 0
+        # the last cycle's job groups, to see a group become unschedulable or a budget begin
+        # to stop launches once (outcomes.demand_notes); from the store, so a restart is no news
+        self.demand: list[dict] = store.get("demand", [])[0] or []
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -208,7 +211,11 @@ class Daemon:
                 save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
             self.account_spend(now)
-            self.store.put("demand", [group_row(g) for g in plan.groups])
+            demand = [group_row(g) for g in plan.groups]
+            if obs.schedd_ok:     # an unreadable queue is no news about its jobs
+                self.note(outcomes.demand_notes(self.demand, demand), now)
+                self.demand = demand
+            self.store.put("demand", demand)
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
             self.report_headroom(plan)
             self.report_running(obs)

@@ -11,14 +11,14 @@ phases from its heartbeat.
 """
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import cycletime, lifecycle, ops
+from ..budget import BUDGET_REACHED_RE, CAPS
 from ..config import Config
+from ..notify import COUNTS_KEY as NOTIFY_COUNTS
 from ..store import BOOT_FAILURE_COUNT, SPOT_COUNT, Store
 from . import auth, config, store
 from .api import error
@@ -26,10 +26,7 @@ from .api import error
 bp = Blueprint("metrics", __name__)
 
 GROUP_STATUSES = ("served", "launching", "waiting", "unschedulable")
-BUDGET_CAPS = ("max_per_hour", "max_per_day")
-# a waiting group's reason names each budget cap that stopped its launches (budget.within):
-# 'budget: [CLOUD ]max_per_hour 2.00 reached (...)', without CLOUD for the global budget
-BUDGET_REACHED_RE = re.compile(r"budget: (?:([a-z0-9][a-z0-9-]*) )?(max_per_hour|max_per_day) \S+ reached")
+BUDGET_CAPS = CAPS
 
 
 class StoreCollector:
@@ -128,6 +125,9 @@ class StoreCollector:
         if cfg.priced:
             yield from _cost_metrics(store, cfg)
 
+        if cfg.notifications.webhooks:
+            yield _notifications(store)
+
         hist, _ = store.get("cycle_histogram")
         h = HistogramMetricFamily("appliance_scheduler_cycle_seconds", "Duration of the scheduler's cycles")
         if hist:
@@ -152,6 +152,17 @@ def _budget_reached(cfg: Config, groups: list[dict]) -> GaugeMetricFamily:
     for (cloud, cap), value in sorted(reached.items()):
         g.add_metric([cloud, cap], value)
     return g
+
+
+def _notifications(store: Store) -> CounterMetricFamily:
+    """Webhook deliveries (appliance/notify.py): attempts that failed, notifications delivered
+    and given up on after their retries."""
+    c = CounterMetricFamily("appliance_notifications", "Webhook notifications: delivered, failed (an attempt "
+                            "that will be retried or was refused), given_up (after its retries)", labels=["result"])
+    counts, _ = store.get(NOTIFY_COUNTS, {})
+    for result in ("delivered", "failed", "given_up"):
+        c.add_metric([result], (counts or {}).get(result, 0))
+    return c
 
 
 def _cost_metrics(store: Store, cfg: Config):

@@ -82,7 +82,7 @@ BAD = [
     ("clouds: [{name: a, type: docker, budget: 5}]", "<string>: clouds[0].budget: expected a mapping, got 5"),
     ("clouds: [{name: a, type: docker, budget: {max_per_day: x}}]",
      "<string>: clouds[0].budget.max_per_day: expected a number from 0 to 1000000000, got 'x'"),
-    ("pools: {}", "<string>: pools: unknown key (known keys here: budget, clouds, federation, pool, retention, scheduler)"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: budget, clouds, federation, notifications, pool, retention, scheduler)"),
     ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
                                   "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
@@ -229,7 +229,7 @@ pools: {}
 clouds: [{name: d, type: docker, shapes: [{cpus: 2}, {name: s, gpus: -1}]}]
 federation: {flock_to: [{name: x, collector: cm.example.org}]}
 """, [
-        ("pools", "unknown key (known keys here: budget, clouds, federation, pool, retention, scheduler)"),
+        ("pools", "unknown key (known keys here: budget, clouds, federation, notifications, pool, retention, scheduler)"),
         ("clouds[0].shapes[0].name", "is required"),
         ("clouds[0].shapes[1].gpus", "must be a whole number from 0 to 64, got -1"),
         ("federation.flock_to[0].token_file", "is required"),
