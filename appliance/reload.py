@@ -116,6 +116,24 @@ def wait_result(store: Store, rid: int, timeout: float = WAIT, poll: float = POL
         sleep(poll)
 
 
+def ask(store: Store, reset_overrides: bool = False, actor: str = "operator", timeout: float = WAIT,
+        path: str | None = None) -> tuple[int, dict[str, Any] | None]:
+    """What cloud_admin --reload, the page and the API do: check the file here first (an invalid
+    one raises ConfigError and nothing is asked), ask, and wait for the scheduler's answer
+    (None: none within timeout; the request stands and is taken when the scheduler runs)."""
+    load_file(path)
+    rid = request(store, reset_overrides, actor)
+    return rid, wait_result(store, rid, timeout)
+
+
+def answer_line(result: Mapping[str, Any]) -> str:
+    """The scheduler's answer in one line, as the CLI prints it and the page flashes it."""
+    if result.get("ok"):
+        return (f"reloaded {result['source']} version {result['version']}: {result['message']}"
+                + ("; runtime overrides reset to the file's values" if result.get("reset_overrides") else ""))
+    return f"reload refused, the running configuration stays (version {result.get('version')}): {result['error']}"
+
+
 # ------------------------------------------------------------------ what a new file changes (pure)
 
 # the fields of a cloud that a reload reports by value (the others by name only)
