@@ -12,7 +12,7 @@ from functools import wraps
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
-from .. import federation, ops
+from .. import federation, ops, reload
 from ..cli.common import duration
 from ..config import ConfigError
 from . import auth, config, store, web_problems
@@ -22,6 +22,7 @@ log = logging.getLogger("appliance.web")
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 EVENTS_SHOWN = 30
+WEB_RELOAD_WAIT = 10.0      # seconds the page and the API wait for the scheduler's answer to a reload
 
 
 @bp.app_template_filter("ago")
@@ -87,7 +88,8 @@ def view_model() -> dict:
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
             "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
-            "web_problems": web_problems(), "spend": spend, "running": running}
+            "web_problems": web_problems(), "spend": spend, "running": running,
+            "active_config": reload.active_summary(s)}
 
 
 # ------------------------------------------------------------------ pages
@@ -172,6 +174,27 @@ def drain(worker_id: str):
     cloud = request.form.get("cloud", "")
     return _write(lambda: ops.kill_workers(store(), config(), cloud, worker_id, False, False, actor="web page"),
                   f"{worker_id}: drain and removal requested")
+
+
+@bp.post("/config/reload")
+@page_auth
+def reload_config():
+    """The page's "Reload configuration": as cloud_admin --reload, with a shorter wait (a
+    request thread is held meanwhile); an invalid file is refused before anything is asked."""
+    try:
+        _, result = reload.ask(store(), actor="web page", timeout=WEB_RELOAD_WAIT,
+                               path=_config_path())
+    except ConfigError as err:
+        return _done(f"configuration error: {err}", 400)
+    if result is None:
+        return _done("reload asked; the scheduler has not answered yet: it applies at its next cycle", 202)
+    log.info("web page: %s", reload.answer_line(result))
+    return _done(reload.answer_line(result), 200 if result["ok"] else 400)
+
+
+def _config_path():
+    from flask import current_app
+    return current_app.config.get("CONFIG_PATH")
 
 
 def _write(action, message):

@@ -330,3 +330,62 @@ def test_cli_and_status_show_the_active_configuration_not_the_edited_file(env, c
     assert set(data) == {"scheduler", "data", "config"} and [c["name"] for c in data["data"]] == ["local"]
     assert data["config"]["version"] == reload.version_of(ONE) and data["config"]["source"] == str(cfg)
     assert admin("-e", "extra") == 1          # not a cloud until the file is reloaded
+
+
+# ------------------------------------------------------------------ the page and the API
+
+@pytest.fixture
+def web(tmp_path, monkeypatch):
+    from appliance.web import ui
+
+    from .test_web import BASIC, login
+    monkeypatch.setattr(ui, "WEB_RELOAD_WAIT", 5.0)
+    cfg = tmp_path / "appliance.yaml"
+    cfg.write_text(ONE)
+    db = str(tmp_path / "state" / "appliance.db")
+    store = Store(db)
+    store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
+    c, text = reload.load_file(str(cfg))
+    reload.record_active(store, c, text)
+    from appliance.web import create_app
+    app = create_app(db_path=db, config_path=str(cfg), state_dir=str(tmp_path), admin_password="unit-test-pw",
+                     web_run=str(tmp_path / "run"))
+    yield app.test_client(), store, cfg, BASIC, login
+    store.close()
+
+
+def test_api_reload_asks_and_returns_the_answer(web):
+    c, store, cfg, basic, _ = web
+    t = answering(store.path, {"ok": True, "source": str(cfg), "version": "v2", "message": "no change"})
+    r = c.post("/api/reload", json={"reset_overrides": True}, headers=basic)
+    t.join()
+    assert r.status_code == 200 and r.json["data"]["version"] == "v2"
+    assert reload.pending(store, 0)["reset_overrides"] is True and reload.pending(store, 0)["actor"] == "web API"
+    assert c.post("/api/reload", json={"reset_overrides": "yes"}, headers=basic).status_code == 400
+    assert c.post("/api/reload", json={"other": 1}, headers=basic).status_code == 400
+    assert c.post("/api/reload").status_code == 401
+    assert "/api/reload" in c.get("/api/openapi.json").json["paths"]
+
+
+def test_api_reload_of_an_invalid_file_is_400_and_asks_nothing(web):
+    c, store, cfg, basic, _ = web
+    cfg.write_text(BAD)
+    r = c.post("/api/reload", headers=basic)
+    assert r.status_code == 400 and "clouds[0].max_workers" in r.json["config_error"]
+    assert reload.pending(store, 0) is None
+    # the running configuration still serves the page and the API
+    assert c.get("/api/clouds", headers=basic).status_code == 200
+    assert c.get("/healthz").status_code == 200
+
+
+def test_the_page_shows_the_active_version_and_its_reload_button_needs_csrf(web):
+    c, store, cfg, _, login = web
+    token = login(c)
+    page = c.get("/").text
+    assert reload.version_of(ONE) in page and "Reload configuration" in page
+    fetch = {"X-Requested-With": "fetch"}
+    assert c.post("/config/reload", headers=fetch).status_code == 403
+    t = answering(store.path, {"ok": True, "source": str(cfg), "version": "v2", "message": "clouds added: x"})
+    r = c.post("/config/reload", data={"csrf_token": token}, headers=fetch)
+    t.join()
+    assert r.status_code == 200 and r.json["message"] == f"reloaded {cfg} version v2: clouds added: x"
