@@ -60,10 +60,13 @@ def test_clouds_table_and_json(app):
     # columns are aligned: every value starts where its header does
     col = lines[0].index("HEALTH")
     assert lines[1][col:].startswith("ok") and lines[2][col:].startswith("disabled")
-    assert lines[-1].startswith("scheduler: running")
 
     data = js(app, "cloud_status --json")
-    assert set(data) == {"scheduler", "data"} and data["scheduler"]["running"] is True
+    # the overview also names the configuration the scheduler runs (cloud_admin --reload changes it)
+    assert set(data) == {"scheduler", "data", "config"} and data["scheduler"]["running"] is True
+    assert set(data["config"]) == {"source", "version", "loaded_at"}
+    assert lines[-1].startswith("configuration: /etc/appliance/appliance.yaml version ")
+    assert lines[-2].startswith("scheduler: running")
     assert [c["name"] for c in data["data"]] == ["local", "burst"]
     assert all(set(c) == CLOUD_KEYS for c in data["data"])
 
