@@ -184,8 +184,11 @@ def test_queue_workers_and_kill(app):
 
 def test_bad_config_exits_4(app):
     app.sh("printf 'clouds:\\n  - {name: x, type: nope}\\n' > /tmp/bad.yaml")
-    rc, _, err = run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_status")
-    assert rc == 4 and "/tmp/bad.yaml: clouds[0].type" in err
+    # the file is checked where it is taken: cloud_admin --reload, the usual one-line error, exit 4
+    rc, _, err = run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_admin --reload")
+    assert rc == 4 and "/tmp/bad.yaml: clouds[0].type" in err and len(err.strip().splitlines()) == 1
+    # cloud_status shows the configuration the scheduler runs, not a file it has not taken
+    assert run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_status")[0] == 0
 
 
 def test_scheduler_not_running_exits_3(app):
