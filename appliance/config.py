@@ -1028,15 +1028,25 @@ def loads(text_: str, source: str = "<string>") -> Config:
     return replace(cfg, source=source)
 
 
-def load(path: str | None = None) -> Config:
-    path = path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
+def config_path(path: str | None = None) -> str:
+    """The file to read: the one given, else $APPLIANCE_CONFIG, else the default."""
+    return path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
+
+
+def read_text(path: str | None = None) -> tuple[str, str]:
+    """(path, its text): the file as load() reads it, for those that keep the text too (reload)."""
+    path = config_path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            content = f.read()
+            return path, f.read()
     except OSError as err:
         raise ConfigError(path, "(file)", f"cannot read: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "(file)", "is not UTF-8 text") from None
+
+
+def load(path: str | None = None) -> Config:
+    path, content = read_text(path)
     return loads(content, path)
 
 

@@ -498,6 +498,22 @@ class Store:
                 self._event(db, now, "cloud", f"max_workers set to {max_workers} by {actor}",
                             None, name, None, None)
 
+    def clear_cloud_settings(self, names: Iterable[str], now: float | None = None,
+                             actor: str = "operator") -> list[str]:
+        """Drop the runtime settings (enabled, max_workers) of these clouds, so the file's values
+        apply again (a reload that resets overrides, a removed cloud); returns the clouds that had some."""
+        now = time.time() if now is None else now
+        cleared = []
+        with self.tx() as db:
+            for name in names:
+                if db.execute("DELETE FROM cloud_settings WHERE name = ? AND (enabled IS NOT NULL OR "
+                              "max_workers IS NOT NULL)", (name,)).rowcount:
+                    cleared.append(name)
+                    self._event(db, now, "cloud", f"runtime settings cleared by {actor}: the file's apply",
+                                None, name, None, None)
+                db.execute("DELETE FROM cloud_settings WHERE name = ?", (name,))
+        return cleared
+
     def cloud_health(self, cfg: Config) -> list[CloudHealth]:
         """Each configured cloud: the file's settings overlaid with runtime ones and health."""
         settings = {r["name"]: r for r in self.db.execute("SELECT * FROM cloud_settings")}

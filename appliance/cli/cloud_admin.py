@@ -1,4 +1,5 @@
-"""cloud_admin: enable or disable clouds, change their max_workers, drain and remove workers.
+"""cloud_admin: enable or disable clouds, change their max_workers, drain and remove workers,
+reload the configuration.
 
 Changes are saved at once and applied by the scheduler on its next cycle;
 they survive restarts of the appliance. Every change needs --comment (-C): why,
@@ -7,11 +8,13 @@ recorded in its event (cloud_status -e) with who made it.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 
 from .. import ops
 from ..config import ConfigError, load
+from ..store import Store
 from .common import BAD_INPUT, BROKEN, NOT_RUNNING, OK, Exit, emit_json, open_state, run, table
 
 EXAMPLES = """\
@@ -42,6 +45,10 @@ examples:
   cloud_admin --list-schedds            the allowed remote schedds and what the scheduler sees of them
   cloud_admin --revoke-schedd lab -C "..."
                                         its token stops working; its ads are withdrawn
+  cloud_admin --reload -C "new shapes"   reread appliance.yaml: clouds added, removed (their workers
+                                        drain), changed; runtime -e/-d/-v settings are kept
+  cloud_admin --reload --reset-overrides -C "..."
+                                        the same, and the file's enabled/max_workers apply again
 
 exit codes: 0 done, 1 unknown cloud/worker/user, bad number or user name, 2 usage, 3 saved but the
 scheduler is not running, 4 bad config or state
@@ -70,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
                                                            "and the lines its admin adds on their side")
     act.add_argument("--revoke-schedd", metavar="NAME", help="make a remote schedd's token useless and withdraw its ads")
     act.add_argument("--list-schedds", action="store_true", help="list the remote schedds allowed to flock here")
+    act.add_argument("--reload", action="store_true", help="reread appliance.yaml without a restart (an invalid "
+                                                           "file is refused and the running one stays)")
+    p.add_argument("--reset-overrides", action="store_true", help="with --reload: drop the settings changed at "
+                                                                  "runtime (-e, -d, -v) so the file's apply")
     p.add_argument("--address", metavar="HOST[:PORT]", help="with --allow-schedd: the address the remote schedd "
                                                            "flocks to (default: pool.condor_host, else this host)")
     p.add_argument("--read-token", metavar="FILE", help="with --allow-schedd: a READ token from the remote pool, "
@@ -110,6 +121,10 @@ def main(argv=None) -> int:
 
     if (args.address or args.read_token) and args.allow_schedd is None:
         p.error("--address and --read-token only go with --allow-schedd")
+    if args.reset_overrides and not args.reload:
+        p.error("--reset-overrides only goes with --reload")
+    if args.reload:
+        return reload_command(args)
     if args.add_user is not None or args.list_users or args.remove_user is not None:
         return users_command(args)
     if args.allow_schedd is not None or args.revoke_schedd is not None or args.list_schedds:
@@ -147,6 +162,37 @@ def main(argv=None) -> int:
         print(f"cloud_admin: saved, but the scheduler is {sched['message']}; it applies when the scheduler runs",
               file=sys.stderr)
         return NOT_RUNNING
+    return OK
+
+
+def reload_command(args) -> int:
+    """--reload: the file is checked here first (an invalid one: the usual one-line error, exit 4,
+    nothing asked), then the scheduler takes it at its next cycle; its answer is printed."""
+    from .. import reload
+    try:
+        store = Store()
+    except (sqlite3.Error, OSError) as err:
+        raise Exit(BROKEN, f"cannot open the appliance state: {err}") from None
+    sched = ops.scheduler_status(store)
+    try:
+        actor = ops.by("cloud_admin", ops.parse_comment(args.comment))
+        _, result = reload.ask(store, args.reset_overrides, actor=actor,
+                               timeout=reload.WAIT if sched["running"] else 0)
+    except ConfigError as err:
+        raise Exit(BROKEN, f"configuration error: {err}") from None
+    except ops.OpError as err:
+        raise Exit(BAD_INPUT, str(err)) from None
+    if args.json:
+        emit_json({"reload": result, "scheduler": sched})
+    if result is None:
+        print(f"cloud_admin: asked, but the scheduler did not answer (it is {sched['message']}); it reads the "
+              f"file when it runs", file=sys.stderr)
+        return NOT_RUNNING
+    if not args.json and result["ok"]:
+        print(reload.answer_line(result))
+    if not result["ok"]:
+        print(f"cloud_admin: {reload.answer_line(result)}", file=sys.stderr)
+        return BROKEN
     return OK
 
 

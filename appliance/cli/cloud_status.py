@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from .. import federation, ops
+from .. import federation, ops, reload
 from .common import BAD_INPUT, BROKEN, NOT_RUNNING, OK, Exit, duration, emit_json, open_state, run, table
 
 EXAMPLES = """\
@@ -25,6 +25,9 @@ examples:
                             24 h (the schedd's history), mean, p50, p90, max, hours in all
   cloud_status -b --hours 6 the same over the last 6 hours (-b, -z and -g)
   cloud_status --json       any of the above as JSON
+
+The clouds overview ends with the configuration file the scheduler runs and its version
+(`cloud_admin --reload` takes an edited file).
 
 exit codes: 0 ok, 1 unknown cloud, 2 usage, 3 scheduler not running, 4 bad config or state
 """
@@ -95,12 +98,17 @@ def main(argv=None) -> int:
             text = _clouds(data) + (_spend(spend) if spend else "")
     except ops.OpError as err:
         raise Exit(BAD_INPUT, str(err)) from None
+    overview = not any((args.workers, args.queue, args.cloud, args.events, stats_view))
+    # the clouds overview says which file and version the scheduler runs (it changes with a reload)
+    active = reload.active_summary(store) if overview else None
     if args.json:
-        emit_json({"scheduler": sched, "data": data, **({"spend": spend} if not any(
-            (args.workers, args.queue, args.cloud, args.events, stats_view)) and spend else {})})
+        emit_json({"scheduler": sched, "data": data, **({"spend": spend} if overview and spend else {}),
+                   **({"config": active} if overview else {})})
     else:
         print(text)
         print(f"\nscheduler: {sched['message']}")
+        if active:
+            print(_active(active))
     if not sched["running"]:
         print(f"cloud_status: the scheduler is {sched['message']}", file=sys.stderr)
         return NOT_RUNNING
@@ -119,6 +127,14 @@ def _clouds(rows) -> str:
                  ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX",
                   *(["MIN IDLE"] if warm else []), *(["COST/H", "SPENT 24H"] if priced else []), "HEALTH",
                   "LAST ERROR"])
+
+
+def _active(a) -> str:
+    """'configuration: /etc/appliance/appliance.yaml version 3f2a9c1b7d0e, loaded 12:03:04 (5m00s ago)'."""
+    when = a.get("loaded_at")
+    loaded = (f", loaded {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))} "
+              f"({duration(time.time() - when)} ago)") if when else ""
+    return f"configuration: {a.get('source')} version {a.get('version')}{loaded}"
 
 
 def _min_idle(c) -> str:

@@ -13,7 +13,8 @@ from functools import wraps
 
 from flask import Blueprint, jsonify, request
 
-from .. import federation, ops
+from .. import federation, ops, reload
+from ..config import ConfigError
 from . import auth, config, store
 from .openapi import spec
 
@@ -129,6 +130,36 @@ def patch_cloud(name: str):
         result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API", comment=comment)
     if "enabled" in body:
         result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API", comment=comment)
+    return answer(result)
+
+
+@bp.post("/reload")
+@api_auth
+def reload_config():
+    """Reread appliance.yaml, as cloud_admin --reload: an invalid file is refused here (400)
+    and the running configuration stays; else the scheduler's answer (202: none yet)."""
+    from .ui import WEB_RELOAD_WAIT, _config_path
+    body = request.get_json(silent=True) if request.data else {}
+    if not isinstance(body, dict) or set(body) - {"reset_overrides", "comment"}:
+        return error(400, 'the body must be empty or a JSON object such as '
+                          '{"reset_overrides": true, "comment": "why"}')
+    reset = body.get("reset_overrides", False)
+    if not isinstance(reset, bool):
+        return error(400, f"reset_overrides must be true or false, got {reset!r}")
+    try:
+        actor = ops.by("web API", ops.parse_comment(body.get("comment", request.args.get("comment"))))
+    except ops.OpError as err:
+        return error(400, str(err))
+    try:
+        rid, result = reload.ask(store(), reset, actor=actor, timeout=WEB_RELOAD_WAIT, path=_config_path())
+    except ConfigError as err:
+        resp = jsonify({"error": f"configuration error: {err}", "config_error": str(err)})
+        resp.status_code = 400
+        return resp
+    if result is None:
+        return answer({"id": rid, "ok": None, "message": "asked; the scheduler has not answered yet"}, 202)
+    if not result["ok"]:
+        return error(400, reload.answer_line(result))
     return answer(result)
 
 

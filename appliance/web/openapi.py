@@ -154,6 +154,14 @@ CLOUDS_OK = {"description": "the clouds", "content": {"application/json": {"sche
 AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many failed logins from this client"),
                "503": _err("the configuration file is invalid")}
 NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
+RELOAD = _obj({"id": INT, "ok": _nullable(BOOL), "message": STR, "source": STR,
+               "version": {**STR, "description": "the first 12 hex digits of the file's SHA-256"},
+               "loaded_at": NUM, "added": {"type": "array", "items": STR},
+               "removed": {"type": "array", "items": STR},
+               "changed": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
+               "draining": {"type": "object", "additionalProperties": INT,
+                            "description": "each removed cloud's live workers, which drain"},
+               "reset_overrides": BOOL}, ["id", "ok", "message"])
 REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail",
                                                            "Schedd", "History")}
 
@@ -203,6 +211,18 @@ def spec() -> dict[str, Any]:
                                         "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},
             "/api/clouds/{name}/enable": {"post": write("enable a cloud")},
             "/api/clouds/{name}/disable": {"post": write("disable a cloud: no new launches, running workers stay")},
+            "/api/reload": {"post": {
+                "summary": "reread appliance.yaml without a restart (as cloud_admin --reload): clouds added, "
+                           "removed (their workers drain), changed; runtime settings are kept unless "
+                           "reset_overrides",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reset_overrides": {**BOOL, "default": False}}}}}},
+                "responses": {"200": _ok("the scheduler took the file", RELOAD),
+                              "202": _ok("asked; the scheduler has not answered within 10 s", RELOAD),
+                              "400": _err("the file is invalid, or the scheduler refused it: the running "
+                                          "configuration stays"),
+                              "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},
             "/api/workers": {"get": {
                 "summary": "live workers", "parameters": [{
                     "name": "all", "in": "query", "required": False, "schema": {"type": "boolean"},

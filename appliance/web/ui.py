@@ -13,7 +13,7 @@ from functools import wraps
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
-from .. import federation, history, ops
+from .. import federation, history, ops, reload
 from ..cli.common import duration
 from ..config import ConfigError
 from . import auth, config, store, web_problems
@@ -23,6 +23,7 @@ log = logging.getLogger("appliance.web")
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 EVENTS_SHOWN = 30
+WEB_RELOAD_WAIT = 10.0      # seconds the page and the API wait for the scheduler's answer to a reload
 
 
 @bp.app_template_filter("ago")
@@ -92,7 +93,7 @@ def view_model() -> dict:
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
             "ended": ended, "queue": queue, "events": events, "totals": totals, "now": now,
             "web_problems": web_problems(), "spend": spend, "running": running,
-            "history": charts}
+            "history": charts, "active_config": reload.active_summary(s)}
 
 
 # ------------------------------------------------------------------ pages
@@ -186,6 +187,30 @@ def drain(worker_id: str):
 def _comment() -> str | None:
     """The operator's optional reason (the page's "Why" box), recorded in the event."""
     return request.form.get("comment")
+
+
+@bp.post("/config/reload")
+@page_auth
+def reload_config():
+    """The page's "Reload configuration": as cloud_admin --reload, with a shorter wait (a
+    request thread is held meanwhile); an invalid file is refused before anything is asked."""
+    try:
+        actor = ops.by("web page", ops.parse_comment(_comment()))
+        _, result = reload.ask(store(), actor=actor, timeout=WEB_RELOAD_WAIT,
+                               path=_config_path())
+    except ConfigError as err:
+        return _done(f"configuration error: {err}", 400)
+    except ops.OpError as err:
+        return _done(str(err), 400)
+    if result is None:
+        return _done("reload asked; the scheduler has not answered yet: it applies at its next cycle", 202)
+    log.info("web page: %s", reload.answer_line(result))
+    return _done(reload.answer_line(result), 200 if result["ok"] else 400)
+
+
+def _config_path():
+    from flask import current_app
+    return current_app.config.get("CONFIG_PATH")
 
 
 def _write(action, message):

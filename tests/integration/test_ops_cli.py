@@ -67,10 +67,13 @@ def test_clouds_table_and_json(app):
     # columns are aligned: every value starts where its header does
     col = lines[0].index("HEALTH")
     assert lines[1][col:].startswith("ok") and lines[2][col:].startswith("disabled")
-    assert lines[-1].startswith("scheduler: running")
 
     data = js(app, "cloud_status --json")
-    assert set(data) == {"scheduler", "data"} and data["scheduler"]["running"] is True
+    # the overview also names the configuration the scheduler runs (cloud_admin --reload changes it)
+    assert set(data) == {"scheduler", "data", "config"} and data["scheduler"]["running"] is True
+    assert set(data["config"]) == {"source", "version", "loaded_at"}
+    assert lines[-1].startswith("configuration: /etc/appliance/appliance.yaml version ")
+    assert lines[-2].startswith("scheduler: running")
     assert [c["name"] for c in data["data"]] == ["local", "burst"]
     assert all(set(c) == CLOUD_KEYS for c in data["data"])
 
@@ -235,8 +238,11 @@ def test_boot_and_job_times(app):
 
 def test_bad_config_exits_4(app):
     app.sh("printf 'clouds:\\n  - {name: x, type: nope}\\n' > /tmp/bad.yaml")
-    rc, _, err = run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_status")
-    assert rc == 4 and "/tmp/bad.yaml: clouds[0].type" in err
+    # the file is checked where it is taken: cloud_admin --reload, the usual one-line error, exit 4
+    rc, _, err = run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_admin --reload -C test")
+    assert rc == 4 and "/tmp/bad.yaml: clouds[0].type" in err and len(err.strip().splitlines()) == 1
+    # cloud_status shows the configuration the scheduler runs, not a file it has not taken
+    assert run(app, "APPLIANCE_CONFIG=/tmp/bad.yaml cloud_status")[0] == 0
 
 
 def test_scheduler_not_running_exits_3(app):
