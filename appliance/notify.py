@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import outcomes
-from .config import DEFAULT_PATH, Config, ConfigError, NotificationsConfig, Webhook, load
+from . import outcomes, reload
+from .config import DEFAULT_PATH, Config, ConfigError, NotificationsConfig, Webhook
 from .model import SPOT_INTERRUPTION
 from .store import DEFAULT_PATH as STORE_PATH
 from .store import Store, StoreError
@@ -300,30 +300,44 @@ def _stat(path: str) -> tuple | None:
         return None
 
 
+def _active_key(store: Store, path: str) -> tuple:
+    """What identifies the configuration to follow: the version the scheduler runs (reload.py),
+    or the file's identity before the scheduler has recorded any (a first start)."""
+    rec = reload.active_record(store)
+    return ("active", rec.get("version")) if rec else ("file", _stat(path))
+
+
 def run(stopping: threading.Event, config_path: str | None = None, store_path: str | None = None,
         config_poll: float = CONFIG_POLL) -> None:
-    """Follow the events until `stopping`; read the file again when it changes (an invalid
-    file keeps the last valid notifications: the scheduler reports what is wrong with it)."""
+    """Follow the events until `stopping`, with the webhooks of the configuration the scheduler
+    runs: a file edited but not reloaded (cloud_admin --reload) changes nothing here either, and
+    one the scheduler refused keeps the last valid notifications (the scheduler reports why)."""
     notifier = Notifier(store_path, stopping)
     path = config_path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
+    store = Store(store_path)
     seen, shown = None, None
-    while not stopping.is_set():
-        cfg = None
-        stat = _stat(path)
-        if stat != seen:
-            seen = stat
+    try:
+        while not stopping.is_set():
             try:
-                cfg = load(path)
-                shown = None
+                key = _active_key(store, path)
+                if key != seen:
+                    cfg = reload.active_config(store, path)
+                    seen, shown = key, None
+                    notifier.apply(cfg)
             except ConfigError as err:
+                seen = key
                 if str(err) != shown:
                     shown = str(err)
-                    log.warning("notify: the configuration file is invalid; notifications go on as before "
-                                "it changed (%d problem(s))", len(err.errors))
-        if cfg is not None:
-            notifier.apply(cfg)
-        stopping.wait(config_poll)
-    notifier.stop_followers()
+                    log.warning("notify: the configuration is invalid; notifications go on as before "
+                                "(%d problem(s))", len(err.errors))
+            except (sqlite3.Error, StoreError) as err:      # the scheduler migrating, a full volume: next poll
+                if str(err) != shown:
+                    shown = str(err)
+                    log.warning("notify: cannot read the active configuration: %s", err)
+            stopping.wait(config_poll)
+    finally:
+        notifier.stop_followers()
+        store.close()
 
 
 def wait_for_store(stopping: threading.Event, path: str | None = None, every: float = 5.0) -> bool:

@@ -6,10 +6,11 @@ import http.server
 import json
 import logging
 import threading
+import time
 
 import pytest
 
-from appliance import notify, outcomes
+from appliance import notify, outcomes, reload
 from appliance.config import NOTIFICATION_EVENTS, ConfigError, Webhook, loads
 from appliance.model import SPOT_INTERRUPTION
 from appliance.store import Store
@@ -336,3 +337,38 @@ def test_a_changed_file_restarts_the_followers_and_an_unchanged_one_does_not(tmp
         assert notifier.threads == []
     finally:
         notifier.stop_followers()
+
+
+def test_the_webhooks_followed_are_the_active_configurations_not_the_edited_files(tmp_path, receiver):
+    """An edited file changes nothing until the scheduler takes it (cloud_admin --reload):
+    notify follows the configuration the scheduler recorded, and the file only before that."""
+    path, conf = str(tmp_path / "state.db"), tmp_path / "appliance.yaml"
+    store = Store(path)
+    conf.write_text(f"notifications: {{webhooks: [{{url: '{receiver.url}', name: from-file}}]}}\n")
+    stopping = threading.Event()
+    t = threading.Thread(target=notify.run, args=(stopping, str(conf), path, 0.02))
+    t.start()
+
+    def followers(expected: list[str]) -> list[str]:
+        """The follower threads' names once they are `expected` (or after 10 s, as they are)."""
+        deadline = time.monotonic() + 10
+        while True:
+            names = sorted(th.name for th in threading.enumerate() if th.name.startswith("notify-"))
+            if names == expected or time.monotonic() > deadline:
+                return names
+            time.sleep(0.02)
+    try:
+        assert followers(["notify-from-file"]) == ["notify-from-file"]           # nothing recorded yet: the file's
+        text = f"notifications: {{webhooks: [{{url: '{receiver.url}', name: active}}]}}\n"
+        reload.record_active(store, loads(text, str(conf)), text)
+        assert followers(["notify-active"]) == ["notify-active"]              # the scheduler's, once recorded
+        # edited and not reloaded: the followers stay those of the recorded version, which the
+        # next record replaces (the file's empty list would have stopped them all)
+        conf.write_text("notifications: {webhooks: []}\n")
+        text = f"notifications: {{webhooks: [{{url: '{receiver.url}', name: reloaded}}]}}\n"
+        reload.record_active(store, loads(text, str(conf)), text)
+        assert followers(["notify-reloaded"]) == ["notify-reloaded"]
+    finally:
+        stopping.set()
+        t.join(10)
+        store.close()
