@@ -300,18 +300,19 @@ def _stat(path: str) -> tuple | None:
         return None
 
 
-def _active_key(store: Store, path: str) -> tuple:
-    """What identifies the configuration to follow: the version the scheduler runs (reload.py),
-    or the file's identity before the scheduler has recorded any (a first start)."""
+def _wanted(store: Store, path: str) -> tuple:
+    """What decides the webhooks to follow: the version the scheduler runs (reload.py; None
+    before it has recorded one, at a first start) and the file's identity."""
     rec = reload.active_record(store)
-    return ("active", rec.get("version")) if rec else ("file", _stat(path))
+    return (rec.get("version") if rec else None), _stat(path)
 
 
 def run(stopping: threading.Event, config_path: str | None = None, store_path: str | None = None,
         config_poll: float = CONFIG_POLL) -> None:
     """Follow the events until `stopping`, with the webhooks of the configuration the scheduler
-    runs: a file edited but not reloaded (cloud_admin --reload) changes nothing here either, and
-    one the scheduler refused keeps the last valid notifications (the scheduler reports why)."""
+    runs. They are read from the file (the store keeps no secrets, reload.recordable), and only
+    while the file is the version the scheduler runs: a file edited but not yet reloaded
+    (cloud_admin --reload), or one the scheduler refused, keeps the webhooks as they were."""
     notifier = Notifier(store_path, stopping)
     path = config_path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
     store = Store(store_path)
@@ -319,17 +320,22 @@ def run(stopping: threading.Event, config_path: str | None = None, store_path: s
     try:
         while not stopping.is_set():
             try:
-                key = _active_key(store, path)
-                if key != seen:
-                    cfg = reload.active_config(store, path)
-                    seen, shown = key, None
-                    notifier.apply(cfg)
+                wanted = _wanted(store, path)
+                if wanted != seen:
+                    seen = wanted
+                    cfg, text = reload.load_file(path)
+                    if wanted[0] is None or reload.version_of(text) == wanted[0]:
+                        shown = None
+                        notifier.apply(cfg)
+                    elif shown != wanted:
+                        shown = wanted
+                        log.info("notify: %s is not the version the scheduler runs (%s): the webhooks "
+                                 "stay as they were until it is reloaded", path, wanted[0])
             except ConfigError as err:
-                seen = key
+                # the first line only: config.py never shows a webhook's URL or headers back
                 if str(err) != shown:
                     shown = str(err)
-                    log.warning("notify: the configuration is invalid; notifications go on as before "
-                                "(%d problem(s))", len(err.errors))
+                    log.warning("notify: the webhooks stay as they were: %s", str(err).splitlines()[0])
             except (sqlite3.Error, StoreError) as err:      # the scheduler migrating, a full volume: next poll
                 if str(err) != shown:
                     shown = str(err)

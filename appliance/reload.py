@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import yaml
+
 from . import lifecycle
 from .config import CloudConfig, Config, loads, read_text
 from .lifecycle import State
@@ -46,9 +48,29 @@ def load_file(path: str | None = None) -> tuple[Config, str]:
 
 # ------------------------------------------------------------------ the active configuration
 
+# what the recorded text has instead of a webhook's URL (its headers are left out)
+REDACTED_URL = "https://redacted.invalid/"
+
+
+def recordable(cfg: Config, text: str) -> str:
+    """The text kept in the store: the file's, but without the webhooks' URLs and headers.
+    They are secrets (a token in a Slack URL, a bearer header) and the state database is
+    read by the web app and copied with backups; notify takes them from the file itself,
+    once its version is the one recorded."""
+    if not cfg.notifications.webhooks:
+        return text
+    data = yaml.safe_load(text)
+    for hook in data["notifications"]["webhooks"]:
+        hook["url"] = REDACTED_URL
+        hook.pop("headers", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def record_active(store: Store, cfg: Config, text: str, now: float | None = None) -> dict[str, Any]:
+    """Record the configuration the scheduler runs: its version is the file's (the SHA-256 of
+    all of it), its text the file's without secrets (recordable)."""
     record = {"source": cfg.source, "clouds": list(cfg.cloud_names), "version": version_of(text),
-              "loaded_at": time.time() if now is None else now, "text": text}
+              "loaded_at": time.time() if now is None else now, "text": recordable(cfg, text)}
     store.put(ACTIVE, record)
     return record
 

@@ -72,7 +72,7 @@ def test_reload_adds_resizes_refuses_keeps_overrides_and_drains_a_removed_cloud(
         cluster = a.submit(job(1, 12, extra='requirements = TARGET.CloudName == "burst"'))
 
         # an override (disable local) kept across a reload that resizes local
-        assert run(a, "cloud_admin -d local")[0] == 0
+        assert run(a, "cloud_admin -d local -C maintenance")[0] == 0
         save(conf, RESIZED)
         rc, out, _ = run(a, "cloud_admin --reload --json -C test")
         answer = json.loads(out)["reload"]

@@ -339,15 +339,16 @@ def test_a_changed_file_restarts_the_followers_and_an_unchanged_one_does_not(tmp
         notifier.stop_followers()
 
 
-def test_the_webhooks_followed_are_the_active_configurations_not_the_edited_files(tmp_path, receiver):
-    """An edited file changes nothing until the scheduler takes it (cloud_admin --reload):
-    notify follows the configuration the scheduler recorded, and the file only before that."""
+def test_the_webhooks_followed_are_those_of_the_version_the_scheduler_runs(tmp_path, receiver, caplog):
+    """The file's webhooks (the store keeps no secrets), but only in the version the scheduler
+    recorded: an edited file changes them once it is reloaded (cloud_admin --reload)."""
+    caplog.set_level(logging.INFO)
     path, conf = str(tmp_path / "state.db"), tmp_path / "appliance.yaml"
     store = Store(path)
-    conf.write_text(f"notifications: {{webhooks: [{{url: '{receiver.url}', name: from-file}}]}}\n")
-    stopping = threading.Event()
-    t = threading.Thread(target=notify.run, args=(stopping, str(conf), path, 0.02))
-    t.start()
+
+    def hook(name: str) -> str:
+        return (f"notifications: {{webhooks: [{{url: '{receiver.url}', name: {name}, "
+                f"headers: {{X-Token: {SECRET}}}}}]}}\n")
 
     def followers(expected: list[str]) -> list[str]:
         """The follower threads' names once they are `expected` (or after 10 s, as they are)."""
@@ -357,18 +358,35 @@ def test_the_webhooks_followed_are_the_active_configurations_not_the_edited_file
             if names == expected or time.monotonic() > deadline:
                 return names
             time.sleep(0.02)
+
+    conf.write_text(hook("first"))
+    stopping = threading.Event()
+    t = threading.Thread(target=notify.run, args=(stopping, str(conf), path, 0.02))
+    t.start()
     try:
-        assert followers(["notify-from-file"]) == ["notify-from-file"]           # nothing recorded yet: the file's
-        text = f"notifications: {{webhooks: [{{url: '{receiver.url}', name: active}}]}}\n"
-        reload.record_active(store, loads(text, str(conf)), text)
-        assert followers(["notify-active"]) == ["notify-active"]              # the scheduler's, once recorded
-        # edited and not reloaded: the followers stay those of the recorded version, which the
-        # next record replaces (the file's empty list would have stopped them all)
-        conf.write_text("notifications: {webhooks: []}\n")
-        text = f"notifications: {{webhooks: [{{url: '{receiver.url}', name: reloaded}}]}}\n"
-        reload.record_active(store, loads(text, str(conf)), text)
-        assert followers(["notify-reloaded"]) == ["notify-reloaded"]
+        assert followers(["notify-first"]) == ["notify-first"]     # nothing recorded yet: the file's
+        reload.record_active(store, loads(hook("first"), str(conf)), hook("first"))
+        conf.write_text(hook("edited"))                              # edited, not reloaded
+        deadline = time.monotonic() + 10
+        while "is not the version the scheduler runs" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "is not the version the scheduler runs" in caplog.text
+        assert followers(["notify-first"]) == ["notify-first"]
+        reload.record_active(store, loads(hook("edited"), str(conf)), hook("edited"))    # reloaded
+        assert followers(["notify-edited"]) == ["notify-edited"]
+        assert SECRET not in caplog.text and SECRET not in json.dumps(reload.active_record(store))
     finally:
         stopping.set()
         t.join(10)
         store.close()
+
+
+def test_the_recorded_configuration_keeps_no_webhook_secret():
+    text = (f"# the lab's hooks\nnotifications:\n  webhooks:\n    - url: https://hooks.example/{URL_SECRET}\n"
+            f"      headers: {{X-Token: {SECRET}}}\n      name: lab\n")
+    kept = reload.recordable(loads(text), text)
+    assert SECRET not in kept and URL_SECRET not in kept
+    (hook,) = loads(kept).notifications.webhooks                # still a valid configuration
+    assert hook.name == "lab" and hook.url == reload.REDACTED_URL and not hook.headers
+    plain = "clouds: [{name: local, type: local}]   # a comment\n"
+    assert reload.recordable(loads(plain), plain) == plain      # nothing to hide: the file as it is
