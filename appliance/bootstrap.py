@@ -4,7 +4,7 @@ Creates what must exist before any daemon starts, idempotently:
 - the state directories on the /var/lib/appliance volume;
 - the pool signing key (HTCondor's POOL key) and this install's pool id;
 - the admin password, unless APPLIANCE_ADMIN_PASSWORD is given (the log says where
-  to read it, never the password itself);
+  it is kept and how to read it, at every start, never the password itself);
 - HTCondor settings derived from appliance.yaml (trust domain, addresses);
 - the web page's TLS certificate and key: the operator's, or a self-signed pair
   made at first start and kept in the state volume (see setup_tls).
@@ -429,6 +429,19 @@ def setup_tls(condor_host: str | None = None, state: str | None = None, run: str
             "names": names_in, "bind": address}
 
 
+def admin_password(state: str, owner: tuple[int, int] = (0, 0)) -> str:
+    """The web page's admin password: APPLIANCE_ADMIN_PASSWORD if set, else the one generated
+    at first start into state/admin-password (made now if missing). Returns the line to log,
+    at every start: where the password is and how to read it, never the password itself
+    (logs are copied to places secrets must not go)."""
+    if os.environ.get("APPLIANCE_ADMIN_PASSWORD"):
+        return "appliance: web page: user admin, password APPLIANCE_ADMIN_PASSWORD (set for the container)"
+    path = f"{state}/admin-password"
+    made = _secret_file(path, secrets.token_urlsafe(18) + "\n", 0o640, owner)
+    return (f"appliance: web page: user admin, password {'generated now' if made else 'generated at first start'}"
+            f" and kept in {path}; read it with `docker exec <container> cat {path}`")
+
+
 def main() -> int:
     app_group = _ids("root", "appliance")
     condor = _ids("condor")
@@ -445,14 +458,7 @@ def main() -> int:
     if _secret_file(f"{STATE}/keys/POOL", secrets.token_hex(48)):
         print("appliance: generated the pool signing key", flush=True)
 
-    if os.environ.get("APPLIANCE_ADMIN_PASSWORD"):
-        print("appliance: admin password taken from APPLIANCE_ADMIN_PASSWORD", flush=True)
-    else:
-        password = secrets.token_urlsafe(18)
-        if _secret_file(f"{STATE}/admin-password", password + "\n", 0o640, app_group):
-            # logs are copied to places secrets must not go: say where it is, not what it is
-            print(f"appliance: generated an admin password for the web page (user admin); read it with "
-                  f"`docker exec <container> cat {STATE}/admin-password`", flush=True)
+    print(admin_password(STATE, app_group), flush=True)
 
     try:
         cfg = load()

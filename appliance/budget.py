@@ -11,7 +11,8 @@ worker to remove.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .lifecycle import ENDED
@@ -23,6 +24,11 @@ DAY = 86400.0
 EPSILON = 1e-6
 # max_per_day looks this many hours ahead at the rate after a launch (see budget_allows)
 LOOKAHEAD_HOURS = 1.0
+CAPS = ("max_per_hour", "max_per_day")
+# a waiting group's reason names each budget cap that stopped its launches (within()):
+# 'budget: [CLOUD ]max_per_hour 2.00 reached (...)', without CLOUD for the global budget
+BUDGET_REACHED_RE = re.compile(r"budget: (?:([a-z0-9][a-z0-9-]*) )?(max_per_hour|max_per_day) \S+ reached")
+_REACHED_PART_RE = re.compile(BUDGET_REACHED_RE.pattern + r"[^;]*")     # up to the next wait ('; ')
 
 
 @dataclass(frozen=True)
@@ -134,4 +140,17 @@ def add_spend(totals: dict, records: Iterable[Spending], since: float, until: fl
             key = f"{r.cloud}/{r.shape}"
             out[key] = out.get(key, 0.0) + cost
     out["_until"] = until
+    return out
+
+
+def reached_caps(groups: Iterable[Mapping]) -> dict[tuple[str, str], str]:
+    """The caps that stop launches idle jobs wait for, as the scheduler reported its groups
+    (the store's 'demand' rows): (cloud, cap) -> the first reason naming it ('budget:
+    max_per_hour 5.00 reached (4.90/h now, +0.17/h)'); cloud '' is the global budget."""
+    out: dict[tuple[str, str], str] = {}
+    for g in groups:
+        if g.get("status") != "waiting":
+            continue
+        for m in _REACHED_PART_RE.finditer(g.get("reason") or ""):
+            out.setdefault((m.group(1) or "", m.group(2)), m.group(0))
     return out

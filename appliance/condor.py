@@ -435,6 +435,30 @@ class Condor:
         return len(ads), (_kill_shadows(jobs) if jobs else 0)
 
 
+# what a completed job's history ad says of where and how long its last run was: every job
+# records its worker's WorkerId and CloudName (SYSTEM_JOB_MACHINE_ATTRS, 50-appliance.conf)
+HISTORY_PROJECTION = ["MachineAttrCloudName0", "MachineAttrWorkerId0", "JobCurrentStartDate", "CompletionDate"]
+
+
+def completed_jobs(since: float) -> list[tuple[str, str, float]]:
+    """The jobs of this appliance's schedd that completed on our workers since `since`,
+    newest first: (cloud, worker id, seconds of the run that completed). Read from the
+    schedd's history, which stops at the first job that left the queue before `since`
+    (the schedd returns at most HISTORY_HELPER_MAX_HISTORY, 10,000 by default)."""
+    constraint = f"JobStatus == 4 && CompletionDate >= {int(since)} && MachineAttrCloudName0 =!= undefined"
+    try:
+        ads = htcondor.Schedd().history(constraint, HISTORY_PROJECTION, since=f"EnteredCurrentStatus < {int(since)}")
+        out = []
+        for ad in ads:
+            start, end = ad.get("JobCurrentStartDate"), ad.get("CompletionDate")
+            if isinstance(start, int) and isinstance(end, int) and start > 0:
+                out.append((str(ad["MachineAttrCloudName0"]), str(ad.get("MachineAttrWorkerId0", "")),
+                            float(end - start)))
+        return out
+    except Exception as err:
+        raise CondorError(f"cannot read the schedd's job history: {_short(err)}") from err
+
+
 # a shadow the schedd starts on the removed worker's claim after the removal fails by itself
 # within seconds (the worker is gone) and frees the claim; ending it sooner only makes the
 # schedd try the claim again (seen: a job put back every cycle for minutes). One still

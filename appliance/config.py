@@ -1,9 +1,12 @@
 """Load and validate appliance.yaml into frozen dataclasses.
 
-Every problem is reported as one ConfigError naming the file, the key path and
-what is wrong, e.g. ``/etc/appliance/appliance.yaml: clouds[1].worker.cpus:
-expected a whole number >= 1, got 'two'``. Unknown keys are errors too: a typo
-must never silently fall back to a default.
+Every problem in the file is reported, together in one ConfigError: one line
+each, naming the key path and what is wrong, e.g. ``/etc/appliance/appliance.yaml:
+clouds[1].worker.cpus: expected a whole number >= 1, got 'two'`` (several: a first
+line saying how many, then one line each). Unknown keys are errors too: a typo must
+never silently fall back to a default. Checking goes on past a bad key to the next
+one, and past a bad section or cloud to the next; only what depends on a bad value
+(a cloud's cross-checks after one of its keys failed) is left unchecked.
 """
 from __future__ import annotations
 
@@ -37,12 +40,29 @@ IMAGE_NAME_RE = SHAPE_NAME_RE
 VM_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
-class ConfigError(Exception):
-    """A bad configuration: file, key path and problem, in one line."""
+# a file with more problems than this lists the first ones and says how many more
+ERRORS_SHOWN = 20
 
-    def __init__(self, file: str, path: str, problem: str):
-        super().__init__(f"{file}: {path}: {problem}")
+
+class ConfigError(Exception):
+    """A bad configuration: file, key path and problem, in one line; or, for a file with
+    several problems, a first line saying how many and then one line each (`errors`
+    holds them all as (path, problem); `path` and `problem` are the first's)."""
+
+    def __init__(self, file: str, path: str, problem: str, more: tuple[tuple[str, str], ...] = ()):
         self.file, self.path, self.problem = file, path, problem
+        self.errors: tuple[tuple[str, str], ...] = ((path, problem), *more)
+        super().__init__(_message(file, self.errors))
+
+
+def _message(file: str, errors: tuple[tuple[str, str], ...]) -> str:
+    if len(errors) == 1:
+        return f"{file}: {errors[0][0]}: {errors[0][1]}"
+    lines = [f"{file}: {len(errors)} errors:"]
+    lines += [f"  {path}: {problem}" for path, problem in errors[:ERRORS_SHOWN]]
+    if len(errors) > ERRORS_SHOWN:
+        lines.append(f"  ... and {len(errors) - ERRORS_SHOWN} more")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- value checks
@@ -50,9 +70,37 @@ class ConfigError(Exception):
 # Each also carries a `type_name` ("int", "list[str]"...) for the generated docs.
 
 class _Bad(Exception):
-    def __init__(self, path: str, problem: str):
+    """A problem at `path`; `problems` is it and any others found with it, in file order."""
+
+    def __init__(self, path: str, problem: str, more: tuple[tuple[str, str], ...] = ()):
         super().__init__(problem)
         self.path, self.problem = path, problem
+        self.problems: tuple[tuple[str, str], ...] = ((path, problem), *more)
+
+
+class _Found:
+    """The problems found so far in one part of the file, so that checking goes on past each."""
+
+    def __init__(self):
+        self.problems: list[tuple[str, str]] = []
+
+    def add(self, bad: _Bad) -> None:
+        self.problems.extend(bad.problems)
+
+    def attempt(self, check: Callable, *args: Any) -> Any:
+        """check(*args), or _FAILED (its problems kept) if it found any."""
+        try:
+            return check(*args)
+        except _Bad as bad:
+            self.add(bad)
+            return _FAILED
+
+    def raise_any(self) -> None:
+        if self.problems:
+            raise _Bad(*self.problems[0], more=tuple(self.problems[1:]))
+
+
+_FAILED = object()     # what _Found.attempt returns for a part that has problems
 
 
 _REPR = reprlib.Repr()
@@ -192,23 +240,29 @@ class Key:
     required: bool = False
 
 
-def _section(raw: Any, path: str, keys: Mapping[str, Key]) -> dict:
+def _section(raw: Any, path: str, keys: Mapping[str, Key], found: _Found | None = None) -> dict:
+    """The checked values of a mapping, every key checked. Its problems are raised together,
+    or, given `found`, kept there (a key with a problem then has its default)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise _Bad(path, f"expected a mapping, got {_shown(raw)}")
+    mine = _Found() if found is None else found
     for k in raw:
         if k not in keys:
             known = ", ".join(sorted(keys))
-            raise _Bad(_join(path, k), f"unknown key (known keys here: {known})")
+            mine.add(_Bad(_join(path, k), f"unknown key (known keys here: {known})"))
     out = {}
     for name, key in keys.items():
+        out[name] = key.default
         if name in raw and raw[name] is not None:
-            out[name] = key.check(raw[name], _join(path, name))
+            value = mine.attempt(key.check, raw[name], _join(path, name))
+            if value is not _FAILED:
+                out[name] = value
         elif key.required:
-            raise _Bad(_join(path, name), "is required")
-        else:
-            out[name] = key.default
+            mine.add(_Bad(_join(path, name), "is required"))
+    if found is None:
+        mine.raise_any()
     return out
 
 
@@ -353,6 +407,70 @@ BUDGET_KEYS = {
     "max_per_hour": Key(number(0, 1_000_000_000), None),     # the cost per hour of the workers alive
     "max_per_day": Key(number(0, 1_000_000_000), None),      # the spend over the last 24 hours
 }
+
+# ---------------------------------------------------------------- notifications
+# Webhooks (appliance/notify.py): a JSON POST for each event an operator chose. A webhook's
+# URL (Slack's and Matrix's carry their token in it) and its headers' values are secrets:
+# no message here shows them, only the scheme or the header's name.
+
+NOTIFICATION_EVENTS = ("breaker_open", "budget_reached", "unschedulable", "boot_failed")
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")     # an HTTP token
+# set by the appliance on every delivery: a header of the file must not change them
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "user-agent"}
+
+
+def webhook_url(value, path):
+    """notifications.webhooks[].url: http(s)://host[:port]/path. Never shown back: it may hold a token."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(path, "expected a URL (https://host/path)")
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        shown = f"'{scheme[:10]}://...'" if sep else "a value without a scheme"
+        raise _Bad(path, f"must be an http:// or https:// URL, got {shown}")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if not host or any(c.isspace() for c in value.strip()):
+        raise _Bad(path, "must be a URL with a host and no spaces (https://host/path)")
+    return value.strip()
+
+
+_described(webhook_url, "str")
+
+
+def secret_headers(value, path):
+    """notifications.webhooks[].headers: name -> value, sent with each delivery; the values
+    are secrets (a bearer token), so no message names them, only the header."""
+    if not isinstance(value, dict):
+        raise _Bad(path, "expected a mapping of header names to values")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not HEADER_NAME_RE.match(k):
+            raise _Bad(path, f"header names are 1-64 letters, digits and -_.!#$%&'*+^`|~, got {_shown(k)}")
+        if k.lower() in _RESERVED_HEADERS:
+            raise _Bad(_join(path, k), "is set by the appliance and cannot be overridden")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not str(v).strip() \
+                or any(c in str(v) for c in "\r\n\0"):
+            raise _Bad(_join(path, k), "expected a one-line string (the value is not shown: it may be a secret)")
+        out[k] = str(v)
+    return MappingProxyType(out)
+
+
+_described(secret_headers, "dict[str, str]")
+
+WEBHOOK_KEYS = {
+    "url": Key(webhook_url, required=True),
+    # the operator's choice; by default every kind of notification there is
+    "events": Key(text_list(text(choices=NOTIFICATION_EVENTS)), NOTIFICATION_EVENTS),
+    "headers": Key(secret_headers, MappingProxyType({})),
+    # seconds one attempt may take; a slow receiver delays only the notifications, never scheduling
+    "timeout": Key(number(1, 120), 10.0),
+    # how the log names this webhook (default: the URL's host, as the URL itself may be a secret)
+    "name": Key(text(NAME_RE, "1-31 lower-case letters, digits and '-'"), None),
+}
+NOTIFICATIONS_KEYS = {
+    "webhooks": Key(lambda v, p: v, ()),     # checked with WEBHOOK_KEYS in _parse_notifications
+}
+
 
 def daily_window(value, path):
     """clouds[].min_idle_window: 'HH:MM-HH:MM' in UTC, optionally followed by an IANA time zone."""
@@ -541,6 +659,29 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """Where notifications are POSTed. url and headers are secrets: repr() shows neither."""
+    url: str = field(repr=False)
+    events: tuple[str, ...] = NOTIFICATION_EVENTS
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    timeout: float = 10.0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs name it: its name, else the URL's host (never the URL: it may hold a token)."""
+        if self.name:
+            return self.name
+        rest = self.url.partition("://")[2].split("/", 1)[0].rsplit("@", 1)[-1]
+        return rest or "webhook"
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    webhooks: tuple[Webhook, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     pool: PoolConfig
     scheduler: SchedulerConfig
@@ -549,6 +690,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     federation: FederationConfig = FederationConfig()
     budget: Caps = Caps()        # for all clouds together; each cloud may have its own too
+    notifications: NotificationsConfig = NotificationsConfig()
 
     def cloud(self, name: str) -> CloudConfig:
         for c in self.clouds:
@@ -605,40 +747,85 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 def parse(data: Any, source: str = "<string>") -> Config:
-    """Validate already-parsed YAML data (a dict) into a Config."""
+    """Validate already-parsed YAML data (a dict) into a Config; every problem found is in
+    the one ConfigError raised."""
     try:
         return _parse(data)
     except _Bad as bad:
-        raise ConfigError(source, bad.path or "(top level)", bad.problem) from None
+        (path, problem), *more = [(p or "(top level)", q) for p, q in bad.problems]
+        raise ConfigError(source, path, problem, tuple(more)) from None
 
 
 def _parse(data: Any) -> Config:
+    found = _Found()
     top = _section(data, "", {
         "pool": Key(lambda v, p: v), "scheduler": Key(lambda v, p: v), "clouds": Key(lambda v, p: v),
         "retention": Key(lambda v, p: v), "federation": Key(lambda v, p: v), "budget": Key(lambda v, p: v),
-    })
-    pool = PoolConfig(**_section(top["pool"], "pool", POOL_KEYS))
-    sched = SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS))
-    retention = RetentionConfig(**_section(top["retention"], "retention", RETENTION_KEYS))
+        "notifications": Key(lambda v, p: v),
+    }, found)
+    pool = found.attempt(lambda: PoolConfig(**_section(top["pool"], "pool", POOL_KEYS)))
+    sched = found.attempt(lambda: SchedulerConfig(**_section(top["scheduler"], "scheduler", SCHEDULER_KEYS)))
+    retention = found.attempt(lambda: RetentionConfig(**_section(top["retention"], "retention", RETENTION_KEYS)))
     raw_clouds = top["clouds"]
     if raw_clouds is None:
         raw_clouds = [{"name": "local", "type": "local", "max_workers": 2}]
     if not isinstance(raw_clouds, list):
-        raise _Bad("clouds", f"expected a list of clouds, got {_shown(raw_clouds)}")
-    clouds, seen = [], set()
+        found.add(_Bad("clouds", f"expected a list of clouds, got {_shown(raw_clouds)}"))
+        raw_clouds = []
+    clouds, seen, needs_host = [], set(), False
     for i, raw in enumerate(raw_clouds):
-        cloud = _parse_cloud(raw, f"clouds[{i}]")
+        cloud = found.attempt(_parse_cloud, raw, f"clouds[{i}]")
+        if cloud is _FAILED:
+            # its name still counts: a later cloud of the same name is a duplicate whatever else is wrong
+            if isinstance(raw, dict) and isinstance(raw.get("name"), str) and NAME_RE.match(raw["name"]):
+                seen.add(raw["name"])
+            continue
         if cloud.name in seen:
-            raise _Bad(f"clouds[{i}].name", f"duplicate cloud name {cloud.name!r}")
+            found.add(_Bad(f"clouds[{i}].name", f"duplicate cloud name {cloud.name!r}"))
+            continue
         seen.add(cloud.name)
         clouds.append(cloud)
-        if cloud.settings.needs_condor_host and pool.condor_host == "auto":
-            raise _Bad("pool.condor_host", f"must be the central manager's public address (a host name or IP "
-                                           f"that instances reach on port 9618) when an {cloud.type} cloud is "
-                                           f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it")
-    federation = _parse_federation(top["federation"])
+        if cloud.settings.needs_condor_host and pool is not _FAILED and pool.condor_host == "auto" \
+                and not needs_host:
+            needs_host = True      # said once, for the first such cloud
+            found.add(_Bad("pool.condor_host", f"must be the central manager's public address (a host name or IP "
+                                               f"that instances reach on port 9618) when an {cloud.type} cloud is "
+                                               f"configured (clouds[{i}], {cloud.name!r}); 'auto' cannot know it"))
+    federation = found.attempt(_parse_federation, top["federation"])
+    budget = found.attempt(lambda: Caps(**_section(top["budget"], "budget", BUDGET_KEYS)))
+    notifications = found.attempt(_parse_notifications, top["notifications"])
+    found.raise_any()
     return Config(pool=pool, scheduler=sched, clouds=tuple(clouds), retention=retention, federation=federation,
-                  budget=Caps(**_section(top["budget"], "budget", BUDGET_KEYS)))
+                  budget=budget, notifications=notifications)
+
+
+def _parse_notifications(raw: Any) -> NotificationsConfig:
+    section = _section(raw, "notifications", NOTIFICATIONS_KEYS)
+    hooks = section["webhooks"]
+    if hooks in ((), None):
+        return NotificationsConfig()
+    if not isinstance(hooks, list):
+        raise _Bad("notifications.webhooks", "expected a list of webhooks, each with at least a url")
+    out: list[Webhook] = []
+    found = _Found()
+    for i, item in enumerate(hooks):
+        path = f"notifications.webhooks[{i}]"
+        if not isinstance(item, dict):
+            found.add(_Bad(path, "expected a mapping with at least a url (and events, headers, timeout, name)"))
+            continue
+        values = found.attempt(_section, item, path, WEBHOOK_KEYS)
+        if values is _FAILED:
+            continue
+        if not values["events"]:
+            found.add(_Bad(f"{path}.events", f"is empty: leave it out for all of {', '.join(NOTIFICATION_EVENTS)}"))
+            continue
+        hook = Webhook(**{**values, "events": tuple(dict.fromkeys(values["events"]))})
+        if hook.name and any(h.name == hook.name for h in out):
+            found.add(_Bad(f"{path}.name", f"duplicate webhook name {hook.name!r}"))
+            continue
+        out.append(hook)
+    found.raise_any()
+    return NotificationsConfig(tuple(out))
 
 
 def _parse_federation(raw: Any) -> FederationConfig:
@@ -649,19 +836,29 @@ def _parse_federation(raw: Any) -> FederationConfig:
     if not isinstance(targets, list):
         raise _Bad("federation.flock_to", f"expected a list of pools, got {_shown(targets)}")
     out: list[FlockTarget] = []
+    found = _Found()
     for i, item in enumerate(targets):
         path = f"federation.flock_to[{i}]"
         if not isinstance(item, dict):
-            raise _Bad(path, f"expected a mapping with name, collector and token_file, got {_shown(item)}")
-        target = FlockTarget(**_section(item, path, FLOCK_TO_KEYS))
-        for earlier in out:
-            if earlier.name == target.name:
-                raise _Bad(f"{path}.name", f"duplicate pool name {target.name!r}")
-            if earlier.collector.lower() == target.collector.lower():
-                raise _Bad(f"{path}.collector", f"{target.collector!r} is already federation.flock_to's "
-                                                f"{earlier.name!r}")
-        out.append(target)
+            found.add(_Bad(path, f"expected a mapping with name, collector and token_file, got {_shown(item)}"))
+            continue
+        values = found.attempt(_section, item, path, FLOCK_TO_KEYS)
+        if values is _FAILED:
+            continue
+        target = FlockTarget(**values)
+        if found.attempt(_check_flock_target, target, out, path) is not _FAILED:
+            out.append(target)
+    found.raise_any()
     return FederationConfig(tuple(out))
+
+
+def _check_flock_target(target: FlockTarget, earlier_targets: list[FlockTarget], path: str) -> None:
+    for earlier in earlier_targets:
+        if earlier.name == target.name:
+            raise _Bad(f"{path}.name", f"duplicate pool name {target.name!r}")
+        if earlier.collector.lower() == target.collector.lower():
+            raise _Bad(f"{path}.collector", f"{target.collector!r} is already federation.flock_to's "
+                                            f"{earlier.name!r}")
 
 
 def _parse_cloud(raw: Any, path: str) -> CloudConfig:
@@ -674,36 +871,46 @@ def _parse_cloud(raw: Any, path: str) -> CloudConfig:
     if not isinstance(ctype, str) or ctype not in known:
         raise _Bad(f"{path}.type", f"unknown cloud type {_shown(ctype)} (known: {', '.join(known)})")
     keys = {**COMMON_CLOUD_KEYS, **option_keys(ctype)}
-    values = _section(raw, path, keys)
+    found = _Found()         # every key, and each part below, is checked whatever failed before
+    values = _section(raw, path, keys, found)
     raw_worker, raw_shapes = values.pop("worker"), values.pop("shapes")
-    budget = Caps(**_section(values.pop("budget"), f"{path}.budget", BUDGET_KEYS))
+    budget = found.attempt(lambda: Caps(**_section(values.pop("budget"), f"{path}.budget", BUDGET_KEYS)))
     if raw_shapes is not None and raw_worker is not None:
-        raise _Bad(f"{path}.shapes", "cannot be used together with worker: list every size of worker as a shape "
-                                     "(a lone worker is one shape)")
-    worker = WorkerSize(**_section(raw_worker, f"{path}.worker", WORKER_KEYS))
-    if raw_shapes == "auto":
-        if ctype not in AUTO_SHAPE_TYPES:
-            raise _Bad(f"{path}.shapes", f"'auto' sizes workers from this host, so only a "
-                                         f"{' or '.join(AUTO_SHAPE_TYPES)} cloud may use it; list the shapes "
-                                         f"of a {ctype} cloud")
-        shapes = host_shapes(*host_size())
-    else:
-        options = registry.lookup(ctype).options
-        shapes = (_parse_shapes(raw_shapes, f"{path}.shapes", options.reads_shape_sizes, options.reads_shape_disk)
-                  if raw_shapes is not None else ())
+        found.add(_Bad(f"{path}.shapes", "cannot be used together with worker: list every size of worker as a "
+                                         "shape (a lone worker is one shape)"))
+        found.raise_any()
+    worker = found.attempt(lambda: WorkerSize(**_section(raw_worker, f"{path}.worker", WORKER_KEYS)))
+    shapes = found.attempt(_cloud_shapes, ctype, raw_shapes, f"{path}.shapes")
     raw_images = values.pop("images")
-    images = image_map(raw_images, f"{path}.images") if raw_images is not None else MappingProxyType({})
+    images = (found.attempt(image_map, raw_images, f"{path}.images") if raw_images is not None
+              else MappingProxyType({}))
+    found.raise_any()        # the checks below need every value above
     common = {k: values.pop(k) for k in COMMON_CLOUD_KEYS if k not in ("worker", "shapes", "budget", "images")}
-    _check_headroom(common, shapes, path)
-    settings = _settings(ctype, values, path)
-    try:
-        settings.validate_shapes(bool(shapes))
-        if images:
-            settings.validate_images(images)
-    except registry.OptionError as err:       # a key of a mapping option ('images.bio') names its path
-        raise _Bad(functools.reduce(_join, err.key.split("."), path), err.problem) from None
+    found.attempt(_check_headroom, common, shapes, path)
+    settings = found.attempt(_settings, ctype, values, path)
+    if settings is not _FAILED:
+        try:
+            settings.validate_shapes(bool(shapes))
+            if images:
+                settings.validate_images(images)
+        except registry.OptionError as err:       # a key of a mapping option ('images.bio') names its path
+            found.add(_Bad(functools.reduce(_join, err.key.split("."), path), err.problem))
+    found.raise_any()
     return CloudConfig(worker=worker, options=MappingProxyType(values), settings=settings, shapes=shapes,
                        budget=budget, images=images, **common)
+
+
+def _cloud_shapes(ctype: str, raw_shapes: Any, path: str) -> tuple[Shape, ...]:
+    """A cloud's `shapes:` (none: ()); 'auto': sized from this host."""
+    if raw_shapes == "auto":
+        if ctype not in AUTO_SHAPE_TYPES:
+            raise _Bad(path, f"'auto' sizes workers from this host, so only a "
+                             f"{' or '.join(AUTO_SHAPE_TYPES)} cloud may use it; list the shapes "
+                             f"of a {ctype} cloud")
+        return host_shapes(*host_size())
+    options = registry.lookup(ctype).options
+    return (_parse_shapes(raw_shapes, path, options.reads_shape_sizes, options.reads_shape_disk)
+            if raw_shapes is not None else ())
 
 
 def _check_headroom(common: dict, shapes: tuple[Shape, ...], path: str) -> None:
@@ -761,12 +968,16 @@ def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False, reads_disk: bo
     if not isinstance(raw, list) or not raw:
         raise _Bad(path, f"expected a non-empty list of shapes, each with at least a name (or auto: sized from this host), got {_shown(raw)}")
     out: list[Shape] = []
+    found = _Found()
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"
         if not isinstance(item, dict):
-            raise _Bad(where, f"expected a mapping with at least a name (and cpus, memory, disk, gpus, "
-                              f"attributes, price), got {_shown(item)}")
-        values = _section(item, where, SHAPE_KEYS)
+            found.add(_Bad(where, f"expected a mapping with at least a name (and cpus, memory, disk, gpus, "
+                                  f"attributes, price), got {_shown(item)}"))
+            continue
+        values = found.attempt(_section, item, where, SHAPE_KEYS)
+        if values is _FAILED:
+            continue
         left_out = tuple(k for k in ("cpus", "memory", "gpus", *(("disk",) if reads_disk else ()))
                          if values[k] is None)
         if values["disk"] is None and not reads_disk:
@@ -777,8 +988,10 @@ def _parse_shapes(raw: Any, path: str, reads_sizes: bool = False, reads_disk: bo
         values.update({k: (0 if to_read else UNREAD_DEFAULTS[k]) for k in left_out})
         shape = Shape(**values, to_read=to_read)
         if any(s.name == shape.name for s in out):
-            raise _Bad(f"{where}.name", f"duplicate shape name {shape.name!r} (names are unique per cloud)")
+            found.add(_Bad(f"{where}.name", f"duplicate shape name {shape.name!r} (names are unique per cloud)"))
+            continue
         out.append(shape)
+    found.raise_any()
     return tuple(out)
 
 
@@ -815,15 +1028,25 @@ def loads(text_: str, source: str = "<string>") -> Config:
     return replace(cfg, source=source)
 
 
-def load(path: str | None = None) -> Config:
-    path = path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
+def config_path(path: str | None = None) -> str:
+    """The file to read: the one given, else $APPLIANCE_CONFIG, else the default."""
+    return path or os.environ.get("APPLIANCE_CONFIG") or DEFAULT_PATH
+
+
+def read_text(path: str | None = None) -> tuple[str, str]:
+    """(path, its text): the file as load() reads it, for those that keep the text too (reload)."""
+    path = config_path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            content = f.read()
+            return path, f.read()
     except OSError as err:
         raise ConfigError(path, "(file)", f"cannot read: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "(file)", "is not UTF-8 text") from None
+
+
+def load(path: str | None = None) -> Config:
+    path, content = read_text(path)
     return loads(content, path)
 
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 
-from . import budget, cycletime, federation, lifecycle, outcomes
+from . import budget, cycletime, federation, history, lifecycle, outcomes, reload
 from .clouds.base import CloudError, Driver, make_driver
 from .condor import Condor, CondorError, QueueLog, job_queue_log_path
-from .config import CloudConfig, Config, ConfigError, load
+from .config import CloudConfig, Config, ConfigError
 from .lifecycle import State
 from .matching import template_ads
 from .model import CloudHealth, Observation, SlotSummary, Worker
@@ -52,6 +52,7 @@ QUEUE_WATCH = 0.05
 QUEUE_GAP = 0.25
 STORE_POLL = 5.0       # seconds between attempts to open a state database that was refused
 CONFIG_POLL = 2.0      # seconds between readings of an invalid configuration file
+RELOAD_POLL = 0.5      # between cycles, how often a reload request (store, SIGHUP) is looked for
 
 
 class Daemon:
@@ -59,9 +60,22 @@ class Daemon:
     outcomes.*); this class only observes, executes and writes."""
 
     def __init__(self, cfg: Config, store: Store, condor: Condor, drivers: Mapping[str, Driver],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 driver_factory: Callable[[CloudConfig], Driver] | None = None,
+                 retiring: Mapping[str, CloudConfig] | None = None):
         # shapes that left their size to the cloud, sized as it said (kept in the store)
         self.cfg = cfg.with_shape_sizes(store.get("shape_sizes", {})[0])
+        # reload (appliance/reload.py): the file's configuration as read (a reload compares the
+        # new file with it), how drivers are made for clouds it adds, the last request answered,
+        # and SIGHUP's flag
+        self.file_cfg = cfg
+        self.driver_factory = driver_factory or (lambda c: make_driver(c, cfg.pool.name, pool_id()))
+        self.reload_done = int((reload.last_result(store) or {}).get("id") or 0)
+        self.reload_signal = threading.Event()
+        self._reload_looked = 0.0
+        # clouds a reload removed whose workers still drain: their config and driver (in
+        # self.drivers) stay, so their workers are still observed and removed, until none is left
+        self.retiring: dict[str, CloudConfig] = dict(retiring or {})
         self.store = store
         self.condor = condor
         self.drivers = dict(drivers)
@@ -91,11 +105,18 @@ class Daemon:
         # each cloud's warm headroom line, and the workers kept as headroom, as last logged
         self.headroom: dict[str, str] = {}
         self.kept: set[str] = set()
+        # jobs running on each worker (its claimed slots), as last written for the page
+        self.running: dict[str, int] | None = None
         # the schedd's job queue log: a change between cycles starts the next one early
         self.queue_log = QueueLog(job_queue_log_path())
         # when this process last saw each live worker in the collector; its row's last_seen
         # is written only when that matters (see sightings), not for every worker every cycle
         self.seen_at: dict[str, float] = {}
+        # the history bucket last written: a new one prunes those past history.WINDOW
+        self.history_bucket = 0
+        # the last cycle's job groups, to see a group become unschedulable or a budget begin
+        # to stop launches once (outcomes.demand_notes); from the store, so a restart is no news
+        self.demand: list[dict] = store.get("demand", [])[0] or []
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -123,7 +144,22 @@ class Daemon:
                 return
             if queue is not None and now >= earliest and self.queue_log.mark() != queue:
                 return
-            self.stopping.wait(min(QUEUE_WATCH if queue is not None else due - now, due - now))
+            if self.reload_wanted(now):
+                return
+            self.stopping.wait(min(QUEUE_WATCH if queue is not None else RELOAD_POLL, due - now))
+
+    def reload_wanted(self, now: float) -> bool:
+        """A reload was asked for (SIGHUP at once; the store every RELOAD_POLL): start the next
+        cycle now, so the operator waiting on it has the answer in well under a second."""
+        if self.reload_signal.is_set():
+            return True
+        if now - self._reload_looked < RELOAD_POLL:
+            return False
+        self._reload_looked = now
+        try:
+            return reload.pending(self.store, self.reload_done) is not None
+        except Exception:
+            return False
 
     def next_wait(self) -> float:
         """Seconds from one cycle's start to the next: short while a worker is starting."""
@@ -156,6 +192,7 @@ class Daemon:
             log.info("scheduler cycles succeed again")
 
     def cycle(self) -> Plan:
+        self.take_reload()
         now = self.clock()
         timer = cycletime.PhaseTimer()
         self.read_shape_sizes()
@@ -204,9 +241,15 @@ class Daemon:
                 save_stranded(self.store, stranded)
             self.store.clear_kills(plan.requests_done)
             self.account_spend(now)
-            self.store.put("demand", [group_row(g) for g in plan.groups])
+            demand = [group_row(g) for g in plan.groups]
+            if obs.schedd_ok:     # an unreadable queue is no news about its jobs
+                self.note(outcomes.demand_notes(self.demand, demand), now)
+                self.demand = demand
+            self.store.put("demand", demand)
             self.store.put("schedds", [asdict(s) for s in plan.schedds])
             self.report_headroom(plan)
+            self.report_running(obs)
+            self.record_history(plan, now)
             # last in the transaction, so that its figures cover all of the cycle but the commit
             duration, phases = timer.elapsed(), timer.phases()
             self.store.put("heartbeat", {"time": now, "pid": os.getpid(), "cycle": self.cycles,
@@ -218,7 +261,32 @@ class Daemon:
         if line:
             log.warning("%s", line)
         self.housekeeping(now)
+        self.retire_drained(now)
         return plan
+
+    def report_running(self, obs: Observation) -> None:
+        """The jobs running on each of our workers (its claimed slots, one job each), for the
+        page: written when it changes; kept as it was while the collector does not answer."""
+        if obs.slots is None:
+            return
+        running = {wid: s.claimed for wid, s in sorted(obs.slots.items()) if s.claimed}
+        if running != self.running:
+            self.running = running
+            self.store.put("running", running)
+
+    def record_history(self, plan: Plan, now: float) -> None:
+        """The pool's figures for the page's charts and /api/history (history.py): from what
+        this cycle already has, plus one grouped count of the live workers; no HTCondor query.
+        Once a minute, when a new bucket starts, the buckets past the window go: the bound
+        holds whatever retention.prune_every says."""
+        bucket = history.bucket_of(now)
+        sample = history.sample(sum(g.count for g in plan.groups), sum((self.running or {}).values()),
+                                self.store.live_counts(), self.cfg.cloud_names,
+                                self.cfg.priced_shape if self.cfg.priced else None)
+        self.store.record_history(bucket, sample)
+        if bucket != self.history_bucket:
+            self.history_bucket = bucket
+            self.store.prune_history(bucket - history.WINDOW + history.BUCKET)   # WINDOW / BUCKET buckets kept
 
     def report_headroom(self, plan: Plan) -> None:
         """Warm headroom: a cloud's line when it changes, and each worker the first cycle it is
@@ -283,6 +351,110 @@ class Daemon:
         records = budget.spending_of(self.store.recent_workers(since), self.cfg.priced_shape)
         totals = budget.add_spend(totals or {}, records, since, now)
         self.store.put("spend_total", totals)
+
+    # ------------------------------------------------------------ reload
+    def take_reload(self) -> dict | None:
+        """Answer a pending reload request (cloud_admin --reload, the page, the API) or SIGHUP,
+        at the top of a cycle: the cycle then runs on the configuration it leaves."""
+        req = reload.pending(self.store, self.reload_done)
+        if req is None and not self.reload_signal.is_set():
+            return None
+        self.reload_signal.clear()
+        req = req or {}
+        result = self.reload(bool(req.get("reset_overrides")), str(req.get("actor") or "SIGHUP"))
+        self.reload_done = int(req.get("id") or self.reload_done)
+        self.store.put(reload.RESULT, {**result, "id": self.reload_done, "time": self.clock()})
+        return result
+
+    def reload(self, reset_overrides: bool = False, actor: str = "operator") -> dict:
+        """Read the file again and take it: observe (the file, the live workers), decide (reload.diff,
+        reload.drains_for: pure), act (drivers), record (drain requests, events, the active config).
+        An invalid file, or one that cannot be taken without a restart, changes nothing."""
+        now = self.clock()
+        source = self.file_cfg.source
+        try:
+            new, text = reload.load_file(None if source.startswith("<") else source)
+        except ConfigError as err:
+            return self.refuse_reload(str(err), actor, now)
+        change = reload.diff(self.file_cfg, new)
+        if change.refusal:
+            return self.refuse_reload(f"{new.source}: {change.refusal}", actor, now)
+        new = reload.kept_for_restart(self.file_cfg, new)
+        # new drivers for clouds added (or added back while they drain) and those whose options
+        # changed, before anything is swapped: one that cannot be made refuses the whole file
+        remake = [c for c in new.clouds if c.name in change.added or c.name in self.retiring
+                  or "options" in change.changed.get(c.name, ())]
+        fresh: dict[str, Driver] = {}
+        for c in remake:
+            try:
+                fresh[c.name] = self.driver_factory(c)
+            except Exception as err:
+                for d in fresh.values():
+                    d.close()
+                return self.refuse_reload(f"{new.source}: cloud {c.name}: cannot set up its driver: {err}", actor, now)
+        drains = reload.drains_for(change.removed, self.store.workers())
+        line = reload.describe(change, drains)
+        version = reload.version_of(text)
+        with self.store.tx():
+            for name in change.removed:
+                self.store.request_kill(drains.requested[name], False, now, actor=f"reload (cloud {name} removed)")
+            # a removed cloud's runtime settings go with it; reset: all of them, the file's values apply
+            self.store.clear_cloud_settings(list(change.removed) + (list(new.cloud_names) if reset_overrides else []),
+                                            now, actor=f"reload ({actor})")
+            notes = ([(n, f"reload: cloud {n} added") for n in change.added]
+                     + [(n, reload.removed_note(n, drains.live[n])) for n in change.removed]
+                     + [(n, f"reload: cloud {n} changed: {', '.join(what)}") for n, what in change.changed.items()])
+            for cloud, note in notes:      # one event per decision, with its reason
+                log.info("%s", note)
+                self.store.event("config", note, cloud=cloud, now=now)
+            self.store.event("config", f"configuration reloaded by {actor}: {new.source} version {version}: {line}"
+                             + ("; runtime overrides reset" if reset_overrides else ""), now=now)
+            active = reload.record_active(self.store, new, text, now)
+        log.info("configuration reloaded by %s: %s version %s: %s", actor, new.source, version, line)
+        old = self.file_cfg
+        self.file_cfg = new
+        self.cfg = new.with_shape_sizes(self.store.get("shape_sizes", {})[0])
+        self.templates = template_ads(self.cfg.clouds, self.cfg.pool.name)
+        for name in change.removed:
+            if drains.live[name]:
+                self.retiring[name] = old.cloud(name)
+            else:
+                self.drivers.pop(name).close()
+        for name, driver in fresh.items():
+            previous = self.drivers.get(name)
+            if previous is not None:
+                previous.close()
+            self.drivers[name] = driver
+            self.retiring.pop(name, None)
+        return {"ok": True, "source": new.source, "version": version, "loaded_at": active["loaded_at"],
+                "message": line, "added": list(change.added), "removed": list(change.removed),
+                "changed": {n: list(w) for n, w in change.changed.items()},
+                "draining": {n: drains.live[n] for n in change.removed}, "reset_overrides": reset_overrides}
+
+    def refuse_reload(self, problem: str, actor: str, now: float) -> dict:
+        """The file is refused: one line in the log and an event; the running configuration stays."""
+        log.error("reload refused, the running configuration stays: %s", problem)
+        self.store.event("config", f"reload by {actor} refused, the running configuration stays: {problem}", now=now)
+        rec = reload.active_record(self.store) or {}
+        return {"ok": False, "error": problem, "source": rec.get("source"), "version": rec.get("version"),
+                "loaded_at": rec.get("loaded_at")}
+
+    def retire_drained(self, now: float) -> None:
+        """A removed cloud whose last worker is gone: its driver is closed and it is forgotten."""
+        if not self.retiring:
+            return
+        live = {w.cloud for w in self.store.workers()}
+        for name in [n for n in self.retiring if n not in live]:
+            del self.retiring[name]
+            driver = self.drivers.pop(name, None)
+            if driver is not None:
+                driver.close()
+            log.info("reload: cloud %s removed: its last worker is gone", name)
+            self.store.event("config", f"reload: cloud {name} removed: its last worker is gone", cloud=name, now=now)
+
+    def cloud_config(self, name: str) -> CloudConfig:
+        """A configured cloud's, or a removed one's whose workers still drain."""
+        return self.retiring[name] if name in self.retiring else self.cfg.cloud(name)
 
     # ------------------------------------------------------------ observe
     def observe(self, now: float, timer: cycletime.PhaseTimer | None = None) -> Observation:
@@ -503,7 +675,7 @@ class Daemon:
         """Execute the shutdown plan. Removals run in parallel: `docker stop` gives
         the whole appliance 10 s by default, and one after the other would not fit."""
         now = self.clock()
-        types = {name: self.cfg.cloud(name).type for name in self.drivers}
+        types = {name: self.cloud_config(name).type for name in self.drivers}
         steps = outcomes.shutdown_plan(self.store.workers(), types, self.cfg.scheduler.on_shutdown)
         futures = {id(s): self.pool.submit(self.drivers[s.worker.cloud].terminate, s.worker.id, s.worker.resource_id)
                    for s in steps if s.remove}
@@ -627,24 +799,62 @@ def main() -> int:
     setup_logging()
     stopping = threading.Event()
 
+    reloading = threading.Event()
+
     def stop(signum, frame):
         log.info("signal %d: stopping after this cycle", signum)
         stopping.set()
+
+    def hup(signum, frame):
+        # `supervisorctl signal HUP scheduler`: reread appliance.yaml at the next cycle.
+        # Installed first: SIGHUP's default action would end the process.
+        log.info("signal %d: reloading the configuration", signum)
+        reloading.set()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
 
     store = wait_for_usable_store(stopping)
     if store is None:
         return 0
+    previous = reload.active_record(store)      # what ran before this start, if anything
     cfg = wait_for_valid_config(store, stopping)
     if cfg is None:
         return 0
-    store.put("config", {"source": cfg.source, "clouds": list(cfg.cloud_names)})
     drivers = {c.name: make_driver(c, cfg.pool.name, pool_id()) for c in cfg.clouds}
-    daemon = Daemon(cfg, store, Condor(cfg.pool.name), drivers)
+    retiring = retiring_after_restart(store, previous, cfg)
+    for name, c in list(retiring.items()):
+        try:
+            drivers[name] = make_driver(c, cfg.pool.name, pool_id())
+        except Exception as err:     # its workers are left as before reload existed: lost, then removed
+            log.warning("cloud %s (removed): cannot set up its driver to drain its workers: %s", name, err)
+            del retiring[name]
+    daemon = Daemon(cfg, store, Condor(cfg.pool.name), drivers, retiring=retiring)
     daemon.stopping = stopping
+    daemon.reload_signal = reloading
+    reloading.clear()           # the file was just read
     daemon.run()
     return 0
+
+
+def retiring_after_restart(store: Store, previous: dict | None, cfg: Config) -> dict[str, CloudConfig]:
+    """Clouds the file no longer has whose workers still run (removed by a reload, or from the file
+    while the appliance was down): as with a reload, they are drained, not killed, through the
+    driver the previous configuration made. Without a readable record they are left as before."""
+    if previous is None:
+        return {}
+    try:
+        old = reload.loads_recorded(previous)
+    except ConfigError:
+        return {}
+    gone = [c.name for c in old.clouds if c.name not in cfg.cloud_names]
+    drains = reload.drains_for(gone, store.workers())
+    gone = [n for n in gone if drains.live[n]]
+    for name in gone:
+        store.request_kill(drains.requested[name], False, actor=f"the scheduler (cloud {name} removed)")
+        log.info("%s", reload.removed_note(name, drains.live[name]))
+        store.event("config", reload.removed_note(name, drains.live[name]), cloud=name)
+    return {name: old.cloud(name) for name in gone}
 
 
 def wait_for_usable_store(stopping: threading.Event, path: str | None = None,
@@ -674,7 +884,7 @@ def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | N
     checks = 0
     while True:
         try:
-            cfg = load(path)
+            cfg, text = reload.load_file(path)
         except ConfigError as err:
             if str(err) != shown:
                 shown = str(err)
@@ -689,6 +899,8 @@ def wait_for_valid_config(store: Store, stopping: threading.Event, path: str | N
         if shown is not None:
             log.info("configuration fixed: %s", cfg.source)
         store.put("config_error", None)
+        # the active configuration: what the CLIs and the page read (appliance/reload.py)
+        reload.record_active(store, cfg, text)
         return cfg
 
 

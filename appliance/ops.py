@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from . import budget, cycletime, headroom, lifecycle
+from . import budget, cycletime, headroom, history, lifecycle, stats
 from .config import CloudConfig, Config
 from .lifecycle import State
 from .model import CloudHealth, ShapeHealth
@@ -40,6 +40,32 @@ def shown(value: Any) -> str:
     if text and text.isprintable() and text.strip() == text and len(text) <= 80:
         return text
     return repr(text[:80])
+
+
+# an operator's reason for an action (cloud_admin --comment, the API's "comment"): at most this long
+COMMENT_MAX = 200
+
+
+def parse_comment(value: Any) -> str:
+    """An operator's reason for an action, as it goes into the event: one line (runs of
+    white space, newlines too, become one space), printable, at most COMMENT_MAX
+    characters. None or blank is no comment ('')."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise OpError(f"the comment must be text, got {value!r:.80}")
+    text = " ".join(value.split())
+    if not text.isprintable():
+        raise OpError(f"the comment must be printable text, got {text[:80]!r}")
+    if len(text) > COMMENT_MAX:
+        raise OpError(f"the comment must be at most {COMMENT_MAX} characters, got {len(text)}")
+    return text
+
+
+def by(actor: str, comment: str = "") -> str:
+    """Who acted, and why when they said: 'cloud_admin: "new image fixed"'. What the events
+    record after 'by' (e.g. 'disabled by cloud_admin: "quota"'), the audit trail."""
+    return f'{actor}: "{comment}"' if comment else actor
 
 
 class UnknownCloud(OpError):
@@ -207,15 +233,74 @@ def queue_status(store: Store) -> dict[str, Any]:
     }
 
 
+def running_status(store: Store) -> dict[str, Any]:
+    """The jobs running on our workers (each claimed slot runs one), as the scheduler last
+    saw them in the collector: per live worker, and per cloud (clouds by name)."""
+    running, updated = store.get("running", {})
+    live = {w.id: w for w in store.workers()}
+    per_worker = {wid: n for wid, n in (running or {}).items() if wid in live and n > 0}
+    clouds: dict[str, dict[str, Any]] = {}
+    for wid, n in per_worker.items():
+        row = clouds.setdefault(live[wid].cloud, {"cloud": live[wid].cloud, "workers": 0, "jobs": 0})
+        row["workers"] += 1
+        row["jobs"] += n
+    return {"updated_at": updated or None, "running_jobs": sum(per_worker.values()), "workers": per_worker,
+            "clouds": [clouds[name] for name in sorted(clouds)]}
+
+
+def history_status(store: Store, since: float = 0) -> dict[str, Any]:
+    """The pool over time (appliance.history): the buckets from the one holding `since` on,
+    or the whole window kept (six hours) without it."""
+    return history.series(store.history(history.bucket_of(since)))
+
+
+# the window of the boot and job statistics unless an operator gives another (hours)
+STATS_HOURS = 24
+STATS_MAX_HOURS = 24 * 366
+
+
+def stats_window(hours: Any, now: float) -> tuple[int, float]:
+    """(hours, since): the last `hours` hours, a whole number from 1 to a year."""
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= STATS_MAX_HOURS:
+        raise OpError(f"the window must be a whole number of hours from 1 to {STATS_MAX_HOURS}, got {hours!r}")
+    return hours, now - hours * 3600
+
+
+def boot_status(store: Store, cfg: Config, hours: int = STATS_HOURS, now: float | None = None) -> dict[str, Any]:
+    """Each cloud's workers launched in the last `hours`: how their starts ended (joined,
+    failed, interrupted, cancelled, still starting), the share that joined, and how long
+    joining took; and each failed start, with why (cloudscheduler's -b and -z)."""
+    now = time.time() if now is None else now
+    hours, since = stats_window(hours, now)
+    boots = store.boots(since)
+    return {"hours": hours, "since": round(since, 3), "clouds": stats.boot_stats(boots, cfg.cloud_names),
+            "failures": stats.boot_failures(boots)}
+
+
+def job_time_status(cfg: Config, hours: int = STATS_HOURS, now: float | None = None,
+                    completed=None) -> dict[str, Any]:
+    """How long the jobs that completed on each cloud's workers in the last `hours` ran
+    (their last run), from the schedd's history (cloudscheduler's -g). `completed`:
+    condor.completed_jobs, or a stand-in."""
+    now = time.time() if now is None else now
+    hours, since = stats_window(hours, now)
+    if completed is None:
+        # the bindings only when asked
+        from .condor import completed_jobs as completed
+    runs = [stats.JobRun(cloud, worker, seconds) for cloud, worker, seconds in completed(since)]
+    return {"hours": hours, "since": round(since, 3), "clouds": stats.job_times(runs, cfg.cloud_names)}
+
+
 def events(store: Store, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
     return store.events(since_id=since, limit=limit)
 
 
 # ------------------------------------------------------------------ writing
 
-def set_enabled(store: Store, cfg: Config, name: str, enabled: bool, actor: str = "operator") -> dict[str, Any]:
+def set_enabled(store: Store, cfg: Config, name: str, enabled: bool, actor: str = "operator",
+                comment: str | None = None) -> dict[str, Any]:
     resolve_cloud(cfg, name)
-    store.set_cloud(name, enabled=enabled, actor=actor)
+    store.set_cloud(name, enabled=enabled, actor=by(actor, parse_comment(comment)))
     return next(c for c in clouds_status(store, cfg) if c["name"] == name)
 
 
@@ -232,17 +317,26 @@ def parse_count(value: Any, what: str = "max_workers") -> int:
     return value
 
 
-def set_max_workers(store: Store, cfg: Config, name: str, value: Any, actor: str = "operator") -> dict[str, Any]:
+def set_max_workers(store: Store, cfg: Config, name: str, value: Any, actor: str = "operator",
+                    comment: str | None = None) -> dict[str, Any]:
     resolve_cloud(cfg, name)
     n = parse_count(value)
-    store.set_cloud(name, max_workers=n, actor=actor)
+    store.set_cloud(name, max_workers=n, actor=by(actor, parse_comment(comment)))
     return next(c for c in clouds_status(store, cfg) if c["name"] == name)
 
 
 def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, everything: bool,
-                 now_flag: bool, actor: str = "operator") -> list[str]:
-    """Ask the daemon to drain and remove workers (or remove at once with now_flag)."""
+                 now_flag: bool, actor: str = "operator", comment: str | None = None,
+                 retire: bool = False) -> list[str]:
+    """Ask the daemon to drain and remove workers (or remove at once with now_flag).
+
+    A drain is a retirement after the running jobs (retire: asked so, `cloud_admin -o`):
+    the worker takes no new job, its running ones finish however long they take, then
+    it is removed. A worker that has not joined yet has none: it is cancelled."""
+    if retire and now_flag:
+        raise OpError("a retirement lets the running jobs finish: it cannot be at once (now)")
     resolve_cloud(cfg, cloud)
+    who = by(actor, parse_comment(comment))
     live = [w for w in store.workers() if w.cloud == cloud]
     if everything:
         ids = [w.id for w in live if w.state is not State.DRAINING or now_flag]
@@ -254,5 +348,5 @@ def kill_workers(store: Store, cfg: Config, cloud: str, worker_id: str | None, e
         ids = [worker_id]
     else:
         raise OpError("say which workers: a worker id, or all")
-    store.request_kill(ids, now_flag, actor=actor)
+    store.request_kill(ids, now_flag, actor=who, retire=retire)
     return ids

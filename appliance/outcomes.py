@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from . import backoff
+from . import backoff, budget
 from .lifecycle import State
 from .model import CloudHealth, ShapeHealth, Worker
 from .scheduler.drains import after_drain
@@ -101,14 +101,45 @@ class Followup:
 
 # ------------------------------------------------------------------ health
 
+BREAKER_OPEN = "breaker open after "     # the start of the reason of a cloud's event when its breaker opens
+
+
 def health_notes(old: CloudHealth, new: CloudHealth, now: float) -> list[Note]:
     if new.breaker_open and not old.breaker_open:
-        msg = f"breaker open after {new.failures} quick failures: no launches until re-enabled ({new.last_error})"
+        msg = f"{BREAKER_OPEN}{new.failures} quick failures: no launches until re-enabled ({new.last_error})"
         return [Note(ERROR, f"cloud {new.name}: {msg}", "cloud", msg, cloud=new.name)]
     if new.backoff_until > old.backoff_until:
         msg = f"backing off {new.backoff_until - now:.0f}s: {new.last_error}"
         return [Note(WARNING, f"cloud {new.name}: {msg}", "cloud", msg, cloud=new.name)]
     return []
+
+
+# ------------------------------------------------------------------ demand
+
+# the start of the reason of a "demand" event, for each kind of news about the demand
+UNSCHEDULABLE = "unschedulable: "
+BUDGET_REACHED = "budget: "
+
+
+def demand_notes(before: Sequence[Mapping], after: Sequence[Mapping]) -> list[Note]:
+    """What newly went wrong with the demand between two cycles' group rows (the store's
+    'demand'): a group of jobs that became unschedulable, a budget cap that began to stop
+    launches. Once when it begins, not every cycle it lasts: these events are what a
+    notification is sent for (appliance/notify.py)."""
+    notes = []
+    was = {g.get("key") for g in before if g.get("status") == "unschedulable"}
+    for g in after:
+        if g.get("status") == "unschedulable" and g.get("key") not in was:
+            msg = f"{UNSCHEDULABLE}{g.get('count', 0)} idle job(s): {g.get('reason', '')}"
+            notes.append(Note(WARNING, msg, "demand", msg))
+    reached = budget.reached_caps(before)
+    for (cloud, cap), why in budget.reached_caps(after).items():
+        if (cloud, cap) not in reached:
+            waiting = sum(g.get("count", 0) for g in after
+                          if g.get("status") == "waiting" and why.split(" (")[0] in (g.get("reason") or ""))
+            msg = f"{why}: {waiting} idle job(s) wait"      # why: 'budget: [CLOUD ]CAP N reached (...)'
+            notes.append(Note(WARNING, msg, "demand", msg, cloud=cloud or None))
+    return notes
 
 
 # ------------------------------------------------------------------ launches

@@ -8,7 +8,8 @@ written together with its event row, in one transaction.
 The file outlives releases, so its layout is versioned (PRAGMA user_version) and
 moved forward by MIGRATIONS when a newer release first opens it. It is also kept
 bounded: `prune` drops old events and long-ended workers, while the transition
-counters behind /metrics live in their own table and survive pruning.
+counters behind /metrics live in their own table and survive pruning; the pool's
+history (appliance.history) keeps six hours of one-minute buckets and no more.
 
 Opening a file checks it before writing anything: one from a newer release
 (SchemaTooNew), one that is not an SQLite database, is damaged, or holds another
@@ -32,6 +33,7 @@ from . import lifecycle
 from .config import Config
 from .lifecycle import State
 from .model import SPOT_INTERRUPTION, CloudHealth, ShapeHealth, Worker
+from .stats import Boot
 
 DEFAULT_PATH = "/var/lib/appliance/state/appliance.db"
 
@@ -97,6 +99,9 @@ def _v1_base_schema(db: sqlite3.Connection) -> None:
 
 # transition_counts' key (in to_state) of the failures that were spot interruptions
 SPOT_COUNT = "spot-interruption"
+# ... and of the failures of workers that never joined the pool (from requested or booting:
+# a launch error, a boot timeout, vanished while booting), spot interruptions apart
+BOOT_FAILURE_COUNT = "boot-failure"
 
 
 def _v2_transition_counts(db: sqlite3.Connection) -> None:
@@ -150,6 +155,21 @@ def _v5_worker_image(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE workers ADD COLUMN image TEXT NOT NULL DEFAULT ''")
 
 
+def _v6_history(db: sqlite3.Connection) -> None:
+    """The pool over time (appliance.history): per time bucket, each series' value (idle jobs,
+    running jobs, workers per state and per cloud, spend per hour). One row per bucket and
+    series, so a cycle's sample is one upsert that keeps the larger value, and a new series
+    (a cloud added) needs no new column. Bounded: buckets older than history.WINDOW go."""
+    _run(db, """
+    CREATE TABLE IF NOT EXISTS history (
+        bucket INTEGER NOT NULL,
+        series TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (bucket, series)
+    ) WITHOUT ROWID
+    """)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only;
 # never edit or reorder a released step. All pending steps run in one
 # transaction when a Store opens the file, so an upgrade happens entirely or not
@@ -160,6 +180,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v3_retention_indexes,
     _v4_worker_shape,
     _v5_worker_image,
+    _v6_history,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -425,6 +446,9 @@ class Store:
                 # a counter of its own, in the same table under a key no state has
                 db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
                            "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", SPOT_COUNT))
+            elif to_state == "failed" and from_state in ("requested", "booting"):
+                db.execute("INSERT INTO transition_counts (cloud, to_state, n) VALUES (?, ?, 1) "
+                           "ON CONFLICT(cloud, to_state) DO UPDATE SET n = n + 1", (cloud or "", BOOT_FAILURE_COUNT))
 
     def events(self, since_id: int = 0, limit: int = 100, worker_id: str | None = None) -> list[dict]:
         """Events after `since_id`, oldest first; without since_id, the newest `limit`."""
@@ -437,6 +461,21 @@ class Store:
                                (*args, limit)).fetchall()
         out = [dict(r) for r in rows]
         return out if since_id else out[::-1]
+
+    def boots(self, since: float) -> list[Boot]:
+        """Each worker launched since `since`, and how its start ended: its one transition
+        out of requested/booting other than to booting (joined, failed or cancelled), from
+        the events; none yet while it starts, or when that event was pruned."""
+        ends = {r["worker_id"]: r for r in self.db.execute(
+            "SELECT worker_id, time, to_state, reason FROM events WHERE kind = 'worker' AND time >= ? "
+            "AND from_state IN ('requested', 'booting') AND to_state != 'booting'", (since,))}
+        out = []
+        for r in self.db.execute("SELECT id, cloud, created_at FROM workers WHERE created_at >= ? "
+                                 "ORDER BY created_at", (since,)):
+            end = ends.get(r["id"])
+            out.append(Boot(r["id"], r["cloud"], r["created_at"], end["time"] if end else None,
+                            end["to_state"] if end else None, end["reason"] if end else ""))
+        return out
 
     # ------------------------------------------------------------ clouds
     def set_cloud(self, name: str, *, enabled: bool | None = None, max_workers: int | None = None,
@@ -458,6 +497,22 @@ class Store:
                            (max_workers, now, name))
                 self._event(db, now, "cloud", f"max_workers set to {max_workers} by {actor}",
                             None, name, None, None)
+
+    def clear_cloud_settings(self, names: Iterable[str], now: float | None = None,
+                             actor: str = "operator") -> list[str]:
+        """Drop the runtime settings (enabled, max_workers) of these clouds, so the file's values
+        apply again (a reload that resets overrides, a removed cloud); returns the clouds that had some."""
+        now = time.time() if now is None else now
+        cleared = []
+        with self.tx() as db:
+            for name in names:
+                if db.execute("DELETE FROM cloud_settings WHERE name = ? AND (enabled IS NOT NULL OR "
+                              "max_workers IS NOT NULL)", (name,)).rowcount:
+                    cleared.append(name)
+                    self._event(db, now, "cloud", f"runtime settings cleared by {actor}: the file's apply",
+                                None, name, None, None)
+                db.execute("DELETE FROM cloud_settings WHERE name = ?", (name,))
+        return cleared
 
     def cloud_health(self, cfg: Config) -> list[CloudHealth]:
         """Each configured cloud: the file's settings overlaid with runtime ones and health."""
@@ -497,12 +552,15 @@ class Store:
 
     # ------------------------------------------------------------ operator requests
     def request_kill(self, worker_ids: Iterable[str], now_flag: bool, now: float | None = None,
-                     actor: str = "operator") -> None:
+                     actor: str = "operator", retire: bool = False) -> None:
+        """A drain and removal (retire: the same, asked as `cloud_admin -o`), or with now_flag a
+        removal without draining, for the daemon's next cycle."""
         now = time.time() if now is None else now
+        how = ("removal without draining" if now_flag else
+               "retirement after the running jobs" if retire else "drain and removal")
         with self.tx() as db:
             for wid in worker_ids:
                 db.execute("INSERT INTO requests (time, worker_id, now) VALUES (?, ?, ?)", (now, wid, int(now_flag)))
-                how = "removal without draining" if now_flag else "drain and removal"
                 self._event(db, now, "admin", f"{how} requested by {actor}", wid, None, None, None)
 
     def pending_kills(self) -> dict[str, bool]:
@@ -582,6 +640,33 @@ class Store:
             return db.execute("DELETE FROM events").rowcount
         return db.execute("DELETE FROM events WHERE id <= "
                           "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
+
+    # ------------------------------------------------------------ the pool over time
+    def live_counts(self) -> list[tuple[str, str, str, int]]:
+        """(cloud, shape, state, how many) of the live workers: counted by SQLite on the
+        (state, state_since) index, without building a row per worker."""
+        states = tuple(s.value for s in lifecycle.LIVE)
+        rows = self.db.execute(f"SELECT cloud, shape, state, COUNT(*) FROM workers WHERE state IN "
+                               f"({','.join('?' * len(states))}) GROUP BY cloud, shape, state", states)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def record_history(self, bucket: int, sample: Mapping[str, float]) -> None:
+        """Add a sample to its bucket: each series keeps the larger of its stored value and this one."""
+        with self.tx() as db:
+            db.executemany("INSERT INTO history (bucket, series, value) VALUES (?, ?, ?) "
+                           "ON CONFLICT(bucket, series) DO UPDATE SET value = MAX(value, excluded.value)",
+                           [(bucket, name, value) for name, value in sample.items()])
+
+    def history(self, since: float = 0) -> list[tuple[int, str, float]]:
+        """(bucket, series, value) of the buckets that start at or after `since`, oldest first."""
+        rows = self.db.execute("SELECT bucket, series, value FROM history WHERE bucket >= ? ORDER BY bucket",
+                               (since,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def prune_history(self, before: float) -> int:
+        """Drop the buckets that start before `before`; how many rows went."""
+        with self.tx() as db:
+            return db.execute("DELETE FROM history WHERE bucket < ?", (before,)).rowcount
 
     # ------------------------------------------------------------ small snapshots
     def put(self, key: str, value: Any, now: float | None = None) -> None:

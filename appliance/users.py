@@ -389,7 +389,7 @@ def restore(registry: Registry | None = None, system: System | None = None, log=
     for u in users:
         if not system.has_key(u.name):
             log(f"appliance: lab user {u.name}: her signing key is missing, so her tokens are refused; "
-                f"`cloud_admin --add-user {u.name}` makes a new key and token", file=sys.stderr)
+                f"`cloud_admin --add-user {u.name} -C WHY` makes a new key and token", file=sys.stderr)
         uid = system.account_uid(u.name)
         if uid == u.uid:
             continue

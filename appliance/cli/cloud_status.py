@@ -5,8 +5,8 @@ import argparse
 import sys
 import time
 
-from .. import federation, ops
-from .common import BAD_INPUT, NOT_RUNNING, OK, Exit, duration, emit_json, open_state, run, table
+from .. import federation, ops, reload
+from .common import BAD_INPUT, BROKEN, NOT_RUNNING, OK, Exit, duration, emit_json, open_state, run, table
 
 EXAMPLES = """\
 examples:
@@ -16,8 +16,18 @@ examples:
   cloud_status -q           demand: idle jobs grouped by request (and by schedd, for jobs that flock
                             here), which clouds can run them; the remote schedds allowed to flock here
   cloud_status -c local     one cloud, its workers and its recent events
-  cloud_status -e           the latest events (every worker transition, with its reason)
+  cloud_status -e           the latest events (every worker transition, with its reason), and
+                            who changed what and why (cloud_admin --comment)
+  cloud_status -b           boots per cloud in the last 24 h: launches, joined, failed, success
+                            ratio, boot time (mean, p50, p90, max), the commonest failure
+  cloud_status -z           each boot failure in the last 24 h: worker, cloud, after how long, why
+  cloud_status -g           job times per cloud: jobs that completed on its workers in the last
+                            24 h (the schedd's history), mean, p50, p90, max, hours in all
+  cloud_status -b --hours 6 the same over the last 6 hours (-b, -z and -g)
   cloud_status --json       any of the above as JSON
+
+The clouds overview ends with the configuration file the scheduler runs and its version
+(`cloud_admin --reload` takes an edited file).
 
 exit codes: 0 ok, 1 unknown cloud, 2 usage, 3 scheduler not running, 4 bad config or state
 """
@@ -31,14 +41,25 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("-q", "--queue", action="store_true", help="show demand (idle jobs by request)")
     what.add_argument("-c", "--cloud", metavar="NAME", help="show one cloud in detail")
     what.add_argument("-e", "--events", action="store_true", help="show the latest events")
+    what.add_argument("-b", "--boot-times", action="store_true",
+                      help="boot statistics per cloud: launches, failures, success ratio, boot times")
+    what.add_argument("-z", "--boot-failures", action="store_true", help="list the boot failures, with why")
+    what.add_argument("-g", "--job-times", action="store_true",
+                      help="job run times per cloud, from the schedd's history")
     p.add_argument("-a", "--all", action="store_true", help="with -m: include workers that ended in the last hour")
     p.add_argument("-n", "--limit", type=int, default=30, metavar="N", help="with -e: how many events (default 30)")
+    p.add_argument("--hours", type=int, default=ops.STATS_HOURS, metavar="N",
+                   help=f"with -b, -z and -g: the last N hours (default {ops.STATS_HOURS})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    stats_view = args.boot_times or args.boot_failures or args.job_times
+    if args.hours != ops.STATS_HOURS and not stats_view:
+        p.error("--hours only goes with -b, -z and -g")
     cfg, store = open_state()
     sched = ops.scheduler_status(store)
     try:
@@ -59,18 +80,35 @@ def main(argv=None) -> int:
                 raise Exit(BAD_INPUT, f"-n must be a whole number >= 1, got {args.limit}")
             data = ops.events(store, limit=args.limit)
             text = _events(data)
+        elif args.boot_times or args.boot_failures:
+            boots = ops.boot_status(store, cfg, args.hours)
+            key = "clouds" if args.boot_times else "failures"
+            data = {"hours": boots["hours"], "since": boots["since"], key: boots[key]}
+            text = _boots(data) if args.boot_times else _boot_failures(data)
+        elif args.job_times:
+            from ..condor import CondorError  # the bindings only for the schedd's history
+            try:
+                data = ops.job_time_status(cfg, args.hours)
+            except CondorError as err:
+                raise Exit(BROKEN, str(err)) from None
+            text = _job_times(data)
         else:
             data = ops.clouds_status(store, cfg)
             spend = ops.spend_status(store, cfg) if cfg.priced or cfg.budgets else None
             text = _clouds(data) + (_spend(spend) if spend else "")
     except ops.OpError as err:
         raise Exit(BAD_INPUT, str(err)) from None
+    overview = not any((args.workers, args.queue, args.cloud, args.events, stats_view))
+    # the clouds overview says which file and version the scheduler runs (it changes with a reload)
+    active = reload.active_summary(store) if overview else None
     if args.json:
-        emit_json({"scheduler": sched, "data": data, **({"spend": spend} if not any(
-            (args.workers, args.queue, args.cloud, args.events)) and spend else {})})
+        emit_json({"scheduler": sched, "data": data, **({"spend": spend} if overview and spend else {}),
+                   **({"config": active} if overview else {})})
     else:
         print(text)
         print(f"\nscheduler: {sched['message']}")
+        if active:
+            print(_active(active))
     if not sched["running"]:
         print(f"cloud_status: the scheduler is {sched['message']}", file=sys.stderr)
         return NOT_RUNNING
@@ -89,6 +127,14 @@ def _clouds(rows) -> str:
                  ["CLOUD", "TYPE", "ENABLED", "BOOTING", "IDLE", "BUSY", "DRAINING", "MAX",
                   *(["MIN IDLE"] if warm else []), *(["COST/H", "SPENT 24H"] if priced else []), "HEALTH",
                   "LAST ERROR"])
+
+
+def _active(a) -> str:
+    """'configuration: /etc/appliance/appliance.yaml version 3f2a9c1b7d0e, loaded 12:03:04 (5m00s ago)'."""
+    when = a.get("loaded_at")
+    loaded = (f", loaded {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))} "
+              f"({duration(time.time() - when)} ago)") if when else ""
+    return f"configuration: {a.get('source')} version {a.get('version')}{loaded}"
 
 
 def _min_idle(c) -> str:
@@ -154,7 +200,7 @@ def _queue(q) -> str:
                  (["SCHEDD", "OWNER"] if remote else []) + ["JOBS", "CPUS", "MEMORY", "DISK", "CLOUDS", "STATUS", "WHY"])
     extra = ""
     if q["unschedulable_jobs"]:
-        extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no enabled cloud can ever run them"
+        extra = f"\n\n{q['unschedulable_jobs']} idle job(s) are unschedulable: no configured cloud can ever run them"
     return f"{q['idle_jobs']} idle job(s) in {len(q['groups'])} group(s)\n\n{body}{extra}{schedds}"
 
 
@@ -218,6 +264,54 @@ def _events(rows) -> str:
     return table([[time.strftime("%H:%M:%S", time.localtime(e["time"])), e["worker_id"] or e["cloud"] or "",
                    f"{e['from_state'] or ''} -> {e['to_state']}" if e["to_state"] else e["kind"], e["reason"]]
                   for e in rows], ["TIME", "WHO", "WHAT", "WHY"])
+
+
+def _window(d) -> str:
+    return f"the last {d['hours']} h (since {time.strftime('%Y-%m-%d %H:%M', time.localtime(d['since']))})"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _boots(d) -> str:
+    """Per cloud: how the starts of the workers launched in the window ended, and how long joining took."""
+    rows = d["clouds"]
+    interrupted = any(c["interrupted"] for c in rows)
+    body = table([[c["cloud"], c["launched"], c["joined"], c["failed"], *([c["interrupted"]] if interrupted else []),
+                   c["cancelled"], c["starting"], _ratio(c["success"]),
+                   *(duration(c["boot_seconds"][k]) for k in ("mean", "p50", "p90", "max")),
+                   _commonest(c["failure_reasons"])] for c in rows],
+                 ["CLOUD", "LAUNCHED", "JOINED", "FAILED", *(["INTERRUPTED"] if interrupted else []), "CANCELLED",
+                  "STARTING", "SUCCESS", "BOOT MEAN", "P50", "P90", "MAX", "COMMONEST FAILURE"])
+    return (f"workers launched in {_window(d)}; boot time: from the launch to the worker in the pool; "
+            f"success: joined / (joined + failed)\n\n{body}")
+
+
+def _commonest(reasons) -> str:
+    if not reasons:
+        return "-"
+    r = reasons[0]
+    text = r["reason"] if len(r["reason"]) <= 60 else r["reason"][:57] + "..."
+    return f"{r['count']}x {text}"
+
+
+def _boot_failures(d) -> str:
+    rows = d["failures"]
+    if not rows:
+        return f"no boot failures in {_window(d)}"
+    body = table([[time.strftime("%m-%d %H:%M:%S", time.localtime(f["time"])), f["worker_id"], f["cloud"],
+                   duration(f["after_seconds"]), f["reason"]] for f in rows],
+                 ["TIME", "WORKER", "CLOUD", "AFTER", "WHY"])
+    return f"{len(rows)} boot failure(s) in {_window(d)}\n\n{body}"
+
+
+def _job_times(d) -> str:
+    body = table([[c["cloud"], c["jobs"], c["workers"], *(duration(c["job_seconds"][k]) for k in
+                                                          ("mean", "p50", "p90", "max")), f"{c['hours']:g}"]
+                  for c in d["clouds"]], ["CLOUD", "JOBS", "WORKERS", "MEAN", "P50", "P90", "MAX", "HOURS"])
+    return (f"jobs that completed on the workers in {_window(d)} (the schedd's history; each job's last "
+            f"run)\n\n{body}")
 
 
 def entry() -> None:

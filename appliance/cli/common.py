@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Config, ConfigError, load
+from ..config import Config, ConfigError
+from ..reload import active_config
 from ..store import Store
 
 OK, BAD_INPUT, USAGE, NOT_RUNNING, BROKEN = 0, 1, 2, 3, 4
@@ -29,14 +30,15 @@ class Exit(Exception):
 
 
 def open_state() -> tuple[Config, Store]:
-    try:
-        cfg = load()
-    except ConfigError as err:
-        raise Exit(BROKEN, f"configuration error: {err}") from None
+    """The configuration the scheduler runs (the file's only until it has recorded one: an
+    edited file counts once it is reloaded) and the state."""
     try:
         store = Store()
+        cfg = active_config(store)
         # with the sizes the scheduler read from the clouds for shapes that left theirs out
         return cfg.with_shape_sizes(store.get("shape_sizes", {})[0]), store
+    except ConfigError as err:
+        raise Exit(BROKEN, f"configuration error: {err}") from None
     except (sqlite3.Error, OSError) as err:
         raise Exit(BROKEN, f"cannot open the appliance state: {err}") from None
 

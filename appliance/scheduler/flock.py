@@ -1,7 +1,8 @@
 """Phase 7, federation: local jobs this appliance will not run are sent to other pools
 (federation.flock_to), and each allowed remote schedd is reported.
 
-Sending away: a local group that no enabled cloud can run, or whose jobs wait only
+Sending away: a local group that no enabled cloud can run (none could, or only
+disabled ones), or whose jobs wait only
 at max_workers, gets a FlockOut: the act step sets those jobs' FlockTo, and the
 schedd (FLOCK_BY_DEFAULT false) flocks them, and only them. From the next cycle
 their group names the pools it was sent to; place() launches nothing for it and

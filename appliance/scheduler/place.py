@@ -53,8 +53,9 @@ class Placement:
     assigned: dict[str, int] = field(default_factory=dict)          # worker id -> jobs placed on it
     # group key -> the (cloud, shape) pairs whose workers could run it
     runnable_on: dict[str, set[TemplateKey]] = field(default_factory=dict)
-    # local group key -> (jobs, why) that this appliance will not run: no enabled cloud can
-    # run them, or they wait only at max_workers (per cloud or global); flocking may take them
+    # local group key -> (jobs, why) that this appliance will not run: no cloud can run them,
+    # only disabled ones could, or they wait only at max_workers (per cloud or global);
+    # flocking may take them
     overflow: dict[str, tuple[int, str]] = field(default_factory=dict)
     # worker id -> why it is kept as warm headroom (scheduler/headroom.py): never drained by
     # idle_timeout, nor cancelled while starting
@@ -261,12 +262,17 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
             status = "sent away"
             reason = (f"offered to {', '.join(row.away)} by flocking: no worker is launched here for it"
                       + (" (workers here have room for some)" if row.remaining < group.count else ""))
-        elif not enabled_runnable:
-            why = "; ".join(f"{c.name}: {row.verdicts[c.name].reason or 'disabled'}" for c in ordered) \
-                or "no clouds configured"
-            status, reason = "unschedulable", f"no enabled cloud can run it ({why})"
+        elif not row.runnable:
+            why = "; ".join(f"{c.name}: {row.verdicts[c.name].reason}" for c in ordered) or "no clouds configured"
+            status, reason = "unschedulable", f"no configured cloud can run it ({why})"
             if not group.schedd:
-                placement.overflow[group.key] = (group.count, "no enabled cloud here can run it")
+                placement.overflow[group.key] = (group.count, "no cloud here can run it")
+        elif not enabled_runnable:
+            # clouds that could run it are there, but an operator disabled them (cloud_admin -d, or
+            # enabled: false): it waits for one to be enabled, it is not impossible
+            status, reason = "waiting", only_disabled(row.runnable)
+            if not group.schedd:
+                placement.overflow[group.key] = (group.count, "only disabled clouds here could run it")
         elif remaining > 0:
             waits, only_max_workers = _waits(row.runnable, blocked, live_count, total_live, booting, settings)
             shape_waits = _shape_waits(row, views, now) + _budget_waits(fit)
@@ -286,6 +292,13 @@ def place(d: Draft, obs: Observation, clouds: Sequence[CloudView], settings: Sch
 
     placement.assigned = {c.worker_id: c.assigned for c in capacity if c.worker_id}
     return placement
+
+
+def only_disabled(clouds: Sequence[CloudView]) -> str:
+    """The reason of a group only disabled clouds could run: 'only docker could run it, and it is disabled'."""
+    names = [c.name for c in clouds]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"only {listed} could run it, and {'it is' if len(names) == 1 else 'they are'} disabled"
 
 
 def spare_gpus(group: JobGroup, shapes: set[TemplateKey], views: Mapping[str, CloudView]) -> set[TemplateKey]:

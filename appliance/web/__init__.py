@@ -24,7 +24,8 @@ from werkzeug.exceptions import HTTPException
 
 from .. import ops
 from ..bootstrap import WEB_RUN
-from ..config import Config, ConfigError, load
+from ..config import Config, ConfigError
+from ..reload import active_config
 from ..store import Store
 from . import auth
 
@@ -60,18 +61,21 @@ def _db_path() -> str | None:
 
 
 def config() -> Config:
-    """The configuration, loaded once per request; a bad file raises ConfigError."""
+    """The configuration the scheduler runs (recorded by it; the file's until it has), loaded
+    once per request; a bad file raises ConfigError."""
     if "cfg" not in g:
         from flask import current_app
         # with the sizes the scheduler read from the clouds for shapes that left theirs out
-        g.cfg = load(current_app.config.get("CONFIG_PATH")).with_shape_sizes(store().get("shape_sizes", {})[0])
+        g.cfg = active_config(store(), current_app.config.get("CONFIG_PATH")).with_shape_sizes(
+            store().get("shape_sizes", {})[0])
     return g.cfg
 
 
 def config_problem() -> str | None:
     """Why the configuration is invalid, or None: the scheduler's verdict (the store's
     config_error, written while it waits for a valid file), else this app's own reading of
-    the file (it can break after the scheduler started)."""
+    the active configuration (the file's, before the scheduler recorded one). A file edited
+    into an invalid one later is not a problem until it is reloaded: the reload refuses it."""
     recorded, _ = store().get("config_error")
     if recorded:
         return str(recorded)

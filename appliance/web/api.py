@@ -13,7 +13,8 @@ from functools import wraps
 
 from flask import Blueprint, jsonify, request
 
-from .. import federation, ops
+from .. import federation, ops, reload
+from ..config import ConfigError
 from . import auth, config, store
 from .openapi import spec
 
@@ -65,6 +66,14 @@ def _flag_arg(name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
+def _comment_arg() -> str | None:
+    """An action's optional reason, recorded in its event: "comment" in a JSON body, or ?comment=."""
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and "comment" in body:
+        return body["comment"]
+    return request.args.get("comment")
+
+
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(spec())
@@ -87,13 +96,13 @@ def cloud(name: str):
 @bp.post("/clouds/<name>/enable")
 @api_auth
 def enable(name: str):
-    return answer(ops.set_enabled(store(), config(), name, True, actor="web API"))
+    return answer(ops.set_enabled(store(), config(), name, True, actor="web API", comment=_comment_arg()))
 
 
 @bp.post("/clouds/<name>/disable")
 @api_auth
 def disable(name: str):
-    return answer(ops.set_enabled(store(), config(), name, False, actor="web API"))
+    return answer(ops.set_enabled(store(), config(), name, False, actor="web API", comment=_comment_arg()))
 
 
 @bp.patch("/clouds/<name>")
@@ -104,9 +113,12 @@ def patch_cloud(name: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not body:
         return error(400, 'the body must be a JSON object such as {"max_workers": 5} or {"enabled": false}')
-    unknown = sorted(set(body) - {"max_workers", "enabled"})
+    unknown = sorted(set(body) - {"max_workers", "enabled", "comment"})
     if unknown:
-        return error(400, f"unknown field(s): {', '.join(map(str, unknown))} (known: enabled, max_workers)")
+        return error(400, f"unknown field(s): {', '.join(map(str, unknown))} (known: enabled, max_workers, comment)")
+    if not set(body) & {"max_workers", "enabled"}:
+        return error(400, 'nothing to change: give "max_workers" or "enabled" (with "comment", why)')
+    comment = ops.parse_comment(body.get("comment"))     # validate before changing anything
     if "enabled" in body and not isinstance(body["enabled"], bool):
         return error(400, f"enabled must be true or false, got {body['enabled']!r}")
     if "max_workers" in body:
@@ -115,9 +127,39 @@ def patch_cloud(name: str):
         ops.parse_count(body["max_workers"])      # validate before changing anything
     result = None
     if "max_workers" in body:
-        result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API")
+        result = ops.set_max_workers(store(), cfg, name, body["max_workers"], actor="web API", comment=comment)
     if "enabled" in body:
-        result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API")
+        result = ops.set_enabled(store(), cfg, name, body["enabled"], actor="web API", comment=comment)
+    return answer(result)
+
+
+@bp.post("/reload")
+@api_auth
+def reload_config():
+    """Reread appliance.yaml, as cloud_admin --reload: an invalid file is refused here (400)
+    and the running configuration stays; else the scheduler's answer (202: none yet)."""
+    from .ui import WEB_RELOAD_WAIT, _config_path
+    body = request.get_json(silent=True) if request.data else {}
+    if not isinstance(body, dict) or set(body) - {"reset_overrides", "comment"}:
+        return error(400, 'the body must be empty or a JSON object such as '
+                          '{"reset_overrides": true, "comment": "why"}')
+    reset = body.get("reset_overrides", False)
+    if not isinstance(reset, bool):
+        return error(400, f"reset_overrides must be true or false, got {reset!r}")
+    try:
+        actor = ops.by("web API", ops.parse_comment(body.get("comment", request.args.get("comment"))))
+    except ops.OpError as err:
+        return error(400, str(err))
+    try:
+        rid, result = reload.ask(store(), reset, actor=actor, timeout=WEB_RELOAD_WAIT, path=_config_path())
+    except ConfigError as err:
+        resp = jsonify({"error": f"configuration error: {err}", "config_error": str(err)})
+        resp.status_code = 400
+        return resp
+    if result is None:
+        return answer({"id": rid, "ok": None, "message": "asked; the scheduler has not answered yet"}, 202)
+    if not result["ok"]:
+        return error(400, reload.answer_line(result))
     return answer(result)
 
 
@@ -147,3 +189,10 @@ def events():
     since = _int_arg("since", 0, 0, 2 ** 62)
     limit = _int_arg("limit", 100, 1, 1000)
     return answer(ops.events(store(), since=since, limit=limit))
+
+
+@bp.get("/history")
+@api_auth
+def history():
+    """The pool over time, the page's charts' data: one-minute buckets of the last six hours."""
+    return answer(ops.history_status(store(), since=_int_arg("since", 0, 0, 2 ** 62)))

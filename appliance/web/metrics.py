@@ -4,7 +4,8 @@ The scheduler daemon is a separate process from gunicorn, so nothing here counts
 in memory: gauges come from the same ops functions as cloud_status, counters
 from the store's transition counts (bumped with each transition's event, so
 "launched" is the number of transitions into booting; kept when old events are
-pruned, so they never go down), the cycle-duration histogram from the
+pruned, so they never go down), the budget caps reached from the demand the last
+cycle recorded, the cycle-duration histogram from the
 cumulative buckets the daemon keeps in the store, and the last cycle's duration and
 phases from its heartbeat.
 """
@@ -15,14 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import cycletime, lifecycle, ops
+from ..budget import BUDGET_REACHED_RE, CAPS
 from ..config import Config
-from ..store import SPOT_COUNT, Store
+from ..notify import COUNTS_KEY as NOTIFY_COUNTS
+from ..store import BOOT_FAILURE_COUNT, SPOT_COUNT, Store
 from . import auth, config, store
 from .api import error
 
 bp = Blueprint("metrics", __name__)
 
 GROUP_STATUSES = ("served", "launching", "waiting", "unschedulable")
+BUDGET_CAPS = CAPS
 
 
 class StoreCollector:
@@ -35,6 +39,13 @@ class StoreCollector:
         up = GaugeMetricFamily("appliance_scheduler_up", "1 if the scheduler daemon completed a cycle recently")
         up.add_metric([], 1 if sched["running"] else 0)
         yield up
+        beat, _ = store.get("heartbeat")
+        if beat and beat.get("time"):
+            # for alerts on its age (time() - this): the heartbeat's time, kept while the daemon is down
+            at = GaugeMetricFamily("appliance_scheduler_last_cycle_timestamp_seconds",
+                                   "Unix time of the scheduler daemon's last cycle (its heartbeat)")
+            at.add_metric([], beat["time"])
+            yield at
         # the last cycle, as a whole and by phase (the histogram below has them all, as a whole)
         if sched.get("cycle_seconds") is not None:
             last = GaugeMetricFamily("appliance_scheduler_last_cycle_seconds", "Duration of the scheduler's last cycle")
@@ -67,6 +78,7 @@ class StoreCollector:
         for s, n in by_status.items():
             jobs.add_metric([s], n)
         yield jobs
+        yield _budget_reached(cfg, q["groups"])
 
         events = store.event_counts()
         for name, to, text in (("appliance_worker_launches", "booting", "Workers launched (requested -> booting)"),
@@ -77,6 +89,12 @@ class StoreCollector:
             for cloud in cfg.cloud_names:
                 c.add_metric([cloud], events.get((cloud, to), 0))
             yield c
+        boot = CounterMetricFamily("appliance_worker_boot_failures", "Workers failed before they joined the "
+                                   "pool (launch error, boot timeout, vanished while booting; not spot "
+                                   "interruptions)", labels=["cloud"])
+        for cloud in cfg.cloud_names:
+            boot.add_metric([cloud], events.get((cloud, BOOT_FAILURE_COUNT), 0))
+        yield boot
         spot = CounterMetricFamily("appliance_spot_interruptions", "Workers failed by a spot interruption "
                                    "(the cloud took the instance back, or the worker reported the notice)",
                                    labels=["cloud"])
@@ -107,6 +125,9 @@ class StoreCollector:
         if cfg.priced:
             yield from _cost_metrics(store, cfg)
 
+        if cfg.notifications.webhooks:
+            yield _notifications(store)
+
         hist, _ = store.get("cycle_histogram")
         h = HistogramMetricFamily("appliance_scheduler_cycle_seconds", "Duration of the scheduler's cycles")
         if hist:
@@ -115,6 +136,33 @@ class StoreCollector:
         else:
             h.add_metric([], [("+Inf", 0)], 0.0)
         yield h
+
+
+def _budget_reached(cfg: Config, groups: list[dict]) -> GaugeMetricFamily:
+    """1 for each budget cap (global: cloud="", or a cloud's) that stops launches idle jobs
+    wait for now, as the scheduler's last cycle reported them; 0 for the other caps set."""
+    g = GaugeMetricFamily("appliance_budget_reached", "1 while a budget cap (cloud=\"\" for the global "
+                          "budget) stops launches that idle jobs wait for", labels=["cloud", "cap"])
+    reached = {(c.name, cap): 0 for c in cfg.clouds for cap in BUDGET_CAPS if getattr(c.budget, cap) is not None}
+    reached.update({("", cap): 0 for cap in BUDGET_CAPS if getattr(cfg.budget, cap) is not None})
+    for grp in groups:
+        if grp.get("status") == "waiting":
+            for cloud, cap in BUDGET_REACHED_RE.findall(grp.get("reason") or ""):
+                reached[(cloud, cap)] = 1
+    for (cloud, cap), value in sorted(reached.items()):
+        g.add_metric([cloud, cap], value)
+    return g
+
+
+def _notifications(store: Store) -> CounterMetricFamily:
+    """Webhook deliveries (appliance/notify.py): attempts that failed, notifications delivered
+    and given up on after their retries."""
+    c = CounterMetricFamily("appliance_notifications", "Webhook notifications: delivered, failed (an attempt "
+                            "that will be retried or was refused), given_up (after its retries)", labels=["result"])
+    counts, _ = store.get(NOTIFY_COUNTS, {})
+    for result in ("delivered", "failed", "given_up"):
+        c.add_metric([result], (counts or {}).get(result, 0))
+    return c
 
 
 def _cost_metrics(store: Store, cfg: Config):

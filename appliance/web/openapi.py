@@ -109,6 +109,26 @@ QUEUE = _obj({
     "groups": {"type": "array", "items": {"$ref": "#/components/schemas/JobGroup"}},
 })
 
+_SERIES = {"type": "array", "items": _nullable(NUM),
+           "description": "one value per bucket of `times` (null: none recorded for it)"}
+HISTORY = _obj({
+    "bucket_seconds": {**INT, "description": "the length of a bucket (60)"},
+    "window_seconds": {**INT, "description": "how far back buckets are kept (21600: six hours)"},
+    "coalesce": {"type": "string", "enum": ["max"],
+                 "description": "each series keeps its largest value of the bucket's scheduler cycles"},
+    "times": {"type": "array", "items": INT,
+              "description": "the buckets' start times (Unix seconds), oldest first; a bucket missing "
+                             "means the scheduler did not run then"},
+    "idle_jobs": _SERIES, "running_jobs": _SERIES,
+    "workers_by_state": {"type": "object", "additionalProperties": _SERIES,
+                         "description": "live workers per state: booting (requested ones too), idle, busy, "
+                                        "draining"},
+    "workers_by_cloud": {"type": "object", "additionalProperties": _SERIES,
+                         "description": "live workers per cloud"},
+    "spend_per_hour": _nullable({**_SERIES, "description": "what the live workers cost per hour; null when no "
+                                                           "shape has a price"}),
+})
+
 CLOUD_DETAIL = {"allOf": [{"$ref": "#/components/schemas/Cloud"}, _obj({
     "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
@@ -134,14 +154,31 @@ CLOUDS_OK = {"description": "the clouds", "content": {"application/json": {"sche
 AUTH_ERRORS = {"401": _err("no or wrong credentials"), "429": _err("too many failed logins from this client"),
                "503": _err("the configuration file is invalid")}
 NAME = {"name": "name", "in": "path", "required": True, "schema": STR, "description": "a cloud's name"}
+RELOAD = _obj({"id": INT, "ok": _nullable(BOOL), "message": STR, "source": STR,
+               "version": {**STR, "description": "the first 12 hex digits of the file's SHA-256"},
+               "loaded_at": NUM, "added": {"type": "array", "items": STR},
+               "removed": {"type": "array", "items": STR},
+               "changed": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
+               "draining": {"type": "object", "additionalProperties": INT,
+                            "description": "each removed cloud's live workers, which drain"},
+               "reset_overrides": BOOL}, ["id", "ok", "message"])
 REF = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("Cloud", "Worker", "Event", "Queue", "CloudDetail",
-                                                           "Schedd")}
+                                                           "Schedd", "History")}
+
+
+COMMENT = {"type": "string", "maxLength": 200,
+           "description": "optional: why, recorded in the change's event after who made it"}
+COMMENT_ARG = {"name": "comment", "in": "query", "required": False, "schema": COMMENT,
+               "description": "why (or \"comment\" in a JSON body), recorded in the event"}
 
 
 def spec() -> dict[str, Any]:
     def write(summary: str) -> dict[str, Any]:
-        return {"summary": summary, "parameters": [NAME],
+        return {"summary": summary, "parameters": [NAME, COMMENT_ARG],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"comment": COMMENT}}}}},
                 "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
+                              "400": _err("bad comment"),
                               "404": _err("no cloud of that name"), "403": _err("missing CSRF token (session only)"),
                               **AUTH_ERRORS}}
 
@@ -168,12 +205,24 @@ def spec() -> dict[str, Any]:
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "additionalProperties": False, "minProperties": 1,
                               "properties": {"max_workers": {"type": "integer", "minimum": 0, "maximum": 100000},
-                                             "enabled": BOOL}}}}},
+                                             "enabled": BOOL, "comment": COMMENT}}}}},
                           "responses": {"200": _ok("the cloud after the change", REF["Cloud"]),
                                         "400": _err("bad body"), "404": _err("no cloud of that name"),
                                         "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},
             "/api/clouds/{name}/enable": {"post": write("enable a cloud")},
             "/api/clouds/{name}/disable": {"post": write("disable a cloud: no new launches, running workers stay")},
+            "/api/reload": {"post": {
+                "summary": "reread appliance.yaml without a restart (as cloud_admin --reload): clouds added, "
+                           "removed (their workers drain), changed; runtime settings are kept unless "
+                           "reset_overrides",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"reset_overrides": {**BOOL, "default": False}}}}}},
+                "responses": {"200": _ok("the scheduler took the file", RELOAD),
+                              "202": _ok("asked; the scheduler has not answered within 10 s", RELOAD),
+                              "400": _err("the file is invalid, or the scheduler refused it: the running "
+                                          "configuration stays"),
+                              "403": _err("missing CSRF token (session only)"), **AUTH_ERRORS}}},
             "/api/workers": {"get": {
                 "summary": "live workers", "parameters": [{
                     "name": "all", "in": "query", "required": False, "schema": {"type": "boolean"},
@@ -198,13 +247,23 @@ def spec() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
                 "responses": {"200": _ok("the events", {"type": "array", "items": REF["Event"]}),
                               "400": _err("bad parameter"), **AUTH_ERRORS}}},
+            "/api/history": {"get": {
+                "summary": "the pool over time: idle and running jobs, workers per state and per cloud, spend "
+                           "per hour, in one-minute buckets of the last six hours (the page's charts)",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 2 ** 62},
+                     "description": "Unix seconds: only the buckets from the one holding this time on; "
+                                    "without it, the whole window"}],
+                "responses": {"200": _ok("the series", REF["History"]),
+                              "400": _err("bad parameter"), **AUTH_ERRORS}}},
         },
         "components": {
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"}},
             "schemas": {"Scheduler": SCHEDULER, "Cloud": CLOUD, "CloudDetail": CLOUD_DETAIL, "Worker": WORKER,
-                        "Event": EVENT, "JobGroup": GROUP, "Schedd": SCHEDD, "Queue": QUEUE,
+                        "Event": EVENT, "JobGroup": GROUP, "Schedd": SCHEDD, "Queue": QUEUE, "History": HISTORY,
                         "Error": _obj({"error": STR, "config_error": STR}, ["error"])},
         },
     }

@@ -1,4 +1,5 @@
-"""The dashboard: login, clouds (enable/disable, max_workers), workers, demand, events.
+"""The dashboard: login, clouds (enable/disable, max_workers), the pool over time, workers, demand and
+running jobs, events.
 
 The server renders every part with Jinja; static/app.js fetches /parts every few
 seconds and swaps in the parts that changed, and sends the forms with fetch, so
@@ -12,7 +13,7 @@ from functools import wraps
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, session, url_for
 
-from .. import federation, ops
+from .. import federation, history, ops, reload
 from ..cli.common import duration
 from ..config import ConfigError
 from . import auth, config, store, web_problems
@@ -22,6 +23,7 @@ log = logging.getLogger("appliance.web")
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 EVENTS_SHOWN = 30
+WEB_RELOAD_WAIT = 10.0      # seconds the page and the API wait for the scheduler's answer to a reload
 
 
 @bp.app_template_filter("ago")
@@ -82,11 +84,16 @@ def view_model() -> dict:
     live = [w for w in workers if w["state"] not in ("retired", "failed")]
     ended = [w for w in workers if w["state"] in ("retired", "failed")][-10:][::-1]
     queue = {**ops.queue_status(s), "schedds": federation.schedds_status(s)}
+    running = ops.running_status(s)
     events = ops.events(s, limit=EVENTS_SHOWN)[::-1]
     totals = {k: sum(c[k] for c in clouds) for k in ("booting", "idle", "busy", "draining", "max_workers")}
+    now = time.time()
+    # the pool over time, drawn by the server as plain SVG: no script, no charting library
+    charts = history.charts(ops.history_status(s, since=now - history.WINDOW), now)
     return {"sched": sched, "clouds": clouds, "config_error": cfg_error, "pool": pool, "workers": live,
-            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": time.time(),
-            "web_problems": web_problems(), "spend": spend}
+            "ended": ended, "queue": queue, "events": events, "totals": totals, "now": now,
+            "web_problems": web_problems(), "spend": spend, "running": running,
+            "history": charts, "active_config": reload.active_summary(s)}
 
 
 # ------------------------------------------------------------------ pages
@@ -146,14 +153,16 @@ def broken(message: str):
 @bp.post("/clouds/<name>/enable")
 @page_auth
 def enable(name: str):
-    return _write(lambda: ops.set_enabled(store(), config(), name, True, actor="web page"),
+    return _write(lambda: ops.set_enabled(store(), config(), name, True, actor="web page",
+                                                comment=_comment()),
                   f"{name}: enabled")
 
 
 @bp.post("/clouds/<name>/disable")
 @page_auth
 def disable(name: str):
-    return _write(lambda: ops.set_enabled(store(), config(), name, False, actor="web page"),
+    return _write(lambda: ops.set_enabled(store(), config(), name, False, actor="web page",
+                                                comment=_comment()),
                   f"{name}: disabled (running workers stay)")
 
 
@@ -161,7 +170,8 @@ def disable(name: str):
 @page_auth
 def max_workers(name: str):
     value = request.form.get("max_workers", "")
-    return _write(lambda: ops.set_max_workers(store(), config(), name, value, actor="web page"),
+    return _write(lambda: ops.set_max_workers(store(), config(), name, value, actor="web page",
+                                                    comment=_comment()),
                   lambda c: f"{name}: max_workers set to {c['max_workers']}")
 
 
@@ -169,8 +179,38 @@ def max_workers(name: str):
 @page_auth
 def drain(worker_id: str):
     cloud = request.form.get("cloud", "")
-    return _write(lambda: ops.kill_workers(store(), config(), cloud, worker_id, False, False, actor="web page"),
+    return _write(lambda: ops.kill_workers(store(), config(), cloud, worker_id, False, False, actor="web page",
+                                                   comment=_comment()),
                   f"{worker_id}: drain and removal requested")
+
+
+def _comment() -> str | None:
+    """The operator's optional reason (the page's "Why" box), recorded in the event."""
+    return request.form.get("comment")
+
+
+@bp.post("/config/reload")
+@page_auth
+def reload_config():
+    """The page's "Reload configuration": as cloud_admin --reload, with a shorter wait (a
+    request thread is held meanwhile); an invalid file is refused before anything is asked."""
+    try:
+        actor = ops.by("web page", ops.parse_comment(_comment()))
+        _, result = reload.ask(store(), actor=actor, timeout=WEB_RELOAD_WAIT,
+                               path=_config_path())
+    except ConfigError as err:
+        return _done(f"configuration error: {err}", 400)
+    except ops.OpError as err:
+        return _done(str(err), 400)
+    if result is None:
+        return _done("reload asked; the scheduler has not answered yet: it applies at its next cycle", 202)
+    log.info("web page: %s", reload.answer_line(result))
+    return _done(reload.answer_line(result), 200 if result["ok"] else 400)
+
+
+def _config_path():
+    from flask import current_app
+    return current_app.config.get("CONFIG_PATH")
 
 
 def _write(action, message):

@@ -117,8 +117,8 @@ def test_a_broken_configuration_is_reported_and_waited_out_without_a_restart_loo
 
 def test_disable_survives_a_restart(start_appliance, volumes):
     app = start_appliance(CONFIG, volumes=volumes)
-    assert app.sh("cloud_admin -d local").strip() == "local: disabled"
-    rc, out = app.rc("cloud_admin -d nope")
+    assert app.sh("cloud_admin -d local -C test").strip() == "local: disabled"
+    rc, out = app.rc("cloud_admin -d nope -C test")
     assert rc == 1 and out.strip().endswith("no cloud named nope (known: local)")
     key_before = app.sh("sha256sum /var/lib/appliance/keys/POOL")
 
@@ -130,9 +130,12 @@ def test_disable_survives_a_restart(start_appliance, volumes):
     app.wait_cycles(3)   # cycles that saw the job: nothing launched for it, and it is reported
     assert not [e for e in app.events() if e["to_state"] == "requested"]
     q = app.status("-q")["data"]
-    assert q["groups"][0]["status"] == "unschedulable" and "local: disabled" in q["groups"][0]["reason"]
+    # the one cloud that could run it is disabled: it waits for it, it is not unschedulable
+    assert (q["groups"][0]["status"], q["groups"][0]["reason"]) == ("waiting",
+                                                                    "only local could run it, and it is disabled")
+    assert q["unschedulable_jobs"] == 0
 
-    assert app.sh("cloud_admin -e local").strip() == "local: enabled"
+    assert app.sh("cloud_admin -e local -C test").strip() == "local: enabled"
     app.wait("a worker for the job", lambda: any(e["to_state"] == "requested" for e in app.events()), timeout=30)
 
 

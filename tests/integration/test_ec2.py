@@ -102,7 +102,7 @@ def test_launch_sends_the_right_instance_and_boot_timeout_terminates_it(world):
 
 def test_a_booting_worker_no_longer_needed_is_cancelled_and_its_instance_terminated(world):
     app, ep, _ = world
-    app.sh("cloud_admin -e aws")       # forget the backoff of the boot timeout above
+    app.sh("cloud_admin -e aws -C test")       # forget the backoff of the boot timeout above
     app.submit(job_sub(1, extra=AWS_ONLY), {"job.sh": JOB_SCRIPT}, directory="/home/submit/cancel")
     w = wait_for("an aws worker booting", lambda: booting_worker(app, "aws"), timeout=30, app=app)
     app.sh("condor_rm -all", user="submit")
@@ -125,7 +125,7 @@ def test_orphans_are_terminated_and_vanished_instances_fail_their_worker(world):
     assert any(e["reason"].startswith("removed orphan aws-0a0a0a") for e in app.events())
     assert instance_state(ep, stranger["InstanceId"]) == "running"     # not ours: never touched
 
-    app.sh("cloud_admin -e aws")
+    app.sh("cloud_admin -e aws -C test")
     app.submit(job_sub(1, extra=AWS_ONLY), {"job.sh": JOB_SCRIPT}, directory="/home/submit/vanish")
     w = wait_for("an aws worker booting", lambda: booting_worker(app, "aws"), timeout=30, app=app)
     ec2.terminate_instances(InstanceIds=[w["resource_id"]])       # someone else ended it
@@ -148,7 +148,7 @@ def test_ec2_errors_back_off_with_the_reason_and_launch_nothing(world):
     app, ep, _ = world
     pid = pool_id(app)
     for code, kind in FAULTS:
-        app.sh("cloud_admin -e aws")
+        app.sh("cloud_admin -e aws -C test")
         before = len(ep.instances(**{"tag:appliance:pool": pid}))
         ep.fail("RunInstances", code, f"injected {code}")
         app.submit(job_sub(1, extra=AWS_ONLY), {"job.sh": JOB_SCRIPT}, directory=f"/home/submit/{code}")
@@ -169,7 +169,7 @@ def test_ec2_errors_back_off_with_the_reason_and_launch_nothing(world):
 def test_demand_falls_through_to_the_next_cloud_and_nothing_is_launched_twice(world):
     app, ep, _ = world
     pid = pool_id(app)
-    app.sh("cloud_admin -e aws")
+    app.sh("cloud_admin -e aws -C test")
     ep.fail("RunInstances", "InsufficientInstanceCapacity", "no t3.large here")
     cluster = app.submit(job_sub(1, seconds=1), {"job.sh": JOB_SCRIPT}, directory="/home/submit/fall")
     wait_for("the job to run on the local cloud",
@@ -185,7 +185,7 @@ def test_demand_falls_through_to_the_next_cloud_and_nothing_is_launched_twice(wo
 
     # the endpoint down: listing and launching fail, the scheduler keeps going, nothing is launched
     ep.down = True
-    app.sh("cloud_admin -e aws")
+    app.sh("cloud_admin -e aws -C test")
     app.submit(job_sub(1, extra=AWS_ONLY), {"job.sh": JOB_SCRIPT}, directory="/home/submit/down")
     c = wait_for("aws to back off while down", lambda: (lambda c: c if c["health"] == "backoff" else None)(
         cloud(app, "aws")), timeout=20, app=app)
@@ -195,7 +195,7 @@ def test_demand_falls_through_to_the_next_cloud_and_nothing_is_launched_twice(wo
     ep.clear()
 
     # an answer lost after EC2 made the instance: the worker failed, its instance is an orphan and goes
-    app.sh("cloud_admin -e aws")
+    app.sh("cloud_admin -e aws -C test")
     throttled = lambda: [w for w in workers(app) if "RequestLimitExceeded" in w["reason"]]  # noqa: E731
     before = len(throttled())
     ep.fail("RunInstances", "RequestLimitExceeded", times=1, after_forward=True)

@@ -255,7 +255,7 @@ def test_a_full_state_volume_stops_launches_says_why_and_recovers(raw_appliance,
     full_events = [e["reason"] for e in status_json(app, "-e", "-n", "1000")["data"]]
     full_log = [line for line in app.logs().splitlines() if says_full(line) or "cycle failed" in line]
     # an operator's change meets a clear refusal: one line saying why, not a traceback
-    operator = app.rc("cloud_admin -v 1 -c docker")
+    operator = app.rc("cloud_admin -v 1 -c docker -C test")
     if operator[0] not in (1, 4) or "Traceback" in operator[1] or not says_full(operator[1]):
         findings.append(f"cloud_admin with the volume full: exit {operator[0]}: {operator[1][-600:]}")
 

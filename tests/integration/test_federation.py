@@ -63,7 +63,7 @@ def fed(client, image, tmp_path_factory):
         f.labs.append(f.lab)
         f.b.wait_ready()
         # C flocks to B: B allows C's schedd first, C starts with the token B made for it
-        out = f.b.sh(f"cloud_admin --allow-schedd c --address {b_name}:9618")
+        out = f.b.sh(f"cloud_admin --allow-schedd c --address {b_name}:9618 -C test")
         token = copy_out(f.b, re.search(r"(/\S+/b-pool\.token)", out).group(1))
         (tmp / "b.token").write_bytes(token)
         f.c = start_appliance(client, image, C_CONFIG.format(b=b_name), c_name, f.network, tmp,
@@ -72,7 +72,7 @@ def fed(client, image, tmp_path_factory):
         f.c.wait_ready()
         # ...and gives B a token to read its queue (an appliance does not allow anonymous READ)
         f.b.c.put_archive("/tmp", _tar("c.read-token", copy_out(f.c, "/var/lib/appliance/federation/flock-to/b.read-token")))
-        f.b.sh("cloud_admin --allow-schedd c --read-token /tmp/c.read-token && rm /tmp/c.read-token")
+        f.b.sh("cloud_admin --allow-schedd c --read-token /tmp/c.read-token -C test && rm /tmp/c.read-token")
         yield f
     finally:
         f.close()
@@ -112,7 +112,7 @@ def count_in_log(app, pattern: str, log: str = "CollectorLog") -> int:
 
 def test_a_lab_schedd_flocks_to_b_and_b_scales_for_it(fed):
     b, lab = fed.b, fed.lab
-    out = b.sh(f"cloud_admin --allow-schedd laba --address {b.name}:9618")
+    out = b.sh(f"cloud_admin --allow-schedd laba --address {b.name}:9618 -C test")
     conf_path = re.search(r"(/\S+/flock-to-b-pool\.conf)", out).group(1)
     conf = copy_out(b, conf_path)
     token = copy_out(b, re.search(r"(/\S+/b-pool\.token)", out).group(1))
@@ -165,7 +165,7 @@ def test_after_revoke_a_jobs_stay_idle_at_a(fed):
     b, lab = fed.b, fed.lab
     before = b.status("-e", "-n", "1000")["data"][-1]["id"]
     refused = count_in_log(b, "to schedd-laba@b-pool") + count_in_log(b, "authentication of")
-    out = b.sh("cloud_admin --revoke-schedd laba")
+    out = b.sh("cloud_admin --revoke-schedd laba -C test")
     assert "revoked" in out, out
     assert not b.sh("ls /var/lib/appliance/keys").count("schedd-laba")
 

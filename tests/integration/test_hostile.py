@@ -118,7 +118,7 @@ def test_a_hostile_job_on_a_local_worker_is_contained(start_appliance, network):
     assert len(accounts) == 2, accounts
     # ended by an operator's drain, not idle_timeout: the same drain and exit, without the 20 s idle
     # that is there for the checks above (the hostile job's worker must not drain before them)
-    app.sh("cloud_admin -k -c local -a")
+    app.sh("cloud_admin -k -c local -a -C test")
     app.wait("both workers to retire", lambda: app.status("-m")["data"] == [], timeout=120)
     assert not app.sh("getent passwd | grep ^slot", check=False).strip()
     uids = [a.split(":")[1] for a in accounts]

@@ -202,7 +202,7 @@ s = tight.compute.create_server(name="someone-elses", flavor_id=tight.compute.fi
 print(json.dumps(tight.compute.wait_for_server(s, status="ACTIVE", interval=1, wait=120).id))
 """)
     # an idle local worker left by the test before would take the jobs before tight is tried
-    app.sh("cloud_admin -k -c local -a --now", check=False)
+    app.sh("cloud_admin -k -c local -a --now -C test", check=False)
     app.wait("no local worker left", lambda: not [w for w in workers(app, ended=False) if w["cloud"] == "local"],
              timeout=60)
     cluster = app.submit(job_sub(2, seconds=2, extra='+TargetClouds = "tight,local"'), {"job.sh": JOB_SCRIPT},

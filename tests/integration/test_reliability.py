@@ -164,7 +164,7 @@ clouds:
 def test_restart_and_replacement_keep_queue_state_key_and_workers(start_appliance, network, volumes, client):
     app = start_appliance(RESTART_CONFIG, network=network, volumes=volumes, docker_socket=True, env=ENV)
     name = app.name
-    app.sh("cloud_admin -d local && cloud_admin -v 2 -c docker")
+    app.sh("cloud_admin -d local -C test && cloud_admin -v 2 -c docker -C test")
     # the first two run across the restart (40 s is ample); the two queued behind them need no length
     cluster = app.submit(jobs_sub([40, 40, 10, 10]), {"job.sh": JOB_SCRIPT})
     app.wait("2 busy docker workers", lambda: [w["state"] for w in app.status("-m")["data"]] == ["busy"] * 2,
@@ -196,7 +196,7 @@ def test_restart_and_replacement_keep_queue_state_key_and_workers(start_applianc
     assert not [j for j, c in numbers["events"].items() if c["001"] > 1], numbers   # no job ran twice
     # queue work with no worker to take it (docker disabled, its workers drained away), so the
     # replacement below finds it queued: the state a replacement must keep
-    app.sh("cloud_admin -d docker")
+    app.sh("cloud_admin -d docker -C test")
     app.wait("the workers to drain away", lambda: app.status("-m")["data"] == [], timeout=120)
     second = app.submit(jobs_sub([5] * 2), {"job.sh": JOB_SCRIPT}, directory="/home/submit/second")
 
@@ -212,7 +212,7 @@ def test_restart_and_replacement_keep_queue_state_key_and_workers(start_applianc
     assert app.sh(f"condor_q {second} -allusers -af ProcId JobStatus").split() == ["0", "1", "1", "1"], "queue lost"
     assert len(account_only(app, cluster)) == 4          # and the history of the first jobs
 
-    app.sh("cloud_admin -e docker")
+    app.sh("cloud_admin -e docker -C test")
     app.wait("the queued jobs to complete", lambda: len(account_only(app, second)) == 2, timeout=180)
     numbers = account(app, "/home/submit/second/job.log", 2, [second])
     assert len(numbers["done"]) == 2, numbers
@@ -343,10 +343,10 @@ def test_broken_image_and_black_hole_back_off_then_stop_while_local_carries_the_
                          for c in app.status()["data"]],
                         [e for e in app.events() if e["kind"] in ("cloud", "admin")])
     before_state = snapshot()
-    for cmd, code in (("cloud_admin -e nope", 1), ("cloud_admin -v -3 -c local", 1), ("cloud_admin -v abc -c local", 1),
-                      ("cloud_admin -v 99999999999 -c local", 1), ("cloud_admin -v ² -c local", 1),
-                      ("cloud_admin -k -c local -n local-zzzzzz", 1), ("cloud_admin -k -c local", 2),
-                      ("cloud_admin -e", 2), ("cloud_admin -e $'\\e[2Jx'", 1), ("cloud_status -c nope", 1),
+    for cmd, code in (("cloud_admin -e nope -C t", 1), ("cloud_admin -v -3 -c local -C t", 1), ("cloud_admin -v abc -c local -C t", 1),
+                      ("cloud_admin -v 99999999999 -c local -C t", 1), ("cloud_admin -v ² -c local -C t", 1),
+                      ("cloud_admin -k -c local -n local-zzzzzz -C t", 1), ("cloud_admin -k -c local -C t", 2),
+                      ("cloud_admin -e", 2), ("cloud_admin -e $'\\e[2Jx' -C t", 1), ("cloud_status -c nope", 1),
                       ("cloud_status -e -n 0", 1), ("cloud_status -n x", 2), ("cloud_admin --bogus", 2)):
         rc, out = app.rc(cmd)
         assert rc == code and out.strip() and "Traceback" not in out, (cmd, rc, out)
@@ -356,11 +356,11 @@ def test_broken_image_and_black_hole_back_off_then_stop_while_local_carries_the_
     assert {n: len(launched(n)) for n in before} == before
 
     # an operator re-enables the broken cloud: the breaker resets
-    app.sh("cloud_admin -e broken")
+    app.sh("cloud_admin -e broken -C test")
     c = next(c for c in app.status()["data"] if c["name"] == "broken")
     assert c["health"] == "ok" and c["failures"] == 0, c
 
-    app.sh("cloud_admin -d broken && cloud_admin -d blackhole")
+    app.sh("cloud_admin -d broken -C test && cloud_admin -d blackhole -C test")
     app.sh(f"condor_rm {absurd}", user="submit")
     numbers = account(app, "/home/submit/job/job.log", 4, [cluster])
     assert not numbers["lost"], numbers

@@ -159,7 +159,7 @@ def site(client, image, client_image, tmp_path_factory):
 @pytest.fixture(scope="module")
 def alice(site) -> dict:
     """cloud_admin --add-user alice, and her machine set up with exactly what it printed."""
-    out = site.app.sh("cloud_admin --add-user alice --json")
+    out = site.app.sh("cloud_admin --add-user alice --json -C test")
     added = json.loads(out)
     assert added["created"] and added["identity"] == "alice@appliance" and added["authorizations"] == ["READ", "WRITE"]
     assert 100000 <= added["uid"] < 200000
@@ -279,13 +279,13 @@ def test_python_wheel_from_the_host(site, alice, wheel, tmp_path, capsys):
 
 
 def test_users_survive_a_replaced_container_and_removal_revokes_their_tokens(site, alice, wheel, tmp_path):
-    bob = json.loads(site.app.sh("cloud_admin --add-user bob --json"))
+    bob = json.loads(site.app.sh("cloud_admin --add-user bob --json -C test"))
     assert bob["uid"] != alice["uid"]
     # bad names are refused, saying what is wrong
     for name, why in (("slot7", "reserved for the workers' job accounts"), ("root", "reserved"),
                       ("Alice", "must start with a lower-case letter"), ("a.b", "may hold only"),
                       ("worker-x", "the workers' identities")):
-        rc, out = site.app.rc(f"cloud_admin --add-user {shlex.quote(name)}")
+        rc, out = site.app.rc(f"cloud_admin --add-user {shlex.quote(name)} -C test")
         assert rc == 1 and why in out, (name, out)
 
     app = site.replace_appliance()
@@ -303,7 +303,7 @@ def test_users_survive_a_replaced_container_and_removal_revokes_their_tokens(sit
     try:
         assert session.stdout.readline().strip().isdigit()
 
-        out = app.sh("cloud_admin --remove-user alice")
+        out = app.sh("cloud_admin --remove-user alice -C test")
         assert out.startswith("alice: removed; tokens for alice@appliance no longer work"), out
         # refused by the collector, by the schedd even at an address she already knew...
         rc, out = site.client("condor_status -schedd")
@@ -317,7 +317,7 @@ def test_users_survive_a_replaced_container_and_removal_revokes_their_tokens(sit
         session.kill()
     assert app.rc("id alice")[0] != 0
     assert [u["user"] for u in json.loads(app.sh("cloud_admin --list-users --json"))["users"]] == ["bob"]
-    rc, out = app.rc("cloud_admin --remove-user alice")
+    rc, out = app.rc("cloud_admin --remove-user alice -C test")
     assert rc == 1 and "no user named alice (users: bob)" in out, out
     # bob's token, made the same way, still works
     site.client_ok("useradd --create-home bob", user="root")

@@ -118,7 +118,7 @@ def test_upgrade_from_v0_1_0_keeps_settings_queue_keys_and_workers(old_image, im
     started_twice = [j for j, c in done["events"].items() if c["001"] > 1]
 
     # the queued jobs run once their cloud is enabled
-    new.sh("cloud_admin -e local")
+    new.sh("cloud_admin -e local -C test")
     new.wait("the queued jobs to complete", lambda: len(account_only(new, queued)) == 2, timeout=120)
     assert "CloudName = \"local\"" in new.sh("cat /home/submit/queued/out.*")
     assert not account(new, "/home/submit/queued/job.log", 2, [queued])["lost"]
@@ -134,7 +134,7 @@ def test_upgrade_from_v0_1_0_keeps_settings_queue_keys_and_workers(old_image, im
 
     # ---- the real downgrade: v0.1.0 on the migrated DB. It knows no schema versions, so it
     # opens the file, recreates the one index version 3 dropped, and otherwise works on it.
-    new.sh("cloud_admin -d local")
+    new.sh("cloud_admin -d local -C test")
     code, _ = releases.stop_and_remove(new)
     assert code == 0
     old = releases.start(old_image, upgrade_config(old_image), name=name, network=network, volumes=volumes,

@@ -25,7 +25,7 @@ from .ops_support import job
 
 pytestmark = pytest.mark.timeout(300)
 
-GETS = ["/api/clouds", "/api/clouds/local", "/api/workers", "/api/queue", "/api/events", "/metrics"]
+GETS = ["/api/clouds", "/api/clouds/local", "/api/workers", "/api/queue", "/api/events", "/api/history", "/metrics"]
 WRITES = [("POST", "/api/clouds/local/enable", None), ("POST", "/api/clouds/local/disable", None),
           ("PATCH", "/api/clouds/local", {"max_workers": 1})]
 

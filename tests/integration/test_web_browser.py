@@ -1,6 +1,6 @@
 """The dashboard in headless Debian chromium (Playwright drives it): log in, see the
-clouds, disable and enable with the button, watch a worker appear, log out.
-Saves docs/dashboard.png and docs/login.png."""
+clouds, disable and enable with the button, watch a worker appear and the pool's
+charts follow, log out. Saves docs/dashboard.png, docs/pool-over-time.png and docs/login.png."""
 from __future__ import annotations
 
 import os
@@ -104,8 +104,23 @@ def test_dashboard_disable_enable_worker_logout(app, page):
     ids = page.locator("#workers tr[data-worker]").evaluate_all("rs => rs.map(r => r.dataset.worker)")
     assert all(re.fullmatch(r"local-[0-9a-f]{6}", i) for i in ids) and len(ids) == 2
     page.wait_for_selector("#queue .q-unschedulable")
+
+    # the pool over time: the charts follow the refresh, fed by the scheduler's samples
+    jobs = page.locator('#history [data-chart="jobs"]')
+    expect(jobs.locator('li[data-series="running jobs"] b')).not_to_have_text("0", timeout=30_000)
+    assert jobs.locator('polyline[data-series="running jobs"]').count() >= 1
+    assert jobs.locator('polyline[data-series="idle jobs"]').first.get_attribute("points").count(",") >= 2
+    assert page.locator('#history [data-chart="clouds"] polyline[data-series="local"]').count() >= 1
+    assert page.locator('#history [data-chart="states"] li[data-series="busy"] b').inner_text() != "0"
+    assert page.locator("#history svg").count() == 3           # no price configured: no spend chart
+    # the same series from the API, with the page's session
+    data = page.request.get(f"{app.url}/api/history").json()["data"]
+    assert data["times"] and max(v or 0 for v in data["running_jobs"]) >= 1
+    assert max(v or 0 for v in data["workers_by_cloud"]["local"]) == 2 and data["spend_per_hour"] is None
+
     page.wait_for_timeout(1500)      # a pause for the screenshot only: nothing is asserted on it
     page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+    page.locator("#history").screenshot(path=str(DOCS / "pool-over-time.png"))
 
     # log out: back to the login page, and the dashboard is closed again
     page.click("text=Log out")

@@ -60,25 +60,25 @@ def test_the_last_cycle_is_shown_with_its_phases(env, capsys):
 
 
 def test_disable_enable_persist_and_show(env, capsys):
-    assert admin("-d", "local") == 0
+    assert admin("-d", "local", "-C", "why") == 0
     assert capsys.readouterr().out.strip() == "local: disabled"
     assert status("--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["enabled"] for c in data["data"]] == [False, False]
-    assert admin("-e", "local") == 0 and "local: enabled" in capsys.readouterr().out
+    assert admin("-e", "local", "-C", "why") == 0 and "local: enabled" in capsys.readouterr().out
 
 
 def test_unknown_cloud_is_rejected_with_the_known_names(env, capsys):
-    assert admin("-e", "nope") == 1
+    assert admin("-e", "nope", "-C", "why") == 1
     assert capsys.readouterr().err.strip().endswith("no cloud named nope (known: local, docker)")
     assert status("-c", "nope") == 1
     assert "no cloud named nope (known: local, docker)" in capsys.readouterr().err
 
 
 def test_max_workers_and_bad_numbers(env, capsys):
-    assert admin("-v", "5", "-c", "docker") == 0 and "docker: max_workers 5" in capsys.readouterr().out
+    assert admin("-v", "5", "-c", "docker", "-C", "why") == 0 and "docker: max_workers 5" in capsys.readouterr().out
     for bad in ("-1", "x", "2.5", "1000001"):
-        assert admin("-v", bad, "-c", "docker") == 1
+        assert admin("-v", bad, "-c", "docker", "-C", "why") == 1
         assert "max_workers must be a whole number" in capsys.readouterr().err
 
 
@@ -94,14 +94,142 @@ def test_usage_errors_exit_2(env, capsys):
 def test_kill_needs_a_live_worker(env, capsys):
     env.add_worker("local-aaaaaa", "local", "x")
     env.transition("local-aaaaaa", State.BOOTING, "y")
-    assert admin("-k", "-c", "local", "-n", "local-zzzzzz") == 1
+    assert admin("-k", "-c", "local", "-n", "local-zzzzzz", "-C", "why") == 1
     assert "no live worker local-zzzzzz in cloud local (live: local-aaaaaa)" in capsys.readouterr().err
-    assert admin("-k", "-c", "local", "-n", "local-aaaaaa") == 0
+    assert admin("-k", "-c", "local", "-n", "local-aaaaaa", "-C", "why") == 0
     assert "drain and removal requested for 1 worker(s): local-aaaaaa" in capsys.readouterr().out
     assert env.pending_kills() == {"local-aaaaaa": False}
-    assert admin("-k", "-c", "local", "-a", "--now", "--json") == 0
+    assert admin("-k", "-c", "local", "-a", "--now", "--json", "-C", "why") == 0
     assert json.loads(capsys.readouterr().out)["workers"] == ["local-aaaaaa"]
     assert env.pending_kills() == {"local-aaaaaa": True}
+
+
+def test_every_action_needs_a_comment_and_its_event_records_it(env, capsys):
+    env.add_worker("local-aaaaaa", "local", "x")
+    for argv in (["-e", "local"], ["-d", "local"], ["-v", "1", "-c", "local"], ["-k", "-c", "local", "-a"],
+                 ["-o", "-c", "local", "-a"], ["--remove-user", "alice"], ["--revoke-schedd", "lab"],
+                 ["-e", "local", "-C", "  "]):
+        with pytest.raises(SystemExit) as e:
+            cloud_admin.main(argv)
+        assert e.value.code == 2 and "--comment" in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:        # a listing changes nothing: no comment to give
+        cloud_admin.main(["--list-users", "-C", "x"])
+    assert e.value.code == 2
+    assert admin("-e", "local", "-C", "bell\a") == 1
+    assert "printable" in capsys.readouterr().err
+    assert admin("-d", "local", "-C", "x" * 201) == 1
+    assert "at most 200 characters" in capsys.readouterr().err
+    assert admin("-d", "local", "--comment", "host\n maintenance") == 0
+    assert admin("-v", "3", "-c", "local", "-C", "3 granted") == 0
+    assert admin("-o", "-c", "local", "-n", "local-aaaaaa", "-C", "kernel update") == 0
+    capsys.readouterr()
+    assert status("-e", "--json") == 0
+    reasons = [e["reason"] for e in json.loads(capsys.readouterr().out)["data"]]
+    assert reasons[-3:] == ['disabled by cloud_admin: "host maintenance"', 'max_workers set to 3 by cloud_admin: '
+                            '"3 granted"', 'retirement after the running jobs requested by cloud_admin: "kernel update"']
+    assert status("-e") == 0
+    assert 'disabled by cloud_admin: "host maintenance"' in capsys.readouterr().out
+
+
+def test_retire_lets_the_running_jobs_finish(env, capsys):
+    """-o is a drain: no new job, the running ones finish, then removal; never at once."""
+    for wid in ("local-aaaaaa", "local-bbbbbb"):
+        env.add_worker(wid, "local", "x")
+        env.transition(wid, State.BOOTING, "y")
+        env.transition(wid, State.BUSY, "joined")
+    assert admin("-o", "-c", "local", "-n", "local-aaaaaa", "-C", "why") == 0
+    assert capsys.readouterr().out.strip() == ("local: retirement after the running jobs requested for 1 worker(s): "
+                                               "local-aaaaaa")
+    assert env.pending_kills() == {"local-aaaaaa": False}
+    assert admin("-o", "-c", "local", "-a", "--json", "-C", "why") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["workers"] == ["local-aaaaaa", "local-bbbbbb"] and data["drain"] is True
+    assert env.pending_kills() == {"local-aaaaaa": False, "local-bbbbbb": False}
+    for argv, says in ((["-o", "-c", "local", "-a", "--now"], "--now only goes with -k"),
+                       (["-o", "-a"], "need -c NAME"), (["-o", "-c", "local"], "-o needs exactly one of -n ID or -a"),
+                       (["-e", "local", "-n", "x"], "-n and -a only go with -k or -o")):
+        with pytest.raises(SystemExit) as e:
+            cloud_admin.main([*argv, "-C", "why"])
+        assert e.value.code == 2 and says in capsys.readouterr().err, argv
+    assert admin("-o", "-c", "local", "-n", "local-zzzzzz", "-C", "why") == 1
+
+
+def _boot(store, wid, cloud, launched, to=None, after=0.0, reason="x"):
+    store.add_worker(wid, cloud, "launch", now=launched)
+    if to is not None:
+        store.transition(wid, State.BOOTING, "launched", now=launched + 1)
+        store.transition(wid, to, reason, now=launched + after)
+
+
+def test_boot_times_and_failures_per_cloud(env, capsys):
+    now = time.time()
+    _boot(env, "local-old", "local", now - 2 * 86400, State.IDLE, 5, "joined")       # before the window
+    _boot(env, "local-a", "local", now - 3600, State.IDLE, 20, "joined the pool as a")
+    _boot(env, "local-b", "local", now - 3000, State.BUSY, 40, "joined the pool as b")
+    _boot(env, "local-c", "local", now - 5000, State.FAILED, 300, "did not join the pool within boot_timeout (300s)")
+    _boot(env, "local-d", "local", now - 1000, State.RETIRED, 3, "cancelled: no demand")
+    _boot(env, "local-e", "local", now - 10)
+    assert status("-b") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("workers launched in the last 24 h (since ")
+    assert out[2].split() == ["CLOUD", "LAUNCHED", "JOINED", "FAILED", "CANCELLED", "STARTING", "SUCCESS", "BOOT",
+                              "MEAN", "P50", "P90", "MAX", "COMMONEST", "FAILURE"]
+    assert out[3].split()[:12] == ["local", "5", "2", "1", "1", "1", "67%", "30s", "20s", "40s", "40s", "1x"]
+    assert out[3].endswith("1x did not join the pool within boot_timeout (300s)")
+    assert out[4].split() == ["docker", "0", "0", "0", "0", "0", "-", "-", "-", "-", "-", "-"]
+    assert status("-b", "--json") == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["hours"] == 24 and set(data) == {"hours", "since", "clouds"}
+    assert data["clouds"][0]["boot_seconds"] == {"mean": 30.0, "p50": 20.0, "p90": 40.0, "max": 40.0}
+    assert status("-b", "--hours", "72", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["data"]["clouds"][0]["launched"] == 6
+    assert status("-z") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1 boot failure(s) in the last 24 h")
+    assert out[2].split() == ["TIME", "WORKER", "CLOUD", "AFTER", "WHY"]
+    assert out[3].split()[2:] == ["local-c", "local", "5m00s", "did", "not", "join", "the", "pool", "within",
+                                  "boot_timeout", "(300s)"]
+    assert status("-z", "--json") == 0
+    failures = json.loads(capsys.readouterr().out)["data"]["failures"]
+    assert [(f["worker_id"], f["after_seconds"]) for f in failures] == [("local-c", 300.0)]
+    assert status("-z", "--hours", "1") == 0
+    assert capsys.readouterr().out.startswith("no boot failures in the last 1 h")
+
+
+def test_stats_window_errors(env, capsys):
+    for bad in ("0", "9000"):
+        assert status("-b", "--hours", bad) == 1
+        assert "whole number of hours from 1 to 8784" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cloud_status.main(["-m", "--hours", "3"])
+    assert e.value.code == 2 and "--hours only goes with -b, -z and -g" in capsys.readouterr().err
+
+
+def test_job_times_per_cloud_from_the_history(env, capsys, monkeypatch):
+    from appliance import condor
+    asked = []
+
+    def completed(since):
+        asked.append(since)
+        return [("local", "local-a", 10.0), ("local", "local-a", 30.0), ("local", "local-b", 50.0)]
+    monkeypatch.setattr(condor, "completed_jobs", completed)
+    assert status("-g") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("jobs that completed on the workers in the last 24 h")
+    assert out[2].split() == ["CLOUD", "JOBS", "WORKERS", "MEAN", "P50", "P90", "MAX", "HOURS"]
+    assert out[3].split() == ["local", "3", "2", "30s", "30s", "50s", "50s", "0.03"]
+    assert out[4].split() == ["docker", "0", "0", "-", "-", "-", "-", "0"]
+    assert abs(asked[0] - (time.time() - 86400)) < 60
+    assert status("-g", "--json", "--hours", "2") == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["hours"] == 2 and data["clouds"][0]["job_seconds"] == {"mean": 30.0, "p50": 30.0, "p90": 50.0,
+                                                                       "max": 50.0}
+
+    def broken(since):
+        raise condor.CondorError("cannot read the schedd's job history: connection refused")
+    monkeypatch.setattr(condor, "completed_jobs", broken)
+    assert status("-g") == 4
+    assert "cannot read the schedd's job history: connection refused" in capsys.readouterr().err
 
 
 def test_workers_and_events(env, capsys):
@@ -120,7 +248,7 @@ def test_scheduler_not_running_exits_3_but_still_prints(env, capsys):
     assert status() == 3
     captured = capsys.readouterr()
     assert "local" in captured.out and "not running: last cycle" in captured.err
-    assert admin("-d", "local") == 3
+    assert admin("-d", "local", "-C", "why") == 3
     assert "saved, but the scheduler is not running" in capsys.readouterr().err
 
 
@@ -137,7 +265,7 @@ def test_a_full_state_volume_is_one_line_not_a_traceback(env, monkeypatch, capsy
     def full(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(Store, "set_cloud", full)
-    assert admin("-v", "1", "-c", "local") == 4
+    assert admin("-v", "1", "-c", "local", "-C", "why") == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "nothing was changed: database or disk is full (the state volume is full" in err

@@ -82,7 +82,7 @@ BAD = [
     ("clouds: [{name: a, type: docker, budget: 5}]", "<string>: clouds[0].budget: expected a mapping, got 5"),
     ("clouds: [{name: a, type: docker, budget: {max_per_day: x}}]",
      "<string>: clouds[0].budget.max_per_day: expected a number from 0 to 1000000000, got 'x'"),
-    ("pools: {}", "<string>: pools: unknown key (known keys here: budget, clouds, federation, pool, retention, scheduler)"),
+    ("pools: {}", "<string>: pools: unknown key (known keys here: budget, clouds, federation, notifications, pool, retention, scheduler)"),
     ("scheduler: {intervall: 2}", "<string>: scheduler.intervall: unknown key (known keys here: backoff_base, "
                                   "boot_timeout, idle_timeout, interval, lost_timeout, max_booting, max_workers, on_shutdown)"),
     ("scheduler: {interval: fast}", "<string>: scheduler.interval: expected a number from 0.2 to 3600, got 'fast'"),
@@ -186,11 +186,109 @@ BAD = [
 
 
 @pytest.mark.parametrize("text,message", BAD, ids=[f"{i}:{m.split(': ')[1]}" for i, (_, m) in enumerate(BAD)])
-def test_bad_file_gives_one_clear_message(text, message):
+def test_a_file_with_one_problem_gives_one_clear_line(text, message):
     with pytest.raises(ConfigError) as err:
         loads(text)
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
+
+
+# A file with several problems: every one is reported, in file order, each as its own line.
+SEVERAL = [
+    ("one in each section", """
+pool: {name: My Pool}
+scheduler: {interval: fast}
+clouds: [{name: a, type: local, worker: {cpus: two}}]
+""", [
+        ("pool.name", "must be lower-case letters, digits, '.' and '-', got 'My Pool'"),
+        ("scheduler.interval", "expected a number from 0.2 to 3600, got 'fast'"),
+        ("clouds[0].worker.cpus", "expected a whole number from 1 to 1024, got 'two'"),
+    ]),
+    ("three in one cloud", """
+clouds:
+  - {name: a, type: local, max_workers: -1, colour: red, shapes: [{name: s, price: cheap}]}
+""", [
+        ("clouds[0].colour", "unknown key (known keys here: budget, enabled, images, max_workers, min_idle, "
+                             "min_idle_window, name, priority, shapes, simulate_gpus, type, vm_type, worker)"),
+        ("clouds[0].max_workers", "must be a whole number from 0 to 100000, got -1"),
+        ("clouds[0].shapes[0].price", "expected a number from 0 to 1000000, got 'cheap'"),
+    ]),
+    ("across clouds, and after them", """
+clouds:
+  - {name: a, type: local}
+  - {name: a, type: local}
+  - {name: b, type: k8s}
+budget: {max_per_hour: -1}
+""", [
+        ("clouds[1].name", "duplicate cloud name 'a'"),
+        ("clouds[2].type", "unknown cloud type 'k8s' (known: local, docker, swarm, ec2, openstack)"),
+        ("budget.max_per_hour", "must be a number from 0 to 1000000000, got -1"),
+    ]),
+    ("an unknown section, shapes and federation", """
+pools: {}
+clouds: [{name: d, type: docker, shapes: [{cpus: 2}, {name: s, gpus: -1}]}]
+federation: {flock_to: [{name: x, collector: cm.example.org}]}
+""", [
+        ("pools", "unknown key (known keys here: budget, clouds, federation, notifications, pool, retention, scheduler)"),
+        ("clouds[0].shapes[0].name", "is required"),
+        ("clouds[0].shapes[1].gpus", "must be a whole number from 0 to 64, got -1"),
+        ("federation.flock_to[0].token_file", "is required"),
+    ]),
+    # as in docs/configuration.md: a cloud with a problem still has its name
+    ("a duplicate of a cloud with a problem", """
+scheduler: {interval: fast}
+clouds:
+  - {name: local, type: local, worker: {cpus: two}}
+  - {name: local, type: local}
+""", [
+        ("scheduler.interval", "expected a number from 0.2 to 3600, got 'fast'"),
+        ("clouds[0].worker.cpus", "expected a whole number from 1 to 1024, got 'two'"),
+        ("clouds[1].name", "duplicate cloud name 'local'"),
+    ]),
+    # a cloud's cross-checks need its values: max_workers -1 does not also make min_idle 1 "too many"
+    ("no problem that follows from another", """
+pool: {condor_host: cm.example.org}
+clouds:
+  - {name: a, type: local, max_workers: -1, min_idle: 1}
+  - {name: aws, type: ec2, region: r, ami: ubuntu, instance_type: t3.large, spot_max_price: '1'}
+""", [
+        ("clouds[0].max_workers", "must be a whole number from 0 to 100000, got -1"),
+        ("clouds[1].ami", "must be an AMI id like ami-0123456789abcdef0, got 'ubuntu'"),
+    ]),
+]
+
+
+@pytest.mark.parametrize("text,errors", [case[1:] for case in SEVERAL], ids=[case[0] for case in SEVERAL])
+def test_a_file_with_several_problems_reports_every_one(text, errors):
+    with pytest.raises(ConfigError) as err:
+        loads(text)
+    assert list(err.value.errors) == errors
+    assert (err.value.path, err.value.problem) == errors[0]
+    assert str(err.value).splitlines() == [f"<string>: {len(errors)} errors:",
+                                           *(f"  {path}: {problem}" for path, problem in errors)]
+
+
+def test_a_file_with_very_many_problems_lists_the_first_and_counts_the_rest():
+    from appliance.config import ERRORS_SHOWN
+    clouds = "".join(f"  - {{name: c{i}, type: local, max_workers: -1}}\n" for i in range(ERRORS_SHOWN + 5))
+    with pytest.raises(ConfigError) as err:
+        loads("clouds:\n" + clouds)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"<string>: {ERRORS_SHOWN + 5} errors:" and len(err.value.errors) == ERRORS_SHOWN + 5
+    assert lines[1] == "  clouds[0].max_workers: must be a whole number from 0 to 100000, got -1"
+    assert len(lines) == ERRORS_SHOWN + 2 and lines[-1] == "  ... and 5 more"
+
+
+def test_the_check_command_prints_every_problem(tmp_path, capsys):
+    from appliance.config import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scheduler: {interval: 0, idle_timeout: -5}\nclouds: [{name: local, type: nope}]\n")
+    assert main([str(bad)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"configuration error: {bad}: 3 errors:",
+                   "  scheduler.interval: must be a number from 0.2 to 3600, got 0",
+                   "  scheduler.idle_timeout: must be a number from 0 to 604800, got -5",
+                   "  clouds[0].type: unknown cloud type 'nope' (known: local, docker, swarm, ec2, openstack)"]
 
 
 def test_shapes_are_parsed_in_the_order_given():

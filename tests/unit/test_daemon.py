@@ -519,6 +519,11 @@ def test_boot_timeout_fails_the_worker_and_the_demand_moves_on(tmp_path):
     assert rig.states()[wid] is State.FAILED and rig.health("first").failures == 1
     (replacement,) = rig.live(State.BOOTING)
     assert replacement.startswith("second-")
+    # counted as a boot failure of its cloud (the alert "workers failing to boot" reads it)
+    from appliance.web.metrics import render
+    text = render(rig.store, rig.cfg).decode()
+    assert 'appliance_worker_boot_failures_total{cloud="first"} 1.0' in text, text
+    assert 'appliance_worker_boot_failures_total{cloud="second"} 0.0' in text, text
 
 
 def test_unreachable_collector_schedd_and_cloud_judge_nothing(rig):
@@ -823,6 +828,31 @@ def test_a_budget_stops_launches_says_why_and_the_spend_is_counted_per_second(tm
     assert 'appliance_cost_per_hour{cloud="aws",shape="small"} 0.36' in text
     spend = re.search(r'appliance_spend_total\{cloud="aws",shape="small"\} ([0-9.e-]+)', text)
     assert spend and float(spend.group(1)) == pytest.approx(totals["aws/small"]), text
+    # the global cap stops the launches the jobs wait for: reached (the daily cap is not set)
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""} 1.0' in text, text
+    assert 'cap="max_per_day"' not in text
+    # the demand gone, no cap stops anything: 0, still exported (the alert sees it resolve)
+    rig.condor.groups = ()
+    rig.cycle(advance=10)
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""} 0.0' in render(rig.store, rig.cfg).decode()
+
+
+def test_a_clouds_own_budget_reached_is_named_by_its_cloud_in_metrics(tmp_path):
+    from appliance.budget import Caps
+    from appliance.shapes import Shape
+    from appliance.web.metrics import render
+    small = Shape("small", 1, 1024, 4096, price=0.36)
+    rig = Rig(tmp_path, [CloudConfig("aws", "docker", max_workers=8, shapes=(small,),
+                                     budget=Caps(max_per_hour=0.5, max_per_day=100.0))])
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    assert len(rig.drivers["aws"].launched) == 1
+    (row,), _ = rig.store.get("demand")
+    assert "budget: aws max_per_hour 0.50 reached" in row["reason"], row["reason"]
+    text = render(rig.store, rig.cfg).decode()
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud="aws"} 1.0' in text, text
+    assert 'appliance_budget_reached{cap="max_per_day",cloud="aws"} 0.0' in text, text
+    assert 'appliance_budget_reached{cap="max_per_hour",cloud=""}' not in text     # no global cap set
 
 
 def test_shapes_left_unsized_are_read_from_the_cloud_once_and_nothing_launches_before(tmp_path):
@@ -946,6 +976,31 @@ def test_the_heartbeat_keeps_the_last_cycles_duration_and_phases(rig):
     assert sum(beat["phases"].values()) <= beat["duration"] + 1e-3
 
 
+def test_the_jobs_running_on_each_worker_are_recorded_for_the_page(rig):
+    from appliance import ops
+    rig.condor.groups = (group(3),)
+    rig.cycle()
+    a, b, c = rig.live(State.BOOTING)
+    rig.condor.join(a, claimed=2, cpus=2)
+    rig.condor.join(b, claimed=1)
+    rig.condor.join(c)
+    rig.cycle()
+    assert rig.store.get("running")[0] == {a: 2, b: 1}
+    written = rig.store.get("running")[1]
+    rig.cycle()
+    assert rig.store.get("running")[1] == written             # unchanged: not written again
+    rig.condor.collector_down = True
+    rig.cycle()
+    assert rig.store.get("running")[0] == {a: 2, b: 1}      # no answer: nothing judged on absence
+    rig.condor.collector_down = False
+    rig.condor.join(a)
+    rig.cycle()
+    assert rig.store.get("running")[0] == {b: 1}
+    status = ops.running_status(rig.store)
+    assert (status["running_jobs"], status["workers"]) == (1, {b: 1})
+    assert status["clouds"] == [{"cloud": "local", "workers": 1, "jobs": 1}]
+
+
 def test_a_slow_cycle_is_logged_once_with_its_phases(rig, caplog):
     rig.daemon.slow_cycle = 0.0           # every cycle is "slow"
     with caplog.at_level(logging.WARNING, logger="appliance"):
@@ -993,3 +1048,21 @@ def test_headroom_is_kept_past_idle_timeout_replaced_when_taken_and_each_decisio
 def test_workers_of_a_cloud_without_headroom_keep_the_short_noclaim_backstop(rig):
     wid = rig.busy_worker()
     assert rig.drivers["local"].specs[wid].noclaim_shutdown == 60 + 900
+
+
+def test_each_cycle_adds_to_the_pools_history_and_old_buckets_go(rig):
+    from appliance import history
+    rig.condor.groups = (group(2),)
+    rig.cycle()
+    a, b = rig.live(State.BOOTING)
+    rig.condor.join(a, claimed=1)
+    rig.condor.groups = (group(1),)
+    rig.cycle()
+    data = history.series(rig.store.history())
+    assert len(data["times"]) == 1                       # both cycles in one minute: one bucket
+    # each series at its largest in the minute: 2 idle jobs at first, 1 running later
+    assert (data["idle_jobs"], data["running_jobs"]) == ([2], [1])
+    assert data["workers_by_state"]["booting"] == [2] and data["workers_by_state"]["busy"] == [1]
+    assert data["workers_by_cloud"] == {"local": [2]} and data["spend_per_hour"] is None
+    rig.cycle(advance=history.WINDOW)                    # six hours on: the old bucket is gone
+    assert len(history.series(rig.store.history())["times"]) == 1

@@ -1,7 +1,7 @@
 """Bad input, fuzzed: the config loader and the CLIs never crash on it.
 
 Whatever YAML or data reaches appliance.config, the answer is a Config or one
-ConfigError whose path names where the problem is. Whatever arguments reach
+ConfigError whose paths name where each problem is. Whatever arguments reach
 cloud_status / cloud_admin, the answer is an exit code with a message, and a
 rejected command changes nothing in the state.
 """
@@ -87,13 +87,23 @@ def _walk(data, path: str) -> bool:
 
 @FAST
 @given(documents)
-def test_any_data_gives_a_config_or_one_error_naming_the_key_path(data):
+def test_any_data_gives_a_config_or_one_error_naming_each_key_path(data):
     try:
         cfg = parse(data)
     except ConfigError as err:
-        assert str(err).startswith(f"<string>: {err.path}: ") and err.problem
-        assert _walk(data, err.path), (err.path, data)
-        assert len(str(err)) < 1000
+        assert (err.path, err.problem) == err.errors[0]
+        lines = str(err).splitlines()
+        if len(err.errors) == 1:
+            assert lines == [f"<string>: {err.path}: {err.problem}"]
+        else:
+            assert lines[0] == f"<string>: {len(err.errors)} errors:"
+            shown = err.errors[:config_mod.ERRORS_SHOWN]
+            assert lines[1:len(shown) + 1] == [f"  {path}: {problem}" for path, problem in shown]
+        assert len(set(err.errors)) == len(err.errors), err.errors      # none said twice
+        for path, problem in err.errors:
+            assert problem and _walk(data, path), (path, data)
+        assert all(len(line) < 1000 for line in lines)
+        assert len(lines) <= config_mod.ERRORS_SHOWN + 2
         return
     assert isinstance(cfg, Config)
     s = cfg.scheduler
@@ -155,7 +165,8 @@ clouds:
 """
 TOKENS = ["-e", "-d", "-k", "-v", "-c", "-n", "-a", "-m", "-q", "-e", "--now", "--json", "--all", "-x",
           "local", "docker", "nope", "-1", "0", "abc", "1e3", "99999999999", "²", "٣", " 3", "", " ",
-          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0"]
+          "local-000001", "--max-workers", "--enable=local", "-v3", "--limit", "-n0", "-o", "-b", "-z", "-g",
+          "--hours", "-C", "--comment", "why"]
 # what a shell can pass: no NUL, no lone surrogates (undecodable bytes: see the subprocess test below)
 word = st.one_of(st.sampled_from(TOKENS),
                  st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12))
@@ -185,6 +196,8 @@ def cli_env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("APPLIANCE_CONFIG", str(d / "appliance.yaml"))
     mp.setenv("APPLIANCE_DB", str(d / "appliance.db"))
+    from appliance import condor
+    mp.setattr(condor, "completed_jobs", lambda since: [])     # -g reads no real schedd here
     store = Store()
     store.add_worker("local-000001", "local", "test")
     yield store, str(d / "appliance.db")
@@ -233,8 +246,8 @@ def test_shown_values_never_expand_shared_structures():
     assert time.monotonic() - started < 1
 
 
-@pytest.mark.parametrize("argv", [["-v", "²", "-c", "local"], ["-v", "٣", "-c", "local"],
-                                  ["-e", ""], ["-d", ""], ["-v", "1", "-c", ""]])
+@pytest.mark.parametrize("argv", [["-v", "²", "-c", "local", "-C", "x"], ["-v", "٣", "-c", "local", "-C", "x"],
+                                  ["-e", "", "-C", "x"], ["-d", "", "-C", "x"], ["-v", "1", "-c", "", "-C", "x"]])
 def test_cli_odd_values_found_by_fuzzing(cli_env, capsys, argv):
     store, db = cli_env
     store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
@@ -255,7 +268,7 @@ def test_cli_undecodable_bytes_in_arguments(tmp_path):
     env = dict(os.environ, APPLIANCE_CONFIG=str(tmp_path / "a.yaml"), APPLIANCE_DB=str(tmp_path / "db"),
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     for module, code in (("cloud_admin", 1), ("cloud_status", 2)):
-        argv = [sys.executable, "-m", f"appliance.cli.{module}", "-e" if module == "cloud_admin" else "-x", b"\xff"]
+        argv = [sys.executable, "-m", f"appliance.cli.{module}", *(["-C", "x", "-e"] if module == "cloud_admin" else ["-x"]), b"\xff"]
         proc = subprocess.run(argv, env=env, capture_output=True, timeout=30)
         assert proc.returncode == code, proc
         assert b"Traceback" not in proc.stderr and proc.stderr.strip(), proc

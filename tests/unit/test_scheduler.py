@@ -102,7 +102,10 @@ SCALE_UP = [
      {"local": 1, "docker": 3}, "launching"),
     ("fall-through past a disabled cloud", [group(1)], [], [cloud(enabled=False), cloud("docker", "docker", priority=1)],
      {"docker": 1}, "launching"),
-    ("only a disabled cloud could run it: unschedulable", [group(1)], [], [cloud(enabled=False)], {}, "unschedulable"),
+    ("only a disabled cloud could run it: waiting, not unschedulable", [group(1)], [], [cloud(enabled=False)], {},
+     "waiting"),
+    ("a disabled cloud that could not run it either: unschedulable", [group(1, memory=5000)], [],
+     [cloud(enabled=False)], {}, "unschedulable"),
     ("fall-through past a cloud in backoff", [group(1)], [],
      [cloud(backoff_until=NOW + 30), cloud("docker", "docker", priority=1)], {"docker": 1}, "launching"),
     ("a cloud in backoff alone: waiting, not unschedulable", [group(1)], [], [cloud(backoff_until=NOW + 30)], {}, "waiting"),
@@ -150,10 +153,49 @@ def test_capacity_planned_for_one_group_serves_the_next():
 
 def test_unschedulable_reason_names_each_cloud():
     plan = decide(observe([group(1, memory=5000)], clouds=("local", "docker")), [],
-                  [cloud(), cloud("docker", "docker", enabled=False, memory=8192)], SETTINGS)
+                  [cloud(), cloud("docker", "docker", enabled=False, memory=2048)], SETTINGS)
     g = plan.groups[0]
     assert g.status == "unschedulable" and g.clouds == ()
-    assert "local: asks for 1 cpus, 5000 MB" in g.reason and "docker: disabled" in g.reason
+    assert g.reason.startswith("no configured cloud can run it (docker: asks for 1 cpus, 5000 MB")
+    assert "local: asks for 1 cpus, 5000 MB" in g.reason
+
+
+# A group that some configured cloud could run waits while every such cloud is disabled
+# (cloud_admin -d, or enabled: false): enabling one runs it. Only a group no configured
+# cloud could run at all is unschedulable.
+DISABLED = [
+    # (name, group, clouds, status, reason)
+    ("the one cloud that could run it is disabled", group(1), [cloud("docker", "docker", enabled=False)],
+     "waiting", "only docker could run it, and it is disabled"),
+    ("the enabled cloud is too small, the one that fits is disabled", group(1, memory=5000),
+     [cloud(), cloud("docker", "docker", enabled=False, memory=8192)],
+     "waiting", "only docker could run it, and it is disabled"),
+    ("two disabled clouds could", group(1), [cloud("docker", "docker", enabled=False),
+                                             cloud("aws", "ec2", enabled=False, priority=1)],
+     "waiting", "only docker and aws could run it, and they are disabled"),
+    ("three, in priority order", group(1), [cloud("c", enabled=False, priority=2), cloud("a", enabled=False),
+                                            cloud("b", enabled=False, priority=1)],
+     "waiting", "only a, b and c could run it, and they are disabled"),
+    ("+TargetClouds names the disabled one", group(1, target="docker"),
+     [cloud(), cloud("docker", "docker", enabled=False)],
+     "waiting", "only docker could run it, and it is disabled"),
+    ("the disabled cloud cannot run it either", group(1, memory=5000),
+     [cloud(), cloud("docker", "docker", enabled=False)], "unschedulable", "no configured cloud can run it ("),
+    ("+TargetClouds names no configured cloud, one is disabled", group(1, target="aws"),
+     [cloud(enabled=False)], "unschedulable", "no configured cloud can run it (local: +TargetClouds"),
+    ("one enabled cloud could run it: waiting for it, not for the disabled one", group(3),
+     [cloud(max_workers=2), cloud("docker", "docker", enabled=False, priority=1)],
+     "waiting", "1 job(s) without a worker: local: at max_workers (2); docker: disabled"),
+]
+
+
+@pytest.mark.parametrize("name,grp,clouds,status,reason", DISABLED, ids=[c[0] for c in DISABLED])
+def test_a_group_only_disabled_clouds_could_run_waits_naming_them(name, grp, clouds, status, reason):
+    plan = decide(observe([grp], clouds=tuple(c.name for c in clouds)), [], clouds, SETTINGS)
+    (g,) = plan.groups
+    assert (g.status, g.reason[:len(reason)]) == (status, reason), g.reason
+    if reason.startswith(("only", "no configured")):
+        assert not plan.launches
 
 
 def test_schedd_down_launches_and_cancels_nothing():

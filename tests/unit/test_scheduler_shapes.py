@@ -206,7 +206,7 @@ def test_unschedulable_reason_names_every_shape():
     plan = decide(observe([group(1, cpus=8)], clouds=("docker",)), [], [cloud()], SETTINGS)
     g = plan.groups[0]
     assert g.status == "unschedulable" and g.clouds == ()
-    assert g.reason == ("no enabled cloud can run it (docker: asks for 8 cpus, 128 MB, 1 MB disk; its shapes have: "
+    assert g.reason == ("no configured cloud can run it (docker: asks for 8 cpus, 128 MB, 1 MB disk; its shapes have: "
                         "big 4 cpus, 4096 MB, 4096 MB disk; small 1 cpus, 1024 MB, 4096 MB disk; "
                         "medium 2 cpus, 2048 MB, 4096 MB disk)")
     plan = decide(observe([group(1, requirements='TARGET.WorkerShape == "huge"')], clouds=("docker",)), [],

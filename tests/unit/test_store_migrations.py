@@ -65,7 +65,7 @@ def test_previous_release_database_is_upgraded_with_its_data(tmp_path):
     path = str(tmp_path / "appliance.db")
     old_counts = make_v1_db(path)
     s = Store(path)
-    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
 
     # the old rows, as the old code would have read them
     assert [w.id for w in s.workers(live_only=False)] == ["local-1", "local-2", "d-1"]
@@ -153,7 +153,7 @@ def test_intermediate_version_runs_only_the_missing_steps(tmp_path, monkeypatch)
     db.close()
     monkeypatch.setattr(store_mod, "MIGRATIONS", steps)
     Store(path).close()
-    assert ran == ["_v3_retention_indexes", "_v4_worker_shape", "_v5_worker_image"]
+    assert ran == ["_v3_retention_indexes", "_v4_worker_shape", "_v5_worker_image", "_v6_history"]
 
 
 def make_v3_db(path):

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from appliance.lifecycle import State
-from appliance.store import Store
+from appliance.store import BOOT_FAILURE_COUNT, Store
 
 DAY = 86400.0
 
@@ -23,6 +23,7 @@ def test_counters_follow_transitions(store):
     store.add_worker("b", "burst", "launch", now=1.0)
     store.event("cloud", "disabled", cloud="local", now=4.0)       # not a transition: not counted
     assert store.event_counts() == {("local", "requested"): 1, ("local", "booting"): 1, ("local", "failed"): 1,
+                                    ("local", BOOT_FAILURE_COUNT): 1,      # it failed before joining
                                     ("burst", "requested"): 1}
 
 

@@ -278,6 +278,7 @@ def admin_env(tmp_path, monkeypatch):
     cfg = tmp_path / "appliance.yaml"
     cfg.write_text("pool: {condor_host: 192.0.2.10:19618}\n")
     monkeypatch.setenv("APPLIANCE_CONFIG", str(cfg))
+    monkeypatch.setenv("APPLIANCE_DB", str(tmp_path / "state" / "appliance.db"))
     monkeypatch.setattr(users, "STATE", str(tmp_path))
     system = FakeSystem()
     monkeypatch.setattr(users, "System", lambda pool: system)
@@ -289,7 +290,7 @@ def admin(*argv):
 
 
 def test_cli_add_user_prints_token_and_exact_settings(admin_env, capsys):
-    assert admin("--add-user", "alice") == 0
+    assert admin("--add-user", "alice", "-C", "why") == 0
     out = capsys.readouterr().out
     assert out.startswith("alice: added (uid 100000). Jobs submitted with this token are owned by alice "
                           "(alice@appliance).")
@@ -301,14 +302,14 @@ def test_cli_add_user_prints_token_and_exact_settings(admin_env, capsys):
 
 
 def test_cli_users_json_list_and_remove(admin_env, capsys):
-    assert admin("--add-user", "alice", "--json") == 0
+    assert admin("--add-user", "alice", "--json", "-C", "why") == 0
     added = json.loads(capsys.readouterr().out)
     assert added["token"] == "eyJ.token-alice-1.sig" and added["uid"] == 100000
     assert admin("--list-users") == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["USER", "UID", "IDENTITY", "ADDED", "ACCOUNT", "TOKENS"]
     assert table[1].split()[:3] == ["alice", "100000", "alice@appliance"]
-    assert admin("--remove-user", "alice") == 0
+    assert admin("--remove-user", "alice", "-C", "why") == 0
     assert capsys.readouterr().out.strip() == ("alice: removed; tokens for alice@appliance no longer work, "
                                                "0 job(s) of theirs removed from the queue")
     assert admin("--list-users", "--json") == 0
@@ -316,9 +317,9 @@ def test_cli_users_json_list_and_remove(admin_env, capsys):
 
 
 def test_cli_bad_and_unknown_users_exit_1(admin_env, capsys):
-    assert admin("--add-user", "slot3") == 1
+    assert admin("--add-user", "slot3", "-C", "why") == 1
     assert "user name 'slot3' is reserved" in capsys.readouterr().err
-    assert admin("--remove-user", "nobody-here") == 1
+    assert admin("--remove-user", "nobody-here", "-C", "why") == 1
     assert "no user named nobody-here (users: none)" in capsys.readouterr().err
 
 
@@ -394,3 +395,14 @@ def test_no_remote_access_settings_with_auto():
 
 def test_the_certificate_names_condor_host_without_its_port():
     assert bootstrap._condor_host(loads("pool: {condor_host: 'cm.example.org:19618'}\n")) == "cm.example.org"
+
+
+def test_cli_user_changes_need_a_comment_and_record_it(admin_env, capsys):
+    from appliance.store import Store
+    with pytest.raises(SystemExit) as e:
+        cloud_admin.main(["--add-user", "alice"])
+    assert e.value.code == 2 and "--comment" in capsys.readouterr().err
+    assert admin("--add-user", "alice", "-C", "new student") == 0
+    assert admin("--remove-user", "alice", "--comment", "left the lab") == 0
+    assert [e["reason"] for e in Store().events() if e["kind"] == "users"] == [
+        'user alice added by cloud_admin: "new student"', 'user alice removed by cloud_admin: "left the lab"']

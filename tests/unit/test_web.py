@@ -90,6 +90,25 @@ def test_patch_validation(env):
     assert c.get("/api/events?since=x", headers=BASIC).status_code == 400
 
 
+def test_web_actions_record_an_optional_comment(env):
+    c, store = env
+    token = login(c)
+    csrf = {"X-CSRF-Token": token}
+    r = c.post("/clouds/local/disable", data={"csrf_token": token, "comment": "quota\nspent"},
+               headers={"X-Requested-With": "fetch"})
+    assert r.status_code == 200
+    assert c.post("/api/clouds/local/enable", json={"comment": "quota raised"}, headers=csrf).status_code == 200
+    assert c.post("/api/clouds/local/disable?comment=why%20not", headers=csrf).status_code == 200
+    assert c.patch("/api/clouds/local", json={"max_workers": 3, "comment": "3 granted"}, headers=csrf).status_code == 200
+    assert [e["reason"] for e in store.events()][-4:] == [
+        'disabled by web page: "quota spent"', 'enabled by web API: "quota raised"', 'disabled by web API: "why not"',
+        'max_workers set to 3 by web API: "3 granted"']
+    for body in ({"comment": "only a comment"}, {"enabled": True, "comment": "x" * 201},
+                 {"enabled": True, "comment": 5}, {"enabled": True, "comment": "bell\a"}):
+        assert c.patch("/api/clouds/local", json=body, headers=csrf).status_code == 400, body
+    assert store.events()[-1]["reason"] == 'max_workers set to 3 by web API: "3 granted"'
+
+
 def test_metrics_count_from_the_store(env):
     c, store = env
     store.add_worker("local-1", "local", "launch")
@@ -106,6 +125,39 @@ def test_metrics_count_from_the_store(env):
     assert samples[("appliance_scheduler_cycle_seconds_count", ())] == 2
     assert samples[("appliance_scheduler_cycle_seconds_bucket", (("le", "0.025"),))] == 1
     assert samples[("appliance_cloud_enabled", (("cloud", "burst"),))] == 0
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "local"),))] == 1
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "burst"),))] == 0
+
+
+def test_boot_failures_count_only_workers_that_never_joined(env):
+    c, store = env
+    for wid, path, reason in (
+            ("local-1", (), "launch error: quota"),                                   # requested -> failed
+            ("local-2", (State.BOOTING,), "did not join the pool within boot_timeout (600s)"),
+            ("local-3", (State.BOOTING, State.IDLE), "vanished"),                     # it had joined
+            ("local-4", (State.BOOTING,), "spot interruption: its spot instance i-4 is terminated"),
+            ("local-5", (State.BOOTING,), "demand went away")):                       # cancelled, retired
+        store.add_worker(wid, "local", "launch")
+        for state in path:
+            store.transition(wid, state, "step")
+        store.transition(wid, State.RETIRED if wid == "local-5" else State.FAILED, reason)
+    text = c.get("/metrics", headers=BASIC).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_worker_boot_failures_total", (("cloud", "local"),))] == 2
+    assert samples[("appliance_worker_failures_total", (("cloud", "local"),))] == 4
+
+
+def test_metrics_carry_the_heartbeats_time_for_a_staleness_alert(env):
+    c, store = env
+    store.put("heartbeat", {"time": 1_700_000_000.5, "interval": 1, "duration": 0.01})
+    text = c.get("/metrics", headers=BASIC).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("appliance_scheduler_last_cycle_timestamp_seconds", ())] == 1_700_000_000.5
+    assert samples[("appliance_scheduler_up", ())] == 0          # that old: not running
+    store.put("heartbeat", None)
+    assert "appliance_scheduler_last_cycle_timestamp_seconds" not in c.get("/metrics", headers=BASIC).text
 
 
 def test_metrics_show_the_last_cycle_and_its_phases(env):
@@ -233,3 +285,91 @@ def test_the_page_shows_the_cost_and_a_shape_backing_off(env, tmp_path):
     metrics = {f.name: f for f in text_string_to_metric_families(c.get("/metrics", headers=BASIC).text)}
     assert [(s.labels, s.value) for s in metrics["appliance_cost_per_hour"].samples] == [
         ({"cloud": "aws", "shape": "big"}, 0.0), ({"cloud": "aws", "shape": "small"}, 0.5)]
+
+
+def _worker(store, wid, cloud, *states):
+    store.add_worker(wid, cloud, "launch")
+    for state in states:
+        store.transition(wid, state, state.value)
+
+
+def test_the_page_shows_the_running_jobs_by_worker_and_by_cloud(env):
+    c, store = env
+    _worker(store, "local-aaaaaa", "local", State.BOOTING, State.IDLE, State.BUSY)
+    _worker(store, "local-bbbbbb", "local", State.BOOTING, State.IDLE, State.BUSY, State.DRAINING)
+    _worker(store, "burst-cccccc", "burst", State.BOOTING, State.IDLE, State.BUSY)
+    _worker(store, "local-dddddd", "local", State.BOOTING, State.IDLE)
+    _worker(store, "local-eeeeee", "local", State.BOOTING, State.IDLE, State.BUSY, State.DRAINING, State.RETIRED)
+    # what the scheduler recorded from the collector; a worker ended since is not counted
+    store.put("running", {"local-aaaaaa": 2, "local-bbbbbb": 1, "burst-cccccc": 3, "local-eeeeee": 4})
+    login(c)
+    for path in ("/", "/parts"):
+        page = c.get(path).text
+        assert re.search(r'data-running-jobs><span class="num">6</span><span class="lbl">running jobs</span>', page)
+        assert "0 idle jobs · 6 running" in page
+        jobs = dict(re.findall(r'<tr data-worker="([^"]+)">.*?<td class="n" data-jobs>([^<]*)</td>', page, re.S))
+        assert jobs == {"local-aaaaaa": "2", "local-bbbbbb": "1", "burst-cccccc": "3", "local-dddddd": "·"}
+        by_cloud = re.findall(r'<tr data-running-cloud="([^"]+)"><td>[^<]+</td><td class="n">(\d+)</td>'
+                              r'<td class="n">(\d+)</td></tr>', page)
+        assert by_cloud == [("burst", "1", "3"), ("local", "2", "3")]
+
+
+def test_the_page_with_nothing_running_says_so_in_its_counts_only(env):
+    c, store = env
+    _worker(store, "local-dddddd", "local", State.BOOTING, State.IDLE)
+    login(c)
+    page = c.get("/").text
+    assert re.search(r'data-running-jobs><span class="num">0</span>', page)
+    assert "0 idle jobs · 0 running" in page and "data-running-cloud" not in page
+    assert re.search(r'<td class="n" data-jobs>·</td>', page)
+
+
+def test_the_api_history_answers_the_series_and_names_a_bad_since(env):
+    from appliance import history
+    c, store = env
+    now = time.time()
+    old, new = history.bucket_of(now) - 120, history.bucket_of(now)
+    store.record_history(old, {"idle_jobs": 5, "running_jobs": 0, "state:booting": 2, "cloud:local": 2})
+    store.record_history(new, {"idle_jobs": 0, "running_jobs": 3, "state:busy": 2, "cloud:local": 2,
+                               "cloud:burst": 0})
+    r = c.get("/api/history", headers=BASIC)
+    assert r.status_code == 200 and set(r.json) == {"scheduler", "data"}
+    data = r.json["data"]
+    assert data["times"] == [old, new] and data["bucket_seconds"] == 60 and data["coalesce"] == "max"
+    assert (data["idle_jobs"], data["running_jobs"]) == ([5, 0], [0, 3])
+    assert data["workers_by_state"] == {"booting": [2, None], "busy": [None, 2]}
+    assert data["workers_by_cloud"] == {"burst": [None, 0], "local": [2, 2]}
+    assert data["spend_per_hour"] is None
+    # since: from the bucket holding that time on
+    assert c.get(f"/api/history?since={int(now)}", headers=BASIC).json["data"]["times"] == [new]
+    assert c.get(f"/api/history?since={old + 59}", headers=BASIC).json["data"]["times"] == [old, new]
+    for bad in ("yesterday", "-5", "1.5", str(2 ** 63)):
+        r = c.get(f"/api/history?since={bad}", headers=BASIC)
+        assert r.status_code == 400 and r.json["error"].startswith("since must be a whole number"), bad
+    assert c.get("/api/history").status_code == 401
+    spec = c.get("/api/openapi.json").json
+    assert "/api/history" in spec["paths"] and "spend_per_hour" in spec["components"]["schemas"]["History"]["properties"]
+
+
+def test_the_page_draws_the_pool_over_time_as_plain_svg(env):
+    from appliance import history
+    c, store = env
+    login(c)
+    page = c.get("/").text
+    assert 'data-part="history"' in page and "No samples yet" in page
+    assert page.count("<svg") == 3 and "<polyline" not in page        # empty charts, no spend chart (no price)
+    now = time.time()
+    for minutes_ago, idle, busy in ((3, 4, 0), (2, 1, 3), (1, 0, 3)):
+        store.record_history(history.bucket_of(now - 60 * minutes_ago),
+                             {"idle_jobs": idle, "running_jobs": busy, "state:busy": busy, "state:booting": 0,
+                              "cloud:local": busy, "cloud:burst": 0})
+    parts = c.get("/parts", headers={"X-Requested-With": "fetch"}).text
+    assert "No samples yet" not in parts
+    chart = re.search(r'<figure class="chart" data-chart="jobs">.*?</figure>', parts, re.S).group(0)
+    lines = re.findall(r'<polyline class="ln (c-[a-z-]+)" data-series="([a-z ]+)" points="([0-9., ]+)"', chart)
+    assert {(cls, name) for cls, name, _ in lines} == {("c-idle-jobs", "idle jobs"), ("c-running-jobs", "running jobs")}
+    assert all(len(points.split()) == 6 for _, _, points in lines)      # three one-minute steps, one run each
+    # the legend: each line's peak over the chart
+    assert re.search(r"idle jobs <span[^>]*>peak</span> <b>4</b>", chart), chart
+    assert re.search(r"running jobs <span[^>]*>peak</span> <b>3</b>", chart), chart
+    assert ' style="' not in parts and "<script" not in parts          # nothing the page's CSP forbids

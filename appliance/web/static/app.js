@@ -64,8 +64,11 @@
     if (question && !window.confirm(question)) return;
     var button = form.querySelector("button");
     if (button) button.disabled = true;
+    var body = new FormData(form);
+    var why = document.getElementById("comment");     // the operator's reason, for the event
+    if (why && why.value.trim()) body.append("comment", why.value.trim());
     fetch(form.action, {
-      method: "POST", body: new FormData(form), credentials: "same-origin",
+      method: "POST", body: body, credentials: "same-origin",
       headers: { "X-Requested-With": "fetch", "X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content }
     })
       .then(function (r) {
