@@ -19,15 +19,21 @@ clouds:
 """
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
+def cli_state(tmp_path, monkeypatch, config: str) -> tuple:
+    """What the CLIs find in the appliance: the file (APPLIANCE_CONFIG), the state database
+    (APPLIANCE_DB) and a fresh heartbeat. Returns (the file's path, the store)."""
     cfg = tmp_path / "appliance.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     monkeypatch.setenv("APPLIANCE_CONFIG", str(cfg))
     monkeypatch.setenv("APPLIANCE_DB", str(tmp_path / "state" / "appliance.db"))
     store = Store()
     store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
-    return store
+    return cfg, store
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    return cli_state(tmp_path, monkeypatch, CONFIG)[1]
 
 
 def status(*argv):

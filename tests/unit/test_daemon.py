@@ -217,13 +217,16 @@ class Rig:
     def reasons(self) -> list[str]:
         return [e["reason"] for e in self.store.events(limit=1000)]
 
+    def close(self) -> None:
+        self.daemon.pool.shutdown(wait=True)
+        self.store.close()
+
 
 @pytest.fixture
 def rig(tmp_path):
     r = Rig(tmp_path)
     yield r
-    r.daemon.pool.shutdown(wait=True)
-    r.store.close()
+    r.close()
 
 
 def two_clouds(tmp_path, **sched):

@@ -17,7 +17,8 @@ from appliance.daemon import Daemon, retiring_after_restart
 from appliance.lifecycle import State
 from appliance.store import Store
 
-from .test_daemon import Clock, FakeCondor, FakeDriver, group
+from .test_cli import cli_state
+from .test_daemon import Clock, FakeCondor, FakeDriver, Rig, group
 
 ONE = """
 scheduler: {interval: 1, idle_timeout: 60, boot_timeout: 120, lost_timeout: 60}
@@ -73,15 +74,16 @@ def test_pool_and_federation_keep_their_running_values():
 
 # ------------------------------------------------------------------ the daemon on fakes
 
-class FileRig:
-    """A daemon whose configuration comes from a file, as in the appliance."""
+class FileRig(Rig):
+    """A daemon whose configuration comes from a file, as in the appliance (Rig's helpers)."""
 
-    def __init__(self, tmp_path, text=ONE):
+    def __init__(self, tmp_path, text=ONE):  # noqa: PLW0231 - Rig's own set-up is the in-memory config
         self.path = tmp_path / "appliance.yaml"
         self.path.write_text(text)
         self.store = Store(str(tmp_path / "state.db"))
         cfg, raw = reload.load_file(str(self.path))
         reload.record_active(self.store, cfg, raw)
+        self.cfg = cfg
         self.clock = Clock()
         self.condor = FakeCondor()
         self.made: dict[str, FakeDriver] = {}
@@ -99,23 +101,15 @@ class FileRig:
         self.cycle()
         return reload.last_result(self.store)
 
-    def cycle(self):
-        self.clock.advance(1)
-        return self.daemon.cycle()
-
     def max_workers(self):
         return {h.name: h.max_workers for h in self.store.cloud_health(self.daemon.cfg)}
-
-    def reasons(self):
-        return [e["reason"] for e in self.store.events(limit=1000)]
 
 
 @pytest.fixture
 def frig(tmp_path):
     r = FileRig(tmp_path)
     yield r
-    r.daemon.pool.shutdown(wait=True)
-    r.store.close()
+    r.close()
 
 
 def test_a_reload_adds_a_cloud_with_its_own_driver(frig):
@@ -190,8 +184,7 @@ def test_a_removed_clouds_busy_worker_drains_and_is_never_killed(tmp_path):
         assert "reload: cloud extra removed: its last worker is gone" in r.reasons()
         assert "extra" not in {row["name"] for row in r.store.db.execute("SELECT name FROM cloud_settings")}
     finally:
-        r.daemon.pool.shutdown(wait=True)
-        r.store.close()
+        r.close()
 
 
 def test_sighup_reloads_at_the_next_cycle(frig):
@@ -227,12 +220,7 @@ def test_a_restart_drains_the_workers_of_a_cloud_the_file_no_longer_has(tmp_path
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    cfg = tmp_path / "appliance.yaml"
-    cfg.write_text(ONE)
-    monkeypatch.setenv("APPLIANCE_CONFIG", str(cfg))
-    monkeypatch.setenv("APPLIANCE_DB", str(tmp_path / "state" / "appliance.db"))
-    store = Store()
-    store.put("heartbeat", {"time": time.time(), "interval": 2, "duration": 0.01})
+    cfg, store = cli_state(tmp_path, monkeypatch, ONE)
     c, text = reload.load_file()
     reload.record_active(store, c, text)
     yield cfg, store
