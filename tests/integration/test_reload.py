@@ -1,6 +1,6 @@
 """Reloading appliance.yaml without a restart, in one running appliance: a cloud added, a
-resize, an invalid file refused, an override kept, and a removed cloud whose busy worker
-drains (its job completes; it is never killed).
+resize, an invalid file refused, an override kept, a removed cloud whose busy worker
+drains (its job completes; it is never killed), and the overrides reset on request.
 
 The configuration is a mounted directory, as the docs advise: the file is replaced the way
 editors save it (a new file renamed over the old one), which a single-file bind mount would
@@ -109,6 +109,14 @@ def test_reload_adds_resizes_refuses_keeps_overrides_and_drains_a_removed_cloud(
                lambda: "reload: cloud burst removed: its last worker is gone" in [e["reason"] for e in a.events()],
                timeout=30, every=0.5)
         assert not any("without draining" in r for r in reasons)
+
+        # --reset-overrides: the file's values apply again (local was disabled at runtime)
+        rc, out, err = run(a, "cloud_admin --reload --reset-overrides -C 'back to the file'")
+        assert rc == 0 and out.strip().endswith("runtime overrides reset to the file's values"), (out, err)
+        local = a.cloud("local")
+        assert (local["max_workers"], local["enabled"]) == (3, True)
+        assert any(r.startswith('configuration reloaded by cloud_admin: "back to the file": ')
+                   for r in [e["reason"] for e in a.events()])
     finally:
         print(f"test_reload: {time.monotonic() - started:.1f} s")
         ops_support.stop(a)

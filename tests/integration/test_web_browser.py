@@ -94,6 +94,17 @@ def test_dashboard_disable_enable_worker_logout(app, page):
     expect(page.locator("#toast")).to_contain_text("burst: max_workers set to 3")
     assert app.cloud("burst")["max_workers"] == 3
 
+    # reload the configuration from its button, saying why: the scheduler's answer in the toast,
+    # the reason in its event
+    page.fill("#comment", "checking the reload button")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[data-reload]")
+    expect(page.locator("#toast")).to_contain_text("reloaded ")
+    assert any(e["reason"].startswith('configuration reloaded by web page: "checking the reload button": ')
+               for e in app.events())
+    assert app.cloud("burst")["max_workers"] == 3          # the setting made on the page is kept
+    page.fill("#comment", "")
+
     # submit jobs: workers appear without a reload
     navigations: list[str] = []
     page.on("framenavigated", lambda f: navigations.append(f.url) if f == page.main_frame else None)
