@@ -51,6 +51,19 @@ def image(client):
     return IMAGE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def soak_beside(request, image, tmp_path_factory):
+    """The soak (test_soak.py) started with the first integration test and run beside the
+    others, when it is among the tests selected; test_soak collects its result."""
+    if not any(item.nodeid.endswith("test_soak.py::test_soak") for item in request.session.items):
+        yield None
+        return
+    from .test_soak import Soak
+    soak = Soak(image, tmp_path_factory.mktemp("soak"))
+    yield soak
+    soak.stop()
+
+
 @pytest.fixture
 def network(client):
     net = client.networks.create(f"{PREFIX}-{uuid.uuid4().hex[:8]}", driver="bridge")
