@@ -163,8 +163,13 @@ class Appliance:
                            retry_on=(AssertionError, ValueError), context=self.diagnostics)
 
     def diagnostics(self, events: int = 60, log_chars: int = 4000) -> str:
-        """The recent events and the end of the container's log, for a failure message."""
+        """The recent events, the workers' slots as the collector has them, and the end of the
+        container's log, for a failure message."""
+        slots = self.sh("condor_status -constraint 'ApplianceWorker =?= true' -af Name State Activity "
+                        "EnteredCurrentActivity LastHeardFrom", check=False)
         return (f"--- events ---\n{self.sh(f'cloud_status -e -n {events}', check=False)}\n"
+                f"--- worker slots (Name State Activity EnteredCurrentActivity LastHeardFrom; now "
+                f"{self.sh('date +%s', check=False).strip()}) ---\n{slots}\n"
                 f"--- logs ---\n{self.logs()[-log_chars:]}")
 
     def wait_ready(self, timeout: float = 60) -> None:
