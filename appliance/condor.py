@@ -35,7 +35,7 @@ import htcondor
 
 from . import asks, federation
 from .keyfiles import new_signing_key
-from .model import JobGroup, RemoteSchedd, ScheddState, SlotSummary
+from .model import STALE_CLAIM, JobGroup, RemoteSchedd, ScheddState, SlotSummary
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ REMOTE_TIMEOUT = 5.0
 # ...and is asked at most this often (the scheduler cycles every 0.25 s while a worker
 # starts): an answer this fresh is used again, sparing the remote schedd (and its log)
 REMOTE_MIN_INTERVAL = 1.0
-SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "SlotType", "Cpus", "Memory", "Disk", "GPUs", "TotalSlotCpus",
-                     "WorkerInterrupted", "WorkerRebalance"]
+SUPPLY_PROJECTION = ["Name", "WorkerId", "State", "Activity", "EnteredCurrentActivity", "SlotType", "Cpus",
+                     "Memory", "Disk", "GPUs", "TotalSlotCpus", "WorkerInterrupted", "WorkerRebalance"]
 
 
 class CondorError(Exception):
@@ -330,7 +330,7 @@ class Condor:
                                              projection=SUPPLY_PROJECTION)
         except Exception as err:
             raise CondorError(f"cannot query the collector: {err}") from err
-        return summarize_slots(ads)
+        return summarize_slots(ads, time.time())
 
     def reschedule(self) -> None:
         """Ask the schedd for a negotiation cycle now (a worker just joined)."""
@@ -903,21 +903,32 @@ def _int(ad: classad.ClassAd, attr: str, default: int) -> int:
     return max(int(value), 0)
 
 
-def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
+def stale_claim(ad: classad.ClassAd, now: float | None, stale_after: float = STALE_CLAIM) -> bool:
+    """A claimed slot that has run no job for `stale_after` seconds (see STALE_CLAIM)."""
+    if now is None or ad.get("Activity") != "Idle":
+        return False
+    entered = ad.get("EnteredCurrentActivity")
+    return isinstance(entered, (int, float)) and not isinstance(entered, bool) and now - entered >= stale_after
+
+
+def summarize_slots(ads: Iterable[classad.ClassAd], now: float | None = None) -> dict[str, SlotSummary]:
+    """Our workers' slots by worker id. `now`: the time to judge stale claims by (none: no claim is)."""
     # each attribute read once per ad: at 10,000 workers every look-up costs ~5 ms a cycle
     acc: dict[str, dict] = {}
     for ad in ads:
         wid = ad.get("WorkerId")
         if not wid:
             continue
-        a = acc.setdefault(wid, {"name": "", "claimed": 0, "cpus": 0, "memory": 0, "disk": 0, "gpus": 0, "total": 0,
-                                 "notice": ""})
+        a = acc.setdefault(wid, {"name": "", "claimed": 0, "stale": 0, "cpus": 0, "memory": 0, "disk": 0, "gpus": 0,
+                                 "total": 0, "notice": ""})
         name = str(ad.get("Name", ""))
         daemon = name.split("@", 1)[1] if name.startswith("slot") and "@" in name else name
         a["name"] = a["name"] or daemon
         claimed = ad.get("State") == "Claimed"
         cpus = ad.get("Cpus", 0)
-        if claimed:
+        if claimed and stale_claim(ad, now):
+            a["stale"] += 1
+        elif claimed:
             a["claimed"] += 1
         elif ad.get("SlotType") in ("Partitionable", "Static"):
             a["cpus"] += int(cpus)
@@ -935,5 +946,5 @@ def summarize_slots(ads: Iterable[classad.ClassAd]) -> dict[str, SlotSummary]:
     for wid, a in acc.items():
         free = (0, 0, 0, 0) if a["notice"] else (a["cpus"], a["memory"], a["disk"], a["gpus"])  # it takes no new job
         out[wid] = SlotSummary(wid, a["name"], a["claimed"], free[0], free[1], free[2], a["total"],
-                               free_gpus=free[3], notice=a["notice"])
+                               free_gpus=free[3], notice=a["notice"], stale_claims=a["stale"])
     return out

@@ -35,6 +35,13 @@ class JobGroup:
     asks: WorkerAsks = WorkerAsks()
 
 
+# A slot Claimed/Idle this long (seconds) runs no job and will run none: the schedd reuses a
+# claim for its next job at once or releases it. One that lost its release (sent while the
+# collector and its CCB were down, say) the startd would keep for the job's lease, 40 minutes,
+# with the worker counted busy; past this it counts as idle, and idle_timeout drains it.
+STALE_CLAIM = 120
+
+
 @dataclass(frozen=True)
 class SlotSummary:
     """What the collector says about one of our workers (all its slots)."""
@@ -50,6 +57,9 @@ class SlotSummary:
     # interruption: it vacated its jobs and is about to go), "rebalance" (it takes no
     # new jobs), or ""; a worker with a notice offers no free capacity
     notice: str = ""
+    # claimed slots that have run no job for STALE_CLAIM seconds: not counted in
+    # `claimed` (a lost release must not keep a worker busy for its claim's 40-minute lease)
+    stale_claims: int = 0
 
 
 # the reason a worker that its cloud took back (a spot interruption) fails with, first

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from .. import backoff, lifecycle
 from ..config import SchedulerConfig
 from ..lifecycle import State
-from ..model import SPOT_INTERRUPTION, CloudHealth, Observation
+from ..model import SPOT_INTERRUPTION, STALE_CLAIM, CloudHealth, Observation
 from .draft import Draft
 
 # A worker row left in `requested` (the daemon died during the cloud call) is
@@ -68,7 +68,8 @@ def reconcile(d: Draft, obs: Observation, settings: SchedulerConfig, kills: Mapp
             elif w.state is State.IDLE and slot.claimed:
                 d.move(w, State.BUSY, f"running jobs in {slot.claimed} slot(s)")
             elif w.state is State.BUSY and not slot.claimed:
-                d.move(w, State.IDLE, "its jobs finished")
+                d.move(w, State.IDLE, f"its claim has run no job for {STALE_CLAIM}s (its release was most likely "
+                                      f"lost): idle" if slot.stale_claims else "its jobs finished")
             continue
 
         # live resource, absent from the collector

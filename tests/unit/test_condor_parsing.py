@@ -3,6 +3,7 @@ import classad
 import pytest
 
 from appliance.condor import groups_from_ads, summarize_slots
+from appliance.model import STALE_CLAIM
 
 
 def group_ad(status=1, universe=5, count=3, cpus=1, memory=128, disk="DiskUsage", req="TARGET.Memory >= RequestMemory", target=None):
@@ -53,6 +54,29 @@ def test_slots_are_summarized_per_worker():
     ])
     assert (s["w1"].name, s["w1"].claimed, s["w1"].free_cpus, s["w1"].free_memory) == ("w1@host", 2, 2, 1024)
     assert (s["w2"].claimed, s["w2"].free_cpus, s["w2"].total_cpus) == (0, 4, 4)
+
+
+STALE = [
+    # (activity, seconds in it, counted as claimed): only a claim idle STALE_CLAIM seconds is stale
+    ("Busy", 3600, True),              # a long job
+    ("Idle", 5, True),                 # between two jobs on a reused claim
+    ("Idle", STALE_CLAIM - 1, True),
+    ("Idle", STALE_CLAIM, False),      # its release was lost: not busy any more
+    ("Retiring", 3600, True),          # draining, its job still running
+    (None, 3600, True),                # an older worker without Activity in its ad
+]
+
+
+@pytest.mark.parametrize("activity,age,counted", STALE)
+def test_a_claim_idle_for_long_is_stale_not_claimed(activity, age, counted):
+    now = 1_000_000.0
+    ad = classad.ClassAd({"Name": "slot1_1@w@h", "WorkerId": "w", "State": "Claimed", "SlotType": "Dynamic",
+                          "Cpus": 1, "Memory": 128, "EnteredCurrentActivity": int(now - age)})
+    if activity is not None:
+        ad["Activity"] = activity
+    s = summarize_slots([ad], now)["w"]
+    assert (s.claimed, s.stale_claims) == ((1, 0) if counted else (0, 1))
+    assert summarize_slots([ad])["w"].claimed == 1       # no clock given: nothing is judged stale
 
 
 def test_gpus_asked_are_part_of_the_request_and_of_the_key():

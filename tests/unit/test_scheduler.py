@@ -5,12 +5,14 @@ real ClassAds, so Requirements are matched exactly as the negotiator would.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import classad
 import pytest
 
 from appliance.config import CloudConfig, SchedulerConfig, WorkerSize
 from appliance.lifecycle import State
-from appliance.model import CloudHealth, JobGroup, Observation, Resource, SlotSummary, Worker
+from appliance.model import STALE_CLAIM, CloudHealth, JobGroup, Observation, Resource, SlotSummary, Worker
 from appliance.scheduler import CloudView, decide
 
 NOW = 10_000.0
@@ -215,6 +217,19 @@ def test_booting_worker_joins_idle_then_busy_then_idle():
     assert moved(plan) == {"a": State.BUSY}
     plan = decide(observe(slots=[slot("a")], resources=[("local", "a")]), [worker("a", state=State.BUSY)], [cloud()], SETTINGS)
     assert moved(plan) == {"a": State.IDLE}
+
+
+def test_a_busy_worker_whose_only_claim_went_stale_is_idle_and_then_drained():
+    """A lost claim release (condor.summarize_slots counts it stale, not claimed) ends its busy
+    state with the reason; idle_timeout then drains it as any idle worker."""
+    stale = replace(slot("a", cpus=0), stale_claims=1)
+    plan = decide(observe(slots=[stale], resources=[("local", "a")]), [worker("a", state=State.BUSY)], [cloud()],
+                  SETTINGS)
+    assert moved(plan) == {"a": State.IDLE}
+    assert plan.transitions[0].reason.startswith(f"its claim has run no job for {STALE_CLAIM}s")
+    plan = decide(observe(slots=[stale], resources=[("local", "a")]), [worker("a", since=NOW - 61)], [cloud()],
+                  SETTINGS)
+    assert moved(plan) == {"a": State.DRAINING} and [d.worker_id for d in plan.drains] == ["a"]
 
 
 def test_booting_worker_that_joins_already_claimed_goes_straight_to_busy():
