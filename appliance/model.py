@@ -39,7 +39,7 @@ class JobGroup:
 # claim for its next job at once or releases it. One that lost its release (sent while the
 # collector and its CCB were down, say) the startd would keep for the job's lease, 40 minutes,
 # with the worker counted busy; past this it counts as idle, and idle_timeout drains it.
-STALE_CLAIM = 120
+STALE_CLAIM = 60
 
 
 @dataclass(frozen=True)
